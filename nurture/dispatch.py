@@ -1,0 +1,132 @@
+"""Claim due deliveries for workers, and take back claims whose lease ran out.
+
+A claim is one conditional UPDATE: only rows still ``pending`` and due move to ``queued``, stamped with a
+claim token and a lease. On PostgreSQL the inner SELECT uses ``FOR UPDATE SKIP LOCKED`` so concurrent
+dispatchers take disjoint rows without waiting on each other; on SQLite the write lock serialises them.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from nurture import clock, events
+from nurture.config import Settings, get_settings
+from nurture.db import transaction
+from nurture.models import Delivery, DeliveryStatus
+
+
+@dataclass(frozen=True)
+class Claim:
+    token: str
+    delivery_ids: list[int]
+
+
+@dataclass(frozen=True)
+class ReapResult:
+    returned: int  # queued rows whose task never ran: back to pending
+    ambiguous: int  # rows that died mid-send: held as ambiguous (or returned, if the policy says resend)
+
+
+@dataclass(frozen=True)
+class DispatchResult:
+    reaped: ReapResult
+    claimed: int
+
+
+def claim_due(session: Session, *, limit: int, lease_seconds: int, now: datetime | None = None) -> Claim:
+    now = now or clock.now()
+    token = secrets.token_hex(16)
+    # The row choice is a CTE, which PostgreSQL evaluates exactly once. As an ``IN (subquery)`` the planner
+    # may rescan the LIMIT ... SKIP LOCKED subquery and claim more rows than the limit (seen in tests).
+    due = (
+        select(Delivery.id)
+        .where(Delivery.status == DeliveryStatus.pending, Delivery.due_at <= now)
+        .order_by(Delivery.due_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .cte("due")
+    )
+    rows = session.execute(
+        update(Delivery)
+        .where(Delivery.id == due.c.id, Delivery.status == DeliveryStatus.pending)
+        .values(
+            status=DeliveryStatus.queued,
+            claim_token=token,
+            lease_until=now + timedelta(seconds=lease_seconds),
+        )
+        .returning(Delivery.id)
+        .execution_options(synchronize_session=False)
+    )
+    return Claim(token=token, delivery_ids=sorted(rows.scalars()))
+
+
+def release(session: Session, token: str, ids: list[int]) -> int:
+    """Give back claimed rows that never reached a worker."""
+    result = session.execute(
+        update(Delivery)
+        .where(Delivery.id.in_(ids), Delivery.claim_token == token, Delivery.status == DeliveryStatus.queued)
+        .values(status=DeliveryStatus.pending, claim_token=None, lease_until=None)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount or 0
+
+
+def reap_expired(session: Session, *, policy: str, now: datetime | None = None) -> ReapResult:
+    now = now or clock.now()
+    returned = session.execute(
+        update(Delivery)
+        .where(Delivery.status == DeliveryStatus.queued, Delivery.lease_until < now)
+        .values(status=DeliveryStatus.pending, claim_token=None, lease_until=None)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    # A lease that ran out while "sending" means the worker died between deciding to send and recording the
+    # outcome: the server may have the message. Hold it for a person unless the operator chose resend.
+    died = session.scalars(
+        select(Delivery.id).where(Delivery.status == DeliveryStatus.sending, Delivery.lease_until < now)
+    ).all()
+    if died:
+        target = DeliveryStatus.pending if policy == "resend" else DeliveryStatus.ambiguous
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id.in_(died), Delivery.status == DeliveryStatus.sending)
+            .values(status=target, claim_token=None, lease_until=None, last_error="worker lost mid-send")
+            .execution_options(synchronize_session=False)
+        )
+        for delivery_id in died:
+            events.record(session, "ambiguous", delivery_id=delivery_id, cause="lease expired while sending")
+    return ReapResult(returned=returned or 0, ambiguous=len(died))
+
+
+def batches(ids: list[int], size: int) -> list[list[int]]:
+    return [ids[i : i + size] for i in range(0, len(ids), size)]
+
+
+def dispatch_once(
+    enqueue: Callable[[str, list[int]], None],
+    *,
+    factory: sessionmaker[Session] | None = None,
+    settings: Settings | None = None,
+) -> DispatchResult:
+    """One tick: reap, claim, commit, then hand batches to the broker (never before the claim commits)."""
+    settings = settings or get_settings()
+    with transaction(factory) as session:
+        reaped = reap_expired(session, policy=settings.ambiguous_policy)
+    with transaction(factory) as session:
+        claim = claim_due(session, limit=settings.claim_limit, lease_seconds=settings.lease_seconds)
+    handed: list[int] = []
+    try:
+        for batch in batches(claim.delivery_ids, settings.batch_size):
+            enqueue(claim.token, batch)
+            handed.extend(batch)
+    except Exception:
+        # Broker unreachable: return what was not handed over now rather than after the lease expires.
+        with transaction(factory) as session:
+            release(session, claim.token, claim.delivery_ids[len(handed) :])
+        raise
+    return DispatchResult(reaped=reaped, claimed=len(claim.delivery_ids))

@@ -1,0 +1,159 @@
+"""Enroll subscribers in sequences and take them out again.
+
+Enrolling writes one delivery row per step, with its due time, in the same transaction; the unique
+(enrollment, step) constraint makes a second row for the same step impossible.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from nurture import clock, events
+from nurture.addresses import InvalidInput, clean_name, normalise_email
+from nurture.catalog import get_sequence, window_of
+from nurture.models import (
+    OPEN_DELIVERY_STATUSES,
+    Delivery,
+    DeliveryStatus,
+    Enrollment,
+    EnrollmentStatus,
+    Sequence,
+    SequenceStatus,
+    Subscriber,
+    SubscriberStatus,
+)
+from nurture.schedule import ScheduleError, resolve_zone, schedule_steps, zone
+
+
+class EnrollmentError(ValueError):
+    pass
+
+
+def enroll(
+    session: Session, subscriber: Subscriber, sequence: Sequence, at: datetime | None = None
+) -> Enrollment:
+    """Enroll in the sequence's current version, starting at ``at`` (default now).
+
+    Re-entry policy for now is "once": an existing enrollment in the same sequence is returned unchanged.
+    """
+    if subscriber.status != SubscriberStatus.active:
+        raise EnrollmentError(f"subscriber is {subscriber.status}, not active")
+    if sequence.status == SequenceStatus.archived:
+        raise EnrollmentError(f"sequence {sequence.slug!r} is archived")
+    version = sequence.current_version
+    if version is None:
+        raise EnrollmentError(f"sequence {sequence.slug!r} has no version: run `nurture sequences sync`")
+    existing = session.scalar(
+        select(Enrollment).where(
+            Enrollment.subscriber_id == subscriber.id, Enrollment.sequence_id == sequence.id
+        )
+    )
+    if existing is not None:
+        return existing
+    anchor = at or clock.now()
+    enrollment = Enrollment(
+        subscriber_id=subscriber.id, sequence_id=sequence.id, version_id=version.id, enrolled_at=anchor
+    )
+    session.add(enrollment)
+    session.flush()
+    tz = resolve_zone(subscriber.timezone, version.timezone)
+    steps = list(version.steps)
+    due_times = schedule_steps(
+        anchor, [timedelta(seconds=s.delay_seconds) for s in steps], window_of(version), tz
+    )
+    session.add_all(
+        Delivery(enrollment_id=enrollment.id, step_id=step.id, subscriber_id=subscriber.id, due_at=due)
+        for step, due in zip(steps, due_times, strict=True)
+    )
+    events.record(
+        session, "enrolled", subscriber_id=subscriber.id, sequence=sequence.slug, version=version.number
+    )
+    session.flush()
+    return enrollment
+
+
+def add_subscriber(
+    session: Session,
+    email: str,
+    *,
+    first_name: str | None = None,
+    timezone: str | None = None,
+    sequence_slug: str | None = None,
+    source: str = "staff",
+) -> tuple[Subscriber, Enrollment | None]:
+    """Staff adding someone directly: active at once (they vouch for consent), optionally enrolled."""
+    address = normalise_email(email)
+    name = clean_name(first_name)
+    if timezone:
+        try:
+            zone(timezone)
+        except ScheduleError as exc:
+            raise InvalidInput("timezone", str(exc)) from None
+    sequence = None
+    if sequence_slug:
+        sequence = get_sequence(session, sequence_slug)
+        if sequence is None:
+            raise EnrollmentError(
+                f"no sequence {sequence_slug!r}: run `nurture sequences sync` or check the slug"
+            )
+    subscriber = session.scalar(select(Subscriber).where(Subscriber.email == address))
+    now = clock.now()
+    if subscriber is None:
+        subscriber = Subscriber(
+            email=address,
+            first_name=name,
+            timezone=timezone or None,
+            status=SubscriberStatus.active,
+            confirmed_at=now,
+            attributes={"source": source},
+        )
+        session.add(subscriber)
+        session.flush()
+        events.record(session, "subscribed", subscriber_id=subscriber.id, source=source)
+    elif subscriber.status == SubscriberStatus.unsubscribed:
+        # Someone who left is never re-activated by staff action: they must sign up again themselves.
+        raise EnrollmentError(
+            f"{address} unsubscribed on {subscriber.unsubscribed_at:%Y-%m-%d}; not re-adding"
+        )
+    else:
+        subscriber.first_name = name or subscriber.first_name
+        subscriber.timezone = timezone or subscriber.timezone
+        if subscriber.status == SubscriberStatus.pending:
+            subscriber.status = SubscriberStatus.active
+            subscriber.confirmed_at = now
+    enrollment = enroll(session, subscriber, sequence) if sequence is not None else None
+    return subscriber, enrollment
+
+
+def cancel_open_deliveries(session: Session, subscriber_id: int, reason: str) -> int:
+    """Withdraw every delivery that has not started sending; returns how many."""
+    result = session.execute(
+        update(Delivery)
+        .where(Delivery.subscriber_id == subscriber_id, Delivery.status.in_(OPEN_DELIVERY_STATUSES))
+        .values(status=DeliveryStatus.cancelled, skip_reason=reason, lease_until=None)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount or 0
+
+
+def unsubscribe(session: Session, subscriber: Subscriber, source: str) -> int:
+    """Leave everything, in one transaction: status, every open delivery, every enrollment. Idempotent."""
+    now = clock.now()
+    if subscriber.status != SubscriberStatus.unsubscribed:
+        subscriber.status = SubscriberStatus.unsubscribed
+        subscriber.unsubscribed_at = now
+        events.record(session, "unsubscribed", subscriber_id=subscriber.id, source=source)
+    cancelled = cancel_open_deliveries(session, subscriber.id, "unsubscribed")
+    session.execute(
+        update(Enrollment)
+        .where(
+            Enrollment.subscriber_id == subscriber.id,
+            Enrollment.status.in_([EnrollmentStatus.active, EnrollmentStatus.paused]),
+        )
+        .values(status=EnrollmentStatus.cancelled, ended_at=now, end_reason="unsubscribed")
+        .execution_options(synchronize_session=False)
+    )
+    return cancelled

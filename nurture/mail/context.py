@@ -1,0 +1,75 @@
+"""What every email template can use, and the message a subscriber gets for a step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from nurture import tokens
+from nurture.config import Settings
+from nurture.mail.compose import Envelope, compose, message_id_for
+from nurture.mail.templates import EmailTemplates, RenderedEmail
+
+
+@dataclass(frozen=True)
+class Recipient:
+    email: str
+    first_name: str | None
+    public_id: str
+
+
+def template_context(
+    settings: Settings,
+    recipient: Recipient,
+    *,
+    sequence_name: str,
+    step_number: int,
+    step_count: int,
+) -> dict[str, Any]:
+    return {
+        "first_name": recipient.first_name or None,
+        "email": recipient.email,
+        "org_name": settings.org_name,
+        "postal_address": settings.postal_address,
+        "contact_url": settings.contact_url,
+        "base_url": settings.base_url,
+        "logo_url": settings.logo_url or None,
+        "brand_color": settings.brand_color,
+        "unsubscribe_url": tokens.link(tokens.Purpose.unsubscribe, recipient.public_id, settings),
+        "preferences_url": tokens.link(tokens.Purpose.preferences, recipient.public_id, settings),
+        "sequence_name": sequence_name,
+        "step_number": step_number,
+        "step_count": step_count,
+    }
+
+
+def step_message(
+    settings: Settings,
+    templates: EmailTemplates,
+    recipient: Recipient,
+    *,
+    template: str,
+    sequence_name: str,
+    step_number: int,
+    step_count: int,
+    delivery_id: int,
+    date: datetime,
+) -> tuple[RenderedEmail, bytes, str]:
+    """Render and compose one step for one subscriber: (rendered parts, RFC 5322 bytes, Message-ID)."""
+    context = template_context(
+        settings, recipient, sequence_name=sequence_name, step_number=step_number, step_count=step_count
+    )
+    rendered = templates.render(template, context)
+    message_id = message_id_for(delivery_id, settings.secret_key, settings.from_domain)
+    envelope = Envelope(
+        from_address=settings.from_address,
+        to_address=recipient.email,
+        to_name=recipient.first_name,
+        message_id=message_id,
+        date=date,
+        unsubscribe_url=context["unsubscribe_url"],
+        unsubscribe_mailto=settings.resolved_unsubscribe_mailto,
+        reply_to=settings.reply_to or None,
+    )
+    return rendered, compose(rendered, envelope), message_id

@@ -1,0 +1,258 @@
+"""Where mail goes, chosen by ``NURTURE_SMTP_URL``: an SMTP server, a Maildir, or memory (tests).
+
+Every transport raises one of three failures so the sender can decide without knowing the transport:
+temporary (retry later), permanent (give up, suppress) and ambiguous (the server may have accepted it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mailbox
+import re
+import smtplib
+import ssl
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import parse_qs, unquote, urlsplit
+
+
+class SendFailure(Exception):
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class TemporaryFailure(SendFailure):
+    """4xx or a connection problem before the message was handed over: safe to retry."""
+
+
+class PermanentFailure(SendFailure):
+    """5xx: the server refused; retrying will not help."""
+
+
+class AmbiguousFailure(SendFailure):
+    """The connection broke after the whole message was sent but before the server replied."""
+
+
+class Transport(Protocol):
+    def send(self, envelope_from: str, recipient: str, data: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+
+# --- memory ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StoredMessage:
+    envelope_from: str
+    recipient: str
+    data: bytes
+
+
+@dataclass
+class MemoryTransport:
+    """Keeps messages in a list: for tests that run the sender in-process."""
+
+    outbox: list[StoredMessage] = field(default_factory=list)
+
+    def send(self, envelope_from: str, recipient: str, data: bytes) -> None:
+        self.outbox.append(StoredMessage(envelope_from, recipient, data))
+
+    def close(self) -> None:
+        pass
+
+
+MEMORY_OUTBOX = MemoryTransport()
+
+
+# --- maildir --------------------------------------------------------------------------------------------
+
+
+class MaildirTransport:
+    """The development mailbox: one file per message under ``new/``, readable by mutt, Thunderbird, etc."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._box = mailbox.Maildir(str(path), create=True)
+
+    def send(self, envelope_from: str, recipient: str, data: bytes) -> None:
+        header = f"Return-Path: <{envelope_from}>\r\nDelivered-To: {recipient}\r\n".encode()
+        try:
+            self._box.add(header + data)
+        except OSError as exc:
+            raise TemporaryFailure(f"maildir write failed: {exc}") from exc
+
+    def close(self) -> None:
+        pass
+
+
+# --- smtp -----------------------------------------------------------------------------------------------
+
+_LEADING_DOT = re.compile(rb"(?m)^\.")
+
+
+@dataclass(frozen=True)
+class SmtpTarget:
+    host: str
+    port: int
+    username: str | None
+    password: str | None
+    implicit_tls: bool
+    starttls: bool
+    timeout: float
+    local_hostname: str
+
+    @classmethod
+    def from_url(cls, url: str, timeout: float = 30.0, local_hostname: str = "localhost") -> SmtpTarget:
+        parts = urlsplit(url)
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        implicit_tls = parts.scheme == "smtps"
+        starttls = query.get("starttls", "0").lower() in {"1", "true", "yes"}
+        if not parts.hostname:
+            raise ValueError(f"SMTP URL needs a host: {url!r}")
+        return cls(
+            host=parts.hostname,
+            port=parts.port or (465 if implicit_tls else 587 if starttls else 25),
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+            implicit_tls=implicit_tls,
+            starttls=starttls,
+            timeout=float(query.get("timeout", timeout)),
+            local_hostname=local_hostname,
+        )
+
+
+class SmtpTransport:
+    """One SMTP connection, opened on first use and reused for every later message in this process.
+
+    The DATA phase is driven by hand instead of ``smtplib.sendmail`` so that a connection lost *after* the
+    final dot is told apart from one lost before it: the first may have been delivered (ambiguous), the
+    second certainly was not (temporary).
+    """
+
+    def __init__(self, target: SmtpTarget) -> None:
+        self.target = target
+        self._conn: smtplib.SMTP | None = None
+        self._lock = threading.Lock()  # a thread pool worker shares one transport
+
+    def _connect(self) -> smtplib.SMTP:
+        t = self.target
+        context = ssl.create_default_context()
+        try:
+            if t.implicit_tls:
+                conn: smtplib.SMTP = smtplib.SMTP_SSL(
+                    t.host, t.port, local_hostname=t.local_hostname, timeout=t.timeout, context=context
+                )
+            else:
+                conn = smtplib.SMTP(t.host, t.port, local_hostname=t.local_hostname, timeout=t.timeout)
+            conn.ehlo()
+            if t.starttls:
+                conn.starttls(context=context)
+                conn.ehlo()
+            if t.username:
+                conn.login(t.username, t.password or "")
+        except smtplib.SMTPAuthenticationError as exc:
+            raise TemporaryFailure(f"SMTP login refused: {exc.smtp_code}", exc.smtp_code) from exc
+        except (smtplib.SMTPException, OSError) as exc:
+            raise TemporaryFailure(f"SMTP connect to {t.host}:{t.port} failed: {exc}") from exc
+        return conn
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(OSError):
+                self._conn.close()
+        self._conn = None
+
+    def send(self, envelope_from: str, recipient: str, data: bytes) -> None:
+        with self._lock:
+            try:
+                self._send_once(envelope_from, recipient, data)
+            except _StaleConnection:
+                # A reused connection the server had closed while idle: nothing was handed over, so one
+                # fresh attempt is safe.
+                self._drop()
+                try:
+                    self._send_once(envelope_from, recipient, data)
+                except _StaleConnection as exc:
+                    self._drop()
+                    raise TemporaryFailure(f"SMTP connection lost: {exc}") from exc
+
+    def _send_once(self, envelope_from: str, recipient: str, data: bytes) -> None:
+        if self._conn is None:
+            self._conn = self._connect()
+        conn = self._conn
+        try:
+            code, reply = conn.mail(envelope_from)
+            self._expect(conn, code, reply, {250}, "MAIL FROM")
+            code, reply = conn.rcpt(recipient)
+            self._expect(conn, code, reply, {250, 251}, "RCPT TO")
+            code, reply = conn.docmd("DATA")
+            self._expect(conn, code, reply, {354}, "DATA")
+        except (smtplib.SMTPServerDisconnected, ConnectionError) as exc:
+            raise _StaleConnection(str(exc)) from exc
+        except OSError as exc:
+            self._drop()
+            raise TemporaryFailure(f"SMTP error before DATA: {exc}") from exc
+        payload = _LEADING_DOT.sub(b"..", data)
+        if not payload.endswith(b"\r\n"):
+            payload += b"\r\n"
+        try:
+            conn.send(payload + b".\r\n")
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            # Without the final dot the server cannot have accepted the message.
+            self._drop()
+            raise TemporaryFailure(f"SMTP connection lost during DATA: {exc}") from exc
+        try:
+            code, reply = conn.getreply()
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            self._drop()
+            raise AmbiguousFailure(f"SMTP connection lost after DATA, before the reply: {exc}") from exc
+        if code != 250:
+            self._fail(code, reply, "end of DATA")
+
+    def _expect(self, conn: smtplib.SMTP, code: int, reply: bytes, ok: set[int], stage: str) -> None:
+        if code in ok:
+            return
+        if code == -1:
+            raise smtplib.SMTPServerDisconnected(f"{stage}: no reply")
+        try:
+            conn.rset()
+        except (smtplib.SMTPException, OSError):
+            self._drop()
+        self._fail(code, reply, stage)
+
+    @staticmethod
+    def _fail(code: int, reply: bytes, stage: str) -> None:
+        text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
+        message = f"{stage}: {code} {text}"
+        if 500 <= code < 600:
+            raise PermanentFailure(message, code)
+        raise TemporaryFailure(message, code)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                with contextlib.suppress(smtplib.SMTPException, OSError):
+                    self._conn.quit()
+            self._drop()
+
+
+class _StaleConnection(Exception):
+    pass
+
+
+def transport_from_url(url: str, *, timeout: float = 30.0, local_hostname: str = "localhost") -> Transport:
+    scheme = urlsplit(url).scheme
+    if scheme in {"smtp", "smtps"}:
+        return SmtpTransport(SmtpTarget.from_url(url, timeout=timeout, local_hostname=local_hostname))
+    if scheme == "maildir":
+        parts = urlsplit(url)
+        return MaildirTransport(Path(unquote(parts.netloc + parts.path)))
+    if scheme == "memory":
+        return MEMORY_OUTBOX
+    raise ValueError(
+        f"unknown NURTURE_SMTP_URL scheme {scheme!r}: use smtp://, smtps://, maildir:// or memory://"
+    )

@@ -1,0 +1,221 @@
+"""The schema: who is subscribed, what they are enrolled in, and every email due, sent or skipped."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from nurture import clock
+from nurture.db import Base, UTCDateTime
+
+
+def _public_id() -> str:
+    # Tokens and URLs name subscribers by this random id, never by their row id or email address.
+    return secrets.token_urlsafe(16)
+
+
+class SubscriberStatus(StrEnum):
+    pending = "pending"  # signed up, not yet confirmed
+    active = "active"
+    unsubscribed = "unsubscribed"
+
+
+class EnrollmentStatus(StrEnum):
+    active = "active"
+    paused = "paused"
+    completed = "completed"
+    cancelled = "cancelled"
+
+
+class DeliveryStatus(StrEnum):
+    pending = "pending"  # waiting for due_at
+    queued = "queued"  # claimed by a dispatcher, handed to a worker, lease running
+    sending = "sending"  # a worker has decided to send and is talking to SMTP
+    sent = "sent"
+    failed = "failed"  # permanent failure (5xx or attempts exhausted)
+    skipped = "skipped"  # should no longer be sent; skip_reason says why
+    cancelled = "cancelled"  # withdrawn before it was due (unsubscribe, enrollment ended)
+    ambiguous = (
+        "ambiguous"  # the worker died or the connection broke after the message may have been accepted
+    )
+    held = "held"  # its enrollment or sequence is paused; resuming returns it to pending
+
+
+class SequenceStatus(StrEnum):
+    active = "active"
+    paused = "paused"
+    archived = "archived"
+
+
+# Deliveries in these states may still be sent; cancelling a subscriber moves them all to cancelled.
+OPEN_DELIVERY_STATUSES = (DeliveryStatus.pending, DeliveryStatus.queued)
+
+
+class Subscriber(Base):
+    __tablename__ = "subscribers"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    public_id: Mapped[str] = mapped_column(String(32), unique=True, default=_public_id)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    first_name: Mapped[str | None] = mapped_column(String(100))
+    timezone: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default=SubscriberStatus.pending)
+    attributes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=clock.now)
+    confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    unsubscribed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    enrollments: Mapped[list[Enrollment]] = relationship(back_populates="subscriber")
+
+
+class Sequence(Base):
+    __tablename__ = "sequences"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    slug: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), default=SequenceStatus.active)
+    current_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("sequence_versions.id", use_alter=True, name="fk_sequences_current_version")
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=clock.now)
+
+    versions: Mapped[list[SequenceVersion]] = relationship(
+        back_populates="sequence",
+        foreign_keys="SequenceVersion.sequence_id",
+        order_by="SequenceVersion.number",
+    )
+    current_version: Mapped[SequenceVersion | None] = relationship(foreign_keys=[current_version_id])
+
+
+class SequenceVersion(Base):
+    """An immutable snapshot of a sequence definition; enrollments are pinned to one."""
+
+    __tablename__ = "sequence_versions"
+    __table_args__ = (UniqueConstraint("sequence_id", "number"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sequence_id: Mapped[int] = mapped_column(ForeignKey("sequences.id"))
+    number: Mapped[int] = mapped_column(Integer)
+    definition_hash: Mapped[str] = mapped_column(String(64))
+    definition: Mapped[dict[str, Any]] = mapped_column(JSON)
+    timezone: Mapped[str | None] = mapped_column(String(64))
+    window_days: Mapped[str | None] = mapped_column(String(32))  # e.g. "0,1,2,3,4"; NULL: no window
+    window_start: Mapped[str | None] = mapped_column(String(5))  # "09:00" local
+    window_end: Mapped[str | None] = mapped_column(String(5))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=clock.now)
+
+    sequence: Mapped[Sequence] = relationship(back_populates="versions", foreign_keys=[sequence_id])
+    steps: Mapped[list[Step]] = relationship(back_populates="version", order_by="Step.position")
+
+
+class Step(Base):
+    __tablename__ = "steps"
+    __table_args__ = (UniqueConstraint("version_id", "key"), UniqueConstraint("version_id", "position"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("sequence_versions.id"))
+    key: Mapped[str] = mapped_column(String(64))
+    position: Mapped[int] = mapped_column(Integer)  # 1-based
+    delay_seconds: Mapped[int] = mapped_column(Integer)  # after the previous step
+    template: Mapped[str] = mapped_column(String(200))
+
+    version: Mapped[SequenceVersion] = relationship(back_populates="steps")
+
+
+class Enrollment(Base):
+    __tablename__ = "enrollments"
+    __table_args__ = (Index("ix_enrollments_subscriber_sequence", "subscriber_id", "sequence_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"))
+    sequence_id: Mapped[int] = mapped_column(ForeignKey("sequences.id"))
+    version_id: Mapped[int] = mapped_column(ForeignKey("sequence_versions.id"))
+    status: Mapped[str] = mapped_column(String(16), default=EnrollmentStatus.active)
+    enrolled_at: Mapped[datetime] = mapped_column(UTCDateTime, default=clock.now)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    end_reason: Mapped[str | None] = mapped_column(String(64))
+
+    subscriber: Mapped[Subscriber] = relationship(back_populates="enrollments")
+    sequence: Mapped[Sequence] = relationship()
+    version: Mapped[SequenceVersion] = relationship()
+    deliveries: Mapped[list[Delivery]] = relationship(back_populates="enrollment", order_by="Delivery.due_at")
+
+
+class Delivery(Base):
+    """One email to one subscriber for one step: the schedule lives in these rows, not in the broker."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        UniqueConstraint("enrollment_id", "step_id"),
+        # The dispatcher's claim query reads only pending rows in due order; a partial index keeps it
+        # small and flat however many sent rows accumulate.
+        Index(
+            "ix_deliveries_pending_due",
+            "due_at",
+            postgresql_where=text("status = 'pending'"),
+            sqlite_where=text("status = 'pending'"),
+        ),
+        Index(
+            "ix_deliveries_leased",
+            "lease_until",
+            postgresql_where=text("status IN ('queued', 'sending')"),
+            sqlite_where=text("status IN ('queued', 'sending')"),
+        ),
+        Index("ix_deliveries_subscriber_status", "subscriber_id", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    enrollment_id: Mapped[int] = mapped_column(ForeignKey("enrollments.id", ondelete="CASCADE"))
+    step_id: Mapped[int] = mapped_column(ForeignKey("steps.id"))
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(16), default=DeliveryStatus.pending)
+    due_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    claim_token: Mapped[str | None] = mapped_column(String(32))
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    skip_reason: Mapped[str | None] = mapped_column(String(64))
+    message_id: Mapped[str | None] = mapped_column(String(255))
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=clock.now)
+
+    enrollment: Mapped[Enrollment] = relationship(back_populates="deliveries")
+    step: Mapped[Step] = relationship()
+    subscriber: Mapped[Subscriber] = relationship()
+
+
+class Event(Base):
+    """An append-only log of what happened: attempts, sends, skips, bounces, unsubscribes."""
+
+    __tablename__ = "events"
+    __table_args__ = (
+        Index("ix_events_subscriber", "subscriber_id"),
+        Index("ix_events_delivery", "delivery_id"),
+        Index("ix_events_kind_created", "kind", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    subscriber_id: Mapped[int | None] = mapped_column(ForeignKey("subscribers.id", ondelete="SET NULL"))
+    delivery_id: Mapped[int | None] = mapped_column(ForeignKey("deliveries.id", ondelete="SET NULL"))
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=clock.now)
+
+
+class Suppression(Base):
+    """Addresses we must never mail (hard bounces, complaints, manual blocks), kept apart from subscribers
+    so a suppression outlives an erased or re-created subscriber."""
+
+    __tablename__ = "suppressions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    reason: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=clock.now)

@@ -1,0 +1,236 @@
+"""Read and validate sequence files (``<slug>.yaml``).
+
+Validation collects every problem in every file before giving up, and each message names the file, the step
+and what is wrong, so one run of ``nurture sequences validate`` shows the whole list to fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jinja2 import TemplateError
+
+from nurture.mail.templates import EmailTemplates
+from nurture.schedule import ScheduleError, SendWindow, format_delay, parse_delay, zone
+
+SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+STEP_KEY = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+TOP_LEVEL_KEYS = {"slug", "name", "description", "timezone", "window", "steps"}
+STEP_KEYS = {"key", "delay", "template"}
+WINDOW_KEYS = {"days", "start", "end"}
+
+
+@dataclass(frozen=True)
+class StepDefinition:
+    key: str
+    position: int  # 1-based
+    delay: timedelta
+    template: str
+
+
+@dataclass(frozen=True)
+class SequenceDefinition:
+    slug: str
+    name: str
+    description: str
+    timezone: str | None
+    window: SendWindow | None
+    steps: tuple[StepDefinition, ...]
+    source: Path
+
+    def canonical(self) -> dict[str, Any]:
+        """The definition as plain data: what is stored with a version and hashed to detect changes."""
+        window = None
+        if self.window is not None:
+            window = {
+                "days": sorted(self.window.days),
+                "start": self.window.start.strftime("%H:%M"),
+                "end": self.window.end.strftime("%H:%M"),
+            }
+        return {
+            "slug": self.slug,
+            "name": self.name,
+            "description": self.description,
+            "timezone": self.timezone,
+            "window": window,
+            "steps": [
+                {"key": s.key, "delay": format_delay(s.delay), "template": s.template} for s in self.steps
+            ],
+        }
+
+    def digest(self) -> str:
+        encoded = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(encoded).hexdigest()
+
+    def step(self, key_or_position: str) -> StepDefinition:
+        """A step by its key or its 1-based position (the CLI's STEP argument)."""
+        for step in self.steps:
+            if step.key == key_or_position:
+                return step
+        if key_or_position.isdigit() and 1 <= int(key_or_position) <= len(self.steps):
+            return self.steps[int(key_or_position) - 1]
+        keys = ", ".join(s.key for s in self.steps)
+        raise KeyError(f"sequence {self.slug!r} has no step {key_or_position!r} (steps: {keys})")
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: str
+    step: str | None
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}: step {self.step}: " if self.step else f"{self.file}: "
+        return where + self.message
+
+
+class SequenceValidationError(Exception):
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("\n".join(str(p) for p in problems))
+        self.problems = problems
+
+
+def load_file(path: Path, templates: EmailTemplates) -> SequenceDefinition:
+    """One validated definition, or :class:`SequenceValidationError` listing every problem in the file."""
+    problems: list[Problem] = []
+    name = path.name
+
+    def problem(message: str, step: str | None = None) -> None:
+        problems.append(Problem(name, step, message))
+
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SequenceValidationError([Problem(name, None, f"cannot read: {exc}")]) from None
+    except yaml.YAMLError as exc:
+        raise SequenceValidationError([Problem(name, None, f"not valid YAML: {exc}")]) from None
+    if not isinstance(raw, dict):
+        raise SequenceValidationError([Problem(name, None, "must be a mapping with slug, name and steps")])
+
+    for unknown in sorted(set(raw) - TOP_LEVEL_KEYS):
+        problem(f"unknown field {unknown!r} (allowed: {', '.join(sorted(TOP_LEVEL_KEYS))})")
+
+    slug = raw.get("slug")
+    if not isinstance(slug, str) or not SLUG.match(slug):
+        problem(f"slug {slug!r} must be lower-case letters, digits and dashes")
+        slug = path.stem
+    elif slug != path.stem:
+        problem(f"slug {slug!r} must match the file name {path.stem!r}")
+    seq_name = raw.get("name")
+    if not isinstance(seq_name, str) or not seq_name.strip():
+        problem("name is required")
+        seq_name = slug
+    description = raw.get("description") or ""
+
+    timezone = raw.get("timezone")
+    if timezone is not None:
+        try:
+            zone(str(timezone))
+        except ScheduleError as exc:
+            problem(f"bad time zone: {exc}")
+
+    window = _window(raw.get("window"), problem)
+    steps = _steps(raw.get("steps"), templates, problem)
+
+    if problems:
+        raise SequenceValidationError(problems)
+    return SequenceDefinition(
+        slug=slug,
+        name=seq_name.strip(),
+        description=str(description).strip(),
+        timezone=str(timezone) if timezone is not None else None,
+        window=window,
+        steps=tuple(steps),
+        source=path,
+    )
+
+
+def _window(raw: Any, problem: Any) -> SendWindow | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        problem("window must be a mapping with days, start and end")
+        return None
+    for unknown in sorted(set(raw) - WINDOW_KEYS):
+        problem(f"window: unknown field {unknown!r}")
+    try:
+        return SendWindow.parse(raw.get("days", "daily"), str(raw.get("start", "")), str(raw.get("end", "")))
+    except ScheduleError as exc:
+        problem(f"window never opens or is malformed: {exc}")
+        return None
+
+
+def _steps(raw: Any, templates: EmailTemplates, problem: Any) -> list[StepDefinition]:
+    if not isinstance(raw, list) or not raw:
+        problem("steps must be a non-empty list")
+        return []
+    steps: list[StepDefinition] = []
+    seen: set[str] = set()
+    for position, item in enumerate(raw, start=1):
+        label = f"#{position}"
+        if not isinstance(item, dict):
+            problem("must be a mapping with key, delay and template", label)
+            continue
+        key = item.get("key")
+        if isinstance(key, str) and STEP_KEY.match(key):
+            label = f"#{position} ({key!r})"
+        else:
+            problem(f"key {key!r} must be lower-case letters, digits, dashes or underscores", label)
+            key = f"step-{position}"
+        for unknown in sorted(set(item) - STEP_KEYS):
+            problem(f"unknown field {unknown!r}", label)
+        if key in seen:
+            problem(f"duplicate key {key!r}", label)
+        seen.add(key)
+        try:
+            delay = parse_delay(item.get("delay", ""))
+        except ScheduleError as exc:
+            problem(f"bad delay: {exc}", label)
+            delay = timedelta(0)
+        template = item.get("template")
+        if not isinstance(template, str) or not template.strip() or ".." in template:
+            problem(f"template {template!r} must be a folder under templates/email/", label)
+            continue
+        missing = templates.exists(template)
+        if missing:
+            problem(f"unknown template {template!r}: missing {', '.join(missing)}", label)
+            continue
+        try:
+            templates.check(template)
+        except TemplateError as exc:
+            problem(f"template {template!r} does not compile: {exc}", label)
+            continue
+        steps.append(StepDefinition(key=key, position=position, delay=delay, template=template))
+    return steps
+
+
+def load_all(directory: Path, templates: EmailTemplates) -> list[SequenceDefinition]:
+    """Every ``*.yaml`` in the directory, validated; one error lists the problems of all files."""
+    definitions: list[SequenceDefinition] = []
+    problems: list[Problem] = []
+    files = sorted(directory.glob("*.yaml")) + sorted(directory.glob("*.yml"))
+    if not files:
+        raise SequenceValidationError([Problem(str(directory), None, "no sequence files (*.yaml) found")])
+    for path in files:
+        try:
+            definitions.append(load_file(path, templates))
+        except SequenceValidationError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise SequenceValidationError(problems)
+    return definitions
+
+
+def find(directory: Path, slug: str, templates: EmailTemplates) -> SequenceDefinition:
+    path = directory / f"{slug}.yaml"
+    if not path.exists():
+        known = ", ".join(sorted(p.stem for p in directory.glob("*.yaml"))) or "none"
+        raise SequenceValidationError([Problem(f"{slug}.yaml", None, f"no such sequence (known: {known})")])
+    return load_file(path, templates)

@@ -1,0 +1,51 @@
+"""Thin Celery tasks: each opens its own sessions through the modules that do the work."""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+from typing import Any
+
+from nurture.celery_app import DISPATCH_TASK, SEND_TASK, app
+from nurture.config import get_settings
+from nurture.db import session_factory
+from nurture.dispatch import dispatch_once
+from nurture.mail.templates import EmailTemplates
+from nurture.mail.transports import transport_from_url
+from nurture.sender import Sender
+
+log = logging.getLogger(__name__)
+
+
+@lru_cache(maxsize=1)
+def process_sender() -> Sender:
+    """One sender per worker process, so the SMTP connection and compiled templates are reused."""
+    settings = get_settings()
+    transport = transport_from_url(
+        settings.resolved_smtp_url, timeout=settings.smtp_timeout, local_hostname=settings.from_domain
+    )
+    return Sender(settings, session_factory(), transport, EmailTemplates(settings.templates_dir))
+
+
+def enqueue_batch(claim_token: str, delivery_ids: list[int]) -> None:
+    send_deliveries.apply_async((claim_token, delivery_ids))
+
+
+@app.task(name=DISPATCH_TASK, ignore_result=True)
+def dispatch_due() -> dict[str, Any]:
+    result = dispatch_once(enqueue_batch)
+    if result.claimed or result.reaped.returned or result.reaped.ambiguous:
+        log.info(
+            "dispatch: claimed %d, returned %d expired, %d ambiguous",
+            result.claimed,
+            result.reaped.returned,
+            result.reaped.ambiguous,
+        )
+    return {"claimed": result.claimed}
+
+
+@app.task(name=SEND_TASK, ignore_result=True, acks_late=True)
+def send_deliveries(claim_token: str, delivery_ids: list[int]) -> dict[str, int]:
+    outcomes = process_sender().send_batch(claim_token, delivery_ids)
+    log.info("sent batch of %d: %s", len(delivery_ids), dict(outcomes))
+    return dict(outcomes)

@@ -1,0 +1,60 @@
+"""Signed, purpose-scoped tokens for links in emails.
+
+A token names a subscriber by their random ``public_id`` (never the email address) and is signed with a
+salt per purpose, so a confirm token cannot unsubscribe and the reverse. Unsubscribe and preferences tokens do
+not expire: a link in an old email must keep working (RFC 8058, Gmail and Yahoo bulk-sender rules).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+
+from nurture.config import Settings, get_settings
+
+
+class Purpose(StrEnum):
+    confirm = "confirm"
+    unsubscribe = "unsubscribe"
+    preferences = "preferences"
+
+
+# Seconds a token stays valid; None: forever.
+MAX_AGE: dict[Purpose, int | None] = {
+    Purpose.confirm: 7 * 24 * 3600,
+    Purpose.unsubscribe: None,
+    Purpose.preferences: None,
+}
+
+
+class InvalidToken(Exception):
+    """Tampered, foreign, expired or malformed: callers answer all of these the same way."""
+
+
+def _serializer(purpose: Purpose, settings: Settings) -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(settings.secret_key, salt=f"nurture.{purpose.value}")
+
+
+def make_token(purpose: Purpose, public_id: str, settings: Settings | None = None) -> str:
+    return _serializer(purpose, settings or get_settings()).dumps(public_id)
+
+
+def read_token(purpose: Purpose, token: str, settings: Settings | None = None) -> str:
+    """The subscriber ``public_id`` inside a valid token, else :class:`InvalidToken`."""
+    if not token or len(token) > 512:
+        raise InvalidToken("malformed")
+    try:
+        value = _serializer(purpose, settings or get_settings()).loads(token, max_age=MAX_AGE[purpose])
+    except SignatureExpired as exc:
+        raise InvalidToken("expired") from exc
+    except BadSignature as exc:
+        raise InvalidToken("bad signature") from exc
+    if not isinstance(value, str):
+        raise InvalidToken("malformed")
+    return value
+
+
+def link(purpose: Purpose, public_id: str, settings: Settings | None = None) -> str:
+    settings = settings or get_settings()
+    return f"{settings.base_url}/{purpose.value}/{make_token(purpose, public_id, settings)}"

@@ -1,0 +1,19 @@
+"""The ASGI application: public pages and health checks."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from nurture.config import get_settings
+from nurture.web import health, public
+from nurture.web.pages import page_templates
+
+
+def create_app() -> FastAPI:
+    settings = get_settings()  # fail at start-up, not on the first request, when settings are unusable
+    app = FastAPI(title="nurture", version="0.1.0", docs_url=None, redoc_url=None)
+    app.state.settings = settings
+    app.state.pages = page_templates(settings)
+    app.include_router(health.router)
+    app.include_router(public.router)
+    return app

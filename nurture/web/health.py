@@ -1,0 +1,34 @@
+"""Health checks for load balancers and orchestrators."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from nurture.db import get_engine
+from nurture.migrate import is_current
+
+router = APIRouter()
+
+
+@router.get("/healthz", include_in_schema=False)
+def healthz() -> dict[str, str]:
+    """The process is up and serving."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", include_in_schema=False)
+def readyz() -> JSONResponse:
+    """The database answers and its schema is current."""
+    checks: dict[str, str] = {}
+    try:
+        engine = get_engine()
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+        checks["migrations"] = "ok" if is_current(engine) else "pending: run `nurture db upgrade`"
+    except Exception as exc:  # any failure means "not ready", reported rather than raised
+        checks["database"] = f"error: {type(exc).__name__}"
+    ready = all(v == "ok" for v in checks.values())
+    return JSONResponse({"status": "ok" if ready else "unavailable", "checks": checks}, 200 if ready else 503)

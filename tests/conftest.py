@@ -1,0 +1,219 @@
+"""Real databases and services for the tests.
+
+SQLite: each test gets a copy of a database migrated once per session. PostgreSQL: one database per test
+process, migrated once, emptied before each test that uses it. Redis: one logical database per test process.
+With CI=true a missing PostgreSQL or Redis fails the run; locally the tests that need it are skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.orm import Session, sessionmaker
+
+TEST_SECRET = "test-secret-key-for-nurture-tests-0123456789"
+BASE_ENV = {
+    "NURTURE_ENV": "test",
+    "NURTURE_SECRET_KEY": TEST_SECRET,
+    "NURTURE_BASE_URL": "https://nurture.test",
+    "NURTURE_CONTACT_URL": "https://clinic.test/contact",
+    "NURTURE_SMTP_URL": "memory://",
+}
+PG_ADMIN_URL = os.environ.get("NURTURE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REDIS_HOST = os.environ.get("NURTURE_TEST_REDIS_HOST", "127.0.0.1:6379")
+IN_CI = os.environ.get("CI", "").lower() == "true"
+TABLES = "events, deliveries, enrollments, steps, suppressions, subscribers, sequences, sequence_versions"
+
+
+def _worker_index() -> int:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    return int(worker.removeprefix("gw") or 0)
+
+
+def service_missing(name: str, error: Exception) -> None:
+    message = f"{name} is not reachable: {error}"
+    if IN_CI:
+        pytest.fail(f"{message} (CI=true: services are required, not skipped)")
+    pytest.skip(message)
+
+
+def reset_caches() -> None:
+    from nurture.config import get_settings
+    from nurture.db import dispose_engines
+    from nurture.tasks import process_sender
+
+    dispose_engines()
+    get_settings.cache_clear()
+    process_sender.cache_clear()
+
+
+@pytest.fixture(autouse=True)
+def _base_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    for key, value in BASE_ENV.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("NURTURE_VAR_DIR", str(tmp_path / "var"))
+    for key in ("NURTURE_DATABASE_URL", "NURTURE_BROKER_URL", "NURTURE_SEQUENCES_DIR"):
+        monkeypatch.delenv(key, raising=False)
+    reset_caches()
+    yield
+    from nurture import clock
+
+    clock.set_now(None)
+    reset_caches()
+
+
+@pytest.fixture
+def set_env(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
+    """Change NURTURE_* settings for this test and make every cached object see them."""
+
+    def apply(**values: str) -> None:
+        for key, value in values.items():
+            monkeypatch.setenv(f"NURTURE_{key.upper()}", str(value))
+        reset_caches()
+
+    return apply
+
+
+# --- SQLite ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from nurture.db import make_engine
+    from nurture.migrate import upgrade
+
+    path = tmp_path_factory.mktemp("sqlite") / "template.db"
+    engine = make_engine(f"sqlite:///{path}")
+    upgrade(engine)
+    engine.dispose()
+    return path
+
+
+@pytest.fixture
+def sqlite_url(sqlite_template: Path, tmp_path: Path) -> str:
+    path = tmp_path / "nurture.db"
+    shutil.copy(sqlite_template, path)
+    return f"sqlite:///{path}"
+
+
+# --- PostgreSQL -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    from nurture.db import make_engine
+    from nurture.migrate import upgrade
+
+    name = f"nurture_test_{_worker_index()}"
+    try:
+        admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        with admin.connect() as connection:
+            connection.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            connection.execute(text(f"CREATE DATABASE {name}"))
+    except Exception as exc:
+        service_missing("PostgreSQL", exc)
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    engine = make_engine(url)
+    upgrade(engine)
+    engine.dispose()
+    yield url
+    with admin.connect() as connection:
+        connection.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+    admin.dispose()
+
+
+@pytest.fixture
+def pg_url(pg_database: str) -> str:
+    engine = create_engine(pg_database)
+    with engine.begin() as connection:
+        connection.execute(text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
+    engine.dispose()
+    return pg_database
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest) -> str:
+    return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
+
+
+@pytest.fixture
+def factory(db_url: str, set_env: Callable[..., None]) -> sessionmaker[Session]:
+    """A session factory on the test database, which is also what the settings name."""
+    from nurture.db import session_factory
+
+    set_env(database_url=db_url)
+    return session_factory()
+
+
+@pytest.fixture
+def pg_factory(pg_url: str, set_env: Callable[..., None]) -> sessionmaker[Session]:
+    from nurture.db import session_factory
+
+    set_env(database_url=pg_url)
+    return session_factory()
+
+
+# --- Redis ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def redis_url() -> str:
+    import redis
+
+    url = f"redis://{REDIS_HOST}/{15 - _worker_index() % 15}"
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=2)
+        client.flushdb()
+        client.close()
+    except Exception as exc:
+        service_missing("Redis", exc)
+    return url
+
+
+# --- sequences ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sequences_dir(tmp_path: Path, set_env: Callable[..., None]) -> Path:
+    """An empty sequences folder that the settings point at; tests write YAML into it."""
+    folder = tmp_path / "sequences"
+    folder.mkdir()
+    set_env(sequences_dir=str(folder))
+    return folder
+
+
+THREE_STEP = """
+slug: three-step
+name: Three steps
+steps:
+  - {key: hello, delay: 0, template: demo/hello}
+  - {key: middle, delay: 1s, template: demo/middle}
+  - {key: goodbye, delay: 1s, template: demo/goodbye}
+"""
+
+
+@pytest.fixture
+def three_step(sequences_dir: Path) -> Path:
+    path = sequences_dir / "three-step.yaml"
+    path.write_text(THREE_STEP)
+    return path
+
+
+ONE_STEP = """
+slug: one-step
+name: One step
+steps:
+  - {key: hello, delay: 0, template: demo/hello}
+"""
+
+
+@pytest.fixture
+def one_step(sequences_dir: Path) -> Path:
+    path = sequences_dir / "one-step.yaml"
+    path.write_text(ONE_STEP)
+    return path

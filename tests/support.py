@@ -1,0 +1,165 @@
+"""Test helpers that talk to real things: an SMTP server on loopback, nurture processes, polling."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email import message_from_bytes
+from email.message import Message
+from pathlib import Path
+from typing import Any
+
+from aiosmtpd.controller import Controller
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    """Poll until ``predicate`` returns something truthy; the timeout is a hang guard, not a timing check."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+
+    @property
+    def message(self) -> Message:
+        return message_from_bytes(self.data)
+
+
+@dataclass
+class SmtpScript:
+    """What the server answers: codes to return at RCPT or end-of-DATA, consumed in order, then 250."""
+
+    data_replies: list[str] = field(default_factory=list)
+    rcpt_replies: dict[str, str] = field(default_factory=dict)  # address -> reply for every RCPT to it
+    drop_after_data: int = 0  # close the connection (no reply) after this many DATA phases
+
+
+class RecordingHandler:
+    def __init__(self, script: SmtpScript) -> None:
+        self.script = script
+        self.received: list[Received] = []
+        self.data_attempts = 0
+        self.lock = threading.Lock()
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
+        reply = self.script.rcpt_replies.get(address.lower())
+        if reply:
+            return reply
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        with self.lock:
+            self.data_attempts += 1
+            if self.script.drop_after_data > 0:
+                self.script.drop_after_data -= 1
+                # The message arrived whole, but the client never hears the reply: the ambiguous case.
+                self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
+                server.transport.abort()
+                return "250 OK"
+            if self.script.data_replies:
+                return self.script.data_replies.pop(0)
+            self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
+        return "250 OK"
+
+    def message_ids(self) -> list[str]:
+        with self.lock:
+            return [r.message["Message-ID"] for r in self.received]
+
+
+class SmtpServer:
+    """aiosmtpd on 127.0.0.1 with a free port; records every accepted message."""
+
+    def __init__(self, script: SmtpScript | None = None) -> None:
+        self.handler = RecordingHandler(script or SmtpScript())
+        self.controller = Controller(self.handler, hostname="127.0.0.1", port=free_port())
+
+    def __enter__(self) -> SmtpServer:
+        self.controller.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.controller.stop()
+
+    @property
+    def port(self) -> int:
+        return self.controller.port
+
+    @property
+    def url(self) -> str:
+        return f"smtp://127.0.0.1:{self.port}"
+
+    @property
+    def received(self) -> list[Received]:
+        return self.handler.received
+
+
+class Processes:
+    """nurture processes started for a test; logs go to files (printed on failure); all stopped at the end."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.children: list[tuple[str, subprocess.Popen[bytes], Path]] = []
+
+    def start(
+        self, name: str, args: list[str], env: dict[str, str], cwd: Path | None = None
+    ) -> subprocess.Popen[bytes]:
+        log_path = self.log_dir / f"{name}.log"
+        log_file = log_path.open("wb")
+        full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+        child = subprocess.Popen(
+            [sys.executable, "-m", "nurture.cli", *args],
+            env=full_env,
+            cwd=cwd or ROOT,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.children.append((name, child, log_path))
+        return child
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"----- {name} -----\n{path.read_text(errors='replace')[-4000:]}"
+            for name, _, path in self.children
+        )
+
+    def stop_all(self) -> None:
+        for _, child, _ in self.children:
+            if child.poll() is None:
+                os.killpg(child.pid, signal.SIGTERM)
+        for _, child, _ in self.children:
+            try:
+                child.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(child.pid, signal.SIGKILL)
+                child.wait()
+
+
+def cli_env(**overrides: str) -> dict[str, str]:
+    return {key: str(value) for key, value in overrides.items()}

@@ -1,0 +1,129 @@
+"""Claims and leases on real databases."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+
+from nurture import clock
+from nurture.db import transaction
+from nurture.dispatch import claim_due, dispatch_once, reap_expired
+from nurture.models import Delivery, Enrollment
+from tests.helpers import deliveries, statuses, subscribe, sync_sequences
+
+START = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def world(factory, three_step):  # type: ignore[no-untyped-def]
+    sync_sequences(factory)
+    return factory
+
+
+def test_claims_only_due_pending_rows_and_only_once(world):  # type: ignore[no-untyped-def]
+    with clock.frozen(START) as advance:
+        subscribe(world, "a@example.com", "three-step")
+        subscribe(world, "b@example.com", "three-step")
+        with transaction(world) as session:
+            first = claim_due(session, limit=100, lease_seconds=60)
+        with transaction(world) as session:
+            again = claim_due(session, limit=100, lease_seconds=60)
+        advance(timedelta(seconds=1))
+        with transaction(world) as session:
+            later = claim_due(session, limit=1, lease_seconds=60)
+    assert len(first.delivery_ids) == 2 and again.delivery_ids == []
+    assert len(later.delivery_ids) == 1  # the limit holds
+    rows = {d.id: d for d in deliveries(world)}
+    for delivery_id in first.delivery_ids:
+        assert rows[delivery_id].status == "queued"
+        assert rows[delivery_id].claim_token == first.token
+        assert rows[delivery_id].lease_until == START + timedelta(seconds=60)
+
+
+def test_reaper_returns_lost_claims_and_holds_rows_that_died_sending(world):  # type: ignore[no-untyped-def]
+    with clock.frozen(START) as advance:
+        subscribe(world, "a@example.com", "three-step")
+        subscribe(world, "b@example.com", "three-step")
+        with transaction(world) as session:
+            claim = claim_due(session, limit=100, lease_seconds=60)
+            session.execute(
+                update(Delivery).where(Delivery.id == claim.delivery_ids[1]).values(status="sending")
+            )
+        with transaction(world) as session:
+            early = reap_expired(session, policy="hold")
+        advance(timedelta(seconds=61))
+        with transaction(world) as session:
+            late = reap_expired(session, policy="hold")
+    assert (early.returned, early.ambiguous) == (0, 0)
+    assert (late.returned, late.ambiguous) == (1, 1)
+    rows = {d.id: d for d in deliveries(world)}
+    assert rows[claim.delivery_ids[0]].status == "pending" and rows[claim.delivery_ids[0]].claim_token is None
+    assert rows[claim.delivery_ids[1]].status == "ambiguous"
+
+
+def test_a_broker_failure_releases_the_claim_at_once(world):  # type: ignore[no-untyped-def]
+    def broken_broker(token: str, ids: list[int]) -> None:
+        raise ConnectionError("broker down")
+
+    with clock.frozen(START):
+        subscribe(world, "a@example.com", "three-step")
+        with pytest.raises(ConnectionError):
+            dispatch_once(broken_broker, factory=world)
+    assert statuses(world) == ["pending", "pending", "pending"]
+
+
+def test_one_delivery_per_enrollment_and_step_is_enforced_by_the_database(world):  # type: ignore[no-untyped-def]
+    with clock.frozen(START):
+        subscribe(world, "a@example.com", "three-step")
+    existing = deliveries(world)[0]
+    with pytest.raises(IntegrityError), transaction(world) as session:
+        session.add(
+            Delivery(
+                enrollment_id=existing.enrollment_id,
+                step_id=existing.step_id,
+                subscriber_id=existing.subscriber_id,
+                due_at=START,
+            )
+        )
+    assert len(deliveries(world)) == 3
+
+
+def test_enrolling_twice_keeps_one_enrollment(world):  # type: ignore[no-untyped-def]
+    subscribe(world, "a@example.com", "three-step")
+    subscribe(world, "a@example.com", "three-step")
+    with transaction(world) as session:
+        assert session.scalar(select(func.count()).select_from(Enrollment)) == 1
+    assert len(deliveries(world)) == 3
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_concurrent_dispatchers_on_postgres_never_claim_the_same_row(world):  # type: ignore[no-untyped-def]
+    with clock.frozen(START):
+        for n in range(150):
+            subscribe(world, f"p{n}@example.com", "three-step")
+    claimed: list[list[int]] = []
+    barrier = threading.Barrier(4)
+
+    def dispatcher() -> None:
+        barrier.wait()
+        mine: list[int] = []
+        while True:
+            with transaction(world) as session:
+                claim = claim_due(session, limit=7, lease_seconds=60, now=START + timedelta(seconds=5))
+            if not claim.delivery_ids:
+                break
+            mine.extend(claim.delivery_ids)
+        claimed.append(mine)
+
+    threads = [threading.Thread(target=dispatcher) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    every = [i for mine in claimed for i in mine]
+    assert len(every) == 450 == len(set(every))
+    assert sum(1 for mine in claimed if mine) >= 2  # they really ran side by side
