@@ -30,11 +30,6 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 TABLES = "events, deliveries, enrollments, steps, suppressions, subscribers, sequences, sequence_versions"
 
 
-def _worker_index() -> int:
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
-    return int(worker.removeprefix("gw") or 0)
-
-
 def service_missing(name: str, error: Exception) -> None:
     message = f"{name} is not reachable: {error}"
     if IN_CI:
@@ -109,7 +104,8 @@ def pg_database() -> Iterator[str]:
     from nurture.db import make_engine
     from nurture.migrate import upgrade
 
-    name = f"nurture_test_{_worker_index()}"
+    # Unique per test process, so concurrent runs on one machine never drop each other's database.
+    name = f"nurture_test_{os.getpid()}"
     try:
         admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
         with admin.connect() as connection:
@@ -161,17 +157,35 @@ def pg_factory(pg_url: str, set_env: Callable[..., None]) -> sessionmaker[Sessio
 # --- Redis ----------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def redis_url() -> str:
+@pytest.fixture(scope="session")
+def redis_db() -> Iterator[int]:
+    """A Redis logical database reserved for this test process (a lock key in db 0), so concurrent runs on one
+    machine never flush each other's queues."""
     import redis
 
-    url = f"redis://{REDIS_HOST}/{15 - _worker_index() % 15}"
     try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=2)
-        client.flushdb()
-        client.close()
+        control = redis.Redis.from_url(f"redis://{REDIS_HOST}/0", socket_connect_timeout=2)
+        control.ping()
     except Exception as exc:
         service_missing("Redis", exc)
+    for index in range(1, 16):
+        if control.set(f"nurture-test-lock:{index}", os.getpid(), nx=True, ex=3600):
+            break
+    else:
+        pytest.fail("all 15 Redis test databases are reserved by other test runs")
+    yield index
+    control.delete(f"nurture-test-lock:{index}")
+    control.close()
+
+
+@pytest.fixture
+def redis_url(redis_db: int) -> str:
+    import redis
+
+    url = f"redis://{REDIS_HOST}/{redis_db}"
+    client = redis.Redis.from_url(url, socket_connect_timeout=2)
+    client.flushdb()
+    client.close()
     return url
 
 

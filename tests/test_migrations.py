@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
@@ -35,11 +37,11 @@ def test_upgrade_from_empty_on_postgres() -> None:
     try:
         admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
         with admin.connect() as connection:
-            connection.execute(text("DROP DATABASE IF EXISTS nurture_migration_check WITH (FORCE)"))
-            connection.execute(text("CREATE DATABASE nurture_migration_check"))
+            connection.execute(text(f"DROP DATABASE IF EXISTS nurture_migrations_{os.getpid()} WITH (FORCE)"))
+            connection.execute(text(f"CREATE DATABASE nurture_migrations_{os.getpid()}"))
     except Exception as exc:
         service_missing("PostgreSQL", exc)
-    engine = make_engine(PG_ADMIN_URL.rsplit("/", 1)[0] + "/nurture_migration_check")
+    engine = make_engine(PG_ADMIN_URL.rsplit("/", 1)[0] + f"/nurture_migrations_{os.getpid()}")
     try:
         upgrade(engine)
         assert is_current(engine)
@@ -49,5 +51,5 @@ def test_upgrade_from_empty_on_postgres() -> None:
     finally:
         engine.dispose()
         with admin.connect() as connection:
-            connection.execute(text("DROP DATABASE IF EXISTS nurture_migration_check WITH (FORCE)"))
+            connection.execute(text(f"DROP DATABASE IF EXISTS nurture_migrations_{os.getpid()} WITH (FORCE)"))
         admin.dispose()
