@@ -104,6 +104,7 @@ class SmtpTarget:
     starttls: bool
     timeout: float
     local_hostname: str
+    cafile: str | None = None  # a private CA to trust (self-signed relays, tests); default: system CAs
 
     @classmethod
     def from_url(cls, url: str, timeout: float = 30.0, local_hostname: str = "localhost") -> SmtpTarget:
@@ -122,6 +123,7 @@ class SmtpTarget:
             starttls=starttls,
             timeout=float(query.get("timeout", timeout)),
             local_hostname=local_hostname,
+            cafile=query.get("cafile") or None,
         )
 
 
@@ -140,7 +142,7 @@ class SmtpTransport:
 
     def _connect(self) -> smtplib.SMTP:
         t = self.target
-        context = ssl.create_default_context()
+        context = ssl.create_default_context(cafile=t.cafile)
         try:
             if t.implicit_tls:
                 conn: smtplib.SMTP = smtplib.SMTP_SSL(
