@@ -69,8 +69,9 @@ def prepare(count: int, env: dict[str, str]) -> None:
         ).all()  # fmt: skip
         session.execute(
             insert(Delivery),
-            [{"enrollment_id": e, "step_id": first_step.id, "subscriber_id": s, "status": "pending", "due_at": now,
-              "attempts": 0, "created_at": now} for e, s in zip(enrollment_ids, ids, strict=True)],
+            [{"enrollment_id": e, "step_id": first_step.id, "subscriber_id": s, "status": "pending",
+              "due_at": now, "attempts": 0, "created_at": now}
+             for e, s in zip(enrollment_ids, ids, strict=True)],
         )  # fmt: skip
 
 
