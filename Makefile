@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test lint fmt migrate bench services clean
+.PHONY: help install run test chromium soak lint fmt migrate bench services clean
 
 help: ## Show these targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -22,11 +22,21 @@ install: $(STAMP) ## Install nurture and its dev tools into .venv
 run: $(STAMP) ## Start web + worker + beat on embedded defaults (SQLite, no Redis, mail to var/mail/)
 	$(BIN)/nurture run
 
-services: ## Start local PostgreSQL and Redis if they are installed but stopped
+services: ## Start local PostgreSQL and Redis if they are installed but stopped; install test tools
 	@./scripts/ensure-services.sh
+	@./scripts/ensure-tools.sh
 
-test: $(STAMP) services ## Install, then run the whole test suite (PostgreSQL and Redis included)
+test: $(STAMP) services chromium ## Install, then run the whole test suite (PostgreSQL and Redis included)
 	$(BIN)/pytest
+
+chromium: ## Install Debian's chromium for the browser test if missing (needs root + apt-get; never fatal)
+	@command -v chromium >/dev/null 2>&1 || [ "$$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1 || \
+		{ echo "installing chromium"; export DEBIAN_FRONTEND=noninteractive; apt-get update -qq >/dev/null 2>&1; \
+		apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 || echo "apt-get install chromium failed" >&2; }
+
+soak: $(STAMP) services ## The long fault-injection run: 100 worker kills over 10,000 emails
+	NURTURE_SOAK_KILLS=100 NURTURE_SOAK_EMAILS=10000 $(BIN)/pytest -s \
+		tests/reliability/test_worker_faults.py::test_sigkilled_workers_lose_nothing_and_duplicate_at_most_one_per_kill
 
 lint: $(STAMP) ## ruff check and format check
 	$(BIN)/ruff check .

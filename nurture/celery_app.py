@@ -10,19 +10,23 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import setup_logging, worker_process_init, worker_process_shutdown
+from kombu import Queue
 
 from nurture.config import Settings, get_settings
 
+DISPATCH_QUEUE = "nurture.dispatch"
+SEND_QUEUE = "nurture.send"
 DISPATCH_TASK = "nurture.dispatch_due"
 SEND_TASK = "nurture.send_deliveries"
+OUTBOX_TASK = "nurture.drain_outbox"  # transactional email (signup confirmations), see nurture/outbox.py
 
 
 def broker_settings(settings: Settings) -> tuple[str, dict[str, Any]]:
     if not settings.embedded_broker:
         # Tasks are short; the schedule lives in the database, so a redelivery after the visibility timeout
         # only meets rows that are no longer claimed by its token and is dropped.
-        return settings.broker_url, {"visibility_timeout": 3600}
+        return settings.broker_url, {"visibility_timeout": settings.broker_visibility_timeout}
     root = (settings.var_dir / "broker").resolve()
     queue = root / "queue"
     for folder in (queue, root / "control", root / "processed"):
@@ -46,6 +50,11 @@ def create_app(settings: Settings | None = None) -> Celery:
         broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,
         task_ignore_result=True,
+        # Ticks and sends travel in separate queues, so a long send backlog never delays the dispatcher (and
+        # its reaper) behind it; every worker consumes both.
+        task_queues=(Queue(SEND_QUEUE), Queue(DISPATCH_QUEUE)),
+        task_default_queue=SEND_QUEUE,
+        task_routes={DISPATCH_TASK: {"queue": DISPATCH_QUEUE}},
         result_backend=None,
         # A message is acknowledged after the task ran, one at a time, so a crashed worker loses no claim
         # silently; a redelivered task re-checks every row and cannot send twice.
@@ -62,7 +71,12 @@ def create_app(settings: Settings | None = None) -> Celery:
                 "schedule": settings.dispatch_interval,
                 # A tick that waited longer than two intervals is stale: the next one does the same work.
                 "options": {"expires": max(settings.dispatch_interval * 2, 2.0)},
-            }
+            },
+            "drain-outbox": {
+                "task": OUTBOX_TASK,
+                "schedule": settings.dispatch_interval,
+                "options": {"expires": max(settings.dispatch_interval * 2, 2.0)},
+            },
         },
         beat_schedule_filename=str(Path(settings.var_dir).resolve() / "celerybeat-schedule"),
         beat_max_loop_interval=max(1.0, min(settings.dispatch_interval, 5.0)),
@@ -82,3 +96,23 @@ def _fresh_connections_after_fork(**_: Any) -> None:
     from nurture.db import dispose_engines
 
     dispose_engines(close=False)
+
+
+@setup_logging.connect
+def _nurture_logging(**_: Any) -> None:
+    # Connecting here keeps Celery from configuring logging its own way: worker and beat log like the web
+    # app (JSON in production), and the periodic ticks' routine "received/succeeded" lines are dropped.
+    import sys
+
+    from nurture.logs import configure_logging
+
+    role = "beat" if "beat" in sys.argv[1:] else "worker"
+    ticks = {entry["task"] for entry in (app.conf.beat_schedule or {}).values()}
+    configure_logging(get_settings(), role, quiet_tasks=ticks)
+
+
+@worker_process_shutdown.connect
+def _forget_live_gauges(pid: int | None = None, **_: Any) -> None:
+    from nurture.metrics import process_exited
+
+    process_exited(pid)

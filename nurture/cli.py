@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -311,7 +312,130 @@ def dispatch(once: bool, inline: bool) -> None:
         click.echo("outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())))
 
 
+# --- bounces --------------------------------------------------------------------------------------------
+
+
+@main.group()
+def bounces() -> None:
+    """Bounce notifications that arrive by mail (docs/bounces.md)."""
+
+
+@bounces.command("scan")
+@click.argument("maildir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--delete", is_flag=True, help="Delete processed bounces instead of moving them to cur/.")
+def bounces_scan(maildir: Path, delete: bool) -> None:
+    """Process every unseen message in MAILDIR: suppress hard bounces, count soft ones.
+
+    Processed messages move to cur/ marked seen (bounces are deleted instead with --delete; messages that
+    are not bounces are always kept for a person to read)."""
+    from nurture.bounces import NotAMaildir, scan_maildir
+
+    _settings()
+    try:
+        tally = scan_maildir(maildir, delete=delete)
+    except NotAMaildir as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(
+        f"hard {tally.hard}, soft {tally.soft}, unrecognised {tally.unrecognised}, "
+        f"already processed {tally.duplicate}"
+    )
+    if tally.suppressed_soft:
+        click.echo(f"{tally.suppressed_soft} addresses reached the soft bounce limit and were suppressed")
+
+
+# --- operations -----------------------------------------------------------------------------------------
+
+
+@main.command("doctor")
+def doctor() -> None:
+    """Check settings, database and migrations, broker, SMTP (EHLO, STARTTLS, login) and the DKIM key.
+
+    One line per check (ok, warn or FAIL); exits 1 if any check fails. Makes no DNS lookups."""
+    from nurture.doctor import FAIL, Check, run_checks
+
+    try:
+        settings = get_settings()
+    except ConfigError as exc:
+        detail = "; ".join(line.strip() for line in str(exc).splitlines()[1:]) or str(exc)
+        click.echo(Check("settings", FAIL, detail).line())
+        raise SystemExit(1) from None
+    checks = run_checks(settings)
+    for check in checks:
+        click.echo(check.line())
+    if any(check.status == FAIL for check in checks):
+        raise SystemExit(1)
+
+
+@main.group()
+def dkim() -> None:
+    """DKIM signing keys (docs/operating.md, "Deliverability")."""
+
+
+@dkim.command("keygen")
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--selector", default=None, help="Default: NURTURE_DKIM_SELECTOR (nurture).")
+@click.option("--domain", default=None, help="Default: NURTURE_DKIM_DOMAIN, else the domain of NURTURE_FROM.")
+@click.option("--bits", default=2048, show_default=True, type=click.IntRange(1024, 4096))
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+def dkim_keygen(out: Path, selector: str | None, domain: str | None, bits: int, force: bool) -> None:
+    """Write a new RSA private key to OUT (mode 0600) and print the DNS TXT record to publish."""
+    from pydantic import ValidationError
+
+    from nurture.config import _DNS_NAME
+    from nurture.mail.dkim import generate_private_key, public_record
+
+    try:  # without NURTURE_DKIM_KEY: the key may not exist yet, that is why we are here
+        settings: Settings | None = Settings(dkim_key="")
+    except ValidationError:
+        settings = None
+    selector = selector or (settings.dkim_selector if settings else "nurture")
+    domain = (domain or (settings.resolved_dkim_domain if settings else "")).lower().rstrip(".")
+    for label, value in (("--selector", selector), ("--domain", domain)):
+        if not _DNS_NAME.fullmatch(value):
+            raise click.BadParameter(f"{value!r} is not a DNS name", param_hint=label)
+    pem = generate_private_key(bits)
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
+    try:
+        fd = os.open(out, flags, 0o600)
+    except FileExistsError:
+        raise click.ClickException(f"{out} exists; use --force to replace it") from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {out}: {exc.strerror}") from None
+    with os.fdopen(fd, "wb") as handle:
+        os.fchmod(handle.fileno(), 0o600)  # also when --force replaced a file with looser permissions
+        handle.write(pem)
+    _print_dkim_record(f"{selector}._domainkey.{domain}", public_record(pem))
+    click.echo(f"wrote a {bits}-bit RSA private key to {out} (mode 0600); then set")
+    click.echo(f"  NURTURE_DKIM_KEY={out.resolve()}")
+    click.echo(f"  NURTURE_DKIM_SELECTOR={selector}")
+    click.echo(f"  NURTURE_DKIM_DOMAIN={domain}")
+
+
+@dkim.command("record")
+def dkim_record() -> None:
+    """Print the DNS TXT record for the configured key (NURTURE_DKIM_KEY)."""
+    from nurture.mail.dkim import DkimSigner
+
+    settings = _settings()
+    if not settings.dkim_key:
+        raise click.ClickException("NURTURE_DKIM_KEY is not set (`nurture dkim keygen` makes a key)")
+    signer = DkimSigner.from_settings(settings)
+    _print_dkim_record(signer.dns_name, signer.public_record())
+
+
+def _print_dkim_record(name: str, value: str) -> None:
+    from nurture.mail.dkim import zone_file_line
+
+    click.echo("publish this DNS TXT record:")
+    click.echo(f"  name:  {name}")
+    click.echo(f"  value: {value}")
+    click.echo("as a zone-file line (long values split into 255-character strings):")
+    click.echo(f"  {zone_file_line(name, value)}")
+
+
 # --- processes ------------------------------------------------------------------------------------------
+
+WEB_GRACEFUL_SECONDS = 20  # below docker-compose's stop_grace_period for web (30 s)
 
 
 @main.command("web")
@@ -322,8 +446,20 @@ def web(host: str, port: int, workers: int) -> None:
     """The web app (public pages, health checks)."""
     import uvicorn
 
-    _settings()
-    uvicorn.run("nurture.web.app:create_app", factory=True, host=host, port=port, workers=workers)
+    from nurture.logs import logging_config
+
+    settings = _settings()
+    uvicorn.run(
+        "nurture.web.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        # Every uvicorn worker process applies this: JSON lines in production, request ids on access lines.
+        log_config=logging_config(settings, "web"),
+        # SIGTERM: stop accepting, let requests in flight finish for up to this long, then exit.
+        timeout_graceful_shutdown=WEB_GRACEFUL_SECONDS,
+    )
 
 
 @main.command("worker", context_settings={"ignore_unknown_options": True})
@@ -363,6 +499,12 @@ def run(host: str, port: int) -> None:
     broker = "embedded (var/broker)" if settings.embedded_broker else settings.broker_url.split("@")[-1]
     click.echo(f"database: {settings.resolved_database_url.split('@')[-1]}; broker: {broker}")
     click.echo(f"mail: {settings.resolved_smtp_url.split('@')[-1]}; web: http://{host}:{port}/healthz")
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Worker-side metrics (send latency) reach the web's /metrics through files shared by all children.
+        metrics_dir = (settings.var_dir / "metrics").resolve()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     exe = [sys.executable, "-m", "nurture.cli"]
     commands = {
         "web": [*exe, "web", "--host", host, "--port", str(port)],

@@ -1,6 +1,8 @@
-"""The one source of "now": every comparison against due times goes through :func:`now`.
+"""The one source of "now": every comparison against due times goes through this module.
 
-Tests freeze or move it with :func:`set_now`; production code never calls ``datetime.now`` directly.
+``now()`` is this process's clock; ``db_now(session)`` is the database server's, used wherever several
+machines must agree (claiming due rows, leases), so a worker whose clock runs ahead never sends early.
+Tests freeze or move the clock with :func:`set_now` / :func:`frozen`, which then drives both.
 """
 
 from __future__ import annotations
@@ -8,20 +10,43 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-_source: Callable[[], datetime] = lambda: datetime.now(UTC)  # noqa: E731
+from sqlalchemy import func, select
+
+
+def _system_now() -> datetime:
+    return datetime.now(UTC)
+
+
+_source: Callable[[], datetime] = _system_now
 
 
 def now() -> datetime:
-    """The current instant, timezone-aware in UTC."""
+    """The current instant on this machine, timezone-aware in UTC."""
     return _source()
+
+
+def is_set() -> bool:
+    return _source is not _system_now
+
+
+def db_now(session: Any) -> datetime:
+    """The database server's current instant (aware UTC); the test clock when one is set.
+
+    On PostgreSQL this is ``clock_timestamp()`` (``now()`` is frozen at transaction start). SQLite runs in
+    this process, so its clock is this machine's.
+    """
+    if is_set() or session.get_bind().dialect.name != "postgresql":
+        return now()
+    return session.scalar(select(func.clock_timestamp())).astimezone(UTC)
 
 
 def set_now(value: datetime | Callable[[], datetime] | None) -> None:
     """Fix the clock at an instant, drive it with a function, or (None) return to the real clock."""
     global _source
     if value is None:
-        _source = lambda: datetime.now(UTC)  # noqa: E731
+        _source = _system_now
     elif callable(value):
         _source = value
     else:

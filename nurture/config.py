@@ -7,6 +7,7 @@ message that names the variable to set.
 
 from __future__ import annotations
 
+import re
 from email.utils import parseaddr
 from enum import StrEnum
 from functools import lru_cache
@@ -23,6 +24,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 DEV_SECRET_KEY = "dev-only-insecure-secret-key-change-me"
 PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "changethis", "secret", DEV_SECRET_KEY}
 DEV_POSTAL_ADDRESS = "100 Example Street, Springfield, IL 62701, USA"
+_DNS_NAME = re.compile(r"(?i)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*")
 
 
 class Environment(StrEnum):
@@ -47,6 +49,9 @@ class Settings(BaseSettings):
 
     base_url: str = "http://127.0.0.1:8000"
     secret_key: str = DEV_SECRET_KEY
+    # Earlier secret keys, comma-separated: still accepted when verifying links in mail already sent, never
+    # used to sign (docs/operating.md, "Rotate the secret key").
+    old_secret_keys: str = ""
     from_address: str = Field(default="Example Counseling Centre <hello@example.com>", alias="NURTURE_FROM")
     reply_to: str = ""
     unsubscribe_mailto: str = ""  # empty: unsubscribe@<from domain>
@@ -61,6 +66,15 @@ class Settings(BaseSettings):
     templates_dir: Path = PROJECT_ROOT / "templates"
     default_sequence: str = "ketamine-therapy"
 
+    # Operations (docs/operating.md).
+    dkim_key: str = ""  # path of a PEM RSA private key; empty: mail is not signed
+    dkim_selector: str = "nurture"
+    dkim_domain: str = ""  # empty: the domain of NURTURE_FROM (aligned for DMARC)
+    log_format: Literal["auto", "text", "json"] = "auto"  # auto: json in production, text elsewhere
+    log_level: str = "INFO"  # DEBUG, INFO, WARNING or ERROR
+    metrics_token: str = ""  # when set, GET /metrics wants "Authorization: Bearer <token>"
+    bounce_token: str = ""  # POST /api/v1/bounces wants it as a Bearer token; empty: endpoint off
+
     dispatch_interval: float = Field(default=5.0, gt=0, le=3600)
     lease_seconds: int = Field(default=300, ge=5, le=86_400)
     claim_limit: int = Field(default=2000, ge=1, le=100_000)  # rows claimed per dispatch tick
@@ -70,6 +84,20 @@ class Settings(BaseSettings):
     retry_cap_seconds: float = Field(default=3600.0, gt=0)
     ambiguous_policy: Literal["hold", "resend"] = "hold"
     smtp_timeout: float = Field(default=30.0, gt=0)
+    # Redis redelivers an unacknowledged task after this long; harmless here (tasks re-check every row) and
+    # never the schedule itself, which lives in the database.
+    broker_visibility_timeout: int = Field(default=3600, ge=1)
+    smtp_rate: str = "0"  # sending limit shared by all workers: "20/s", "600/m", "10000/h"; "0" = none
+    breaker_threshold: float = Field(default=0.5, gt=0, le=1)  # failure ratio that stops sending...
+    breaker_min_volume: int = Field(default=20, ge=1)  # ...once this many attempts are in the window
+    breaker_window_seconds: float = Field(default=60.0, ge=10)
+    breaker_cooldown_seconds: float = Field(default=60.0, gt=0)
+    soft_bounce_limit: int = Field(default=3, ge=1, le=100)  # soft bounces before an address is suppressed
+
+    # Abuse limits on the signup form (docs/prospects.md explains the numbers).
+    signup_ip_limit: int = Field(default=10, ge=1, le=100_000)  # signups per client IP (IPv6: per /64)...
+    signup_ip_window_seconds: int = Field(default=3600, ge=1, le=7 * 86_400)  # ...per this many seconds
+    confirm_daily_limit: int = Field(default=3, ge=1, le=100)  # confirmation emails per address per 24 h
 
     @field_validator("base_url", "contact_url")
     @classmethod
@@ -85,6 +113,14 @@ class Settings(BaseSettings):
         address = parseaddr(value)[1]
         if "@" not in address or any(c in value for c in "\r\n"):
             raise ValueError(f"NURTURE_FROM must look like 'Name <addr@domain>', got {value!r}")
+        return value
+
+    @field_validator("smtp_rate")
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        from nurture.throttle import parse_rate
+
+        parse_rate(value)
         return value
 
     @field_validator("brand_color")
@@ -107,6 +143,38 @@ class Settings(BaseSettings):
                 problems.append("NURTURE_POSTAL_ADDRESS must be your real postal address (CAN-SPAM)")
             if not self.base_url.startswith("https://"):
                 problems.append("NURTURE_BASE_URL must be an https:// URL in production")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @field_validator("dkim_selector", "dkim_domain")
+    @classmethod
+    def _dns_name(cls, value: str) -> str:
+        if value and not _DNS_NAME.fullmatch(value.rstrip(".")):
+            raise ValueError(f"must be a DNS name (letters, digits, hyphens, dots), got {value!r}")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        if value.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError(f"must be DEBUG, INFO, WARNING or ERROR, got {value!r}")
+        return value.upper()
+
+    @model_validator(mode="after")
+    def _operations(self) -> Settings:
+        problems = []
+        if self.env is not Environment.development:
+            old = [key.strip() for key in self.old_secret_keys.split(",") if key.strip()]
+            if any(key.lower() in PLACEHOLDER_SECRETS for key in old):
+                problems.append("NURTURE_OLD_SECRET_KEYS must not hold a placeholder or the development key")
+        if self.dkim_key:
+            from nurture.mail.dkim import DkimKeyError, load_private_key
+
+            try:
+                load_private_key(Path(self.dkim_key))
+            except DkimKeyError as exc:
+                problems.append(f"NURTURE_DKIM_KEY: {exc}")
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -137,6 +205,22 @@ class Settings(BaseSettings):
     @property
     def resolved_unsubscribe_mailto(self) -> str:
         return self.unsubscribe_mailto or f"unsubscribe@{self.from_domain}"
+
+    @property
+    def verification_secret_keys(self) -> list[str]:
+        """Keys that verify tokens: oldest first, the current key last (itsdangerous signs with the last)."""
+        old = [key.strip() for key in self.old_secret_keys.split(",") if key.strip()]
+        return [*reversed(old), self.secret_key]
+
+    @property
+    def resolved_dkim_domain(self) -> str:
+        return (self.dkim_domain or self.from_domain).lower().rstrip(".")
+
+    @property
+    def json_logs(self) -> bool:
+        if self.log_format == "auto":
+            return self.env is Environment.production
+        return self.log_format == "json"
 
 
 @lru_cache(maxsize=1)

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import DateTime, Engine, MetaData, create_engine, event
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
 from nurture.config import get_settings
+
+T = TypeVar("T")
 
 # Stable constraint names so Alembic migrations can refer to them on every backend.
 NAMING_CONVENTION = {
@@ -109,6 +113,23 @@ def normalise_url(url: str) -> str:
 
 def session_factory(engine: Engine | None = None) -> sessionmaker[Session]:
     return sessionmaker(bind=engine or get_engine(), expire_on_commit=False)
+
+
+def retrying(
+    work: Callable[[Session], T], factory: sessionmaker[Session] | None = None, attempts: int = 4
+) -> T:
+    """Run ``work`` in a transaction, again on a fresh connection if the connection was lost (a restarted or
+    failed-over database, a killed backend). ``work`` must be safe to repeat: every state change in nurture is
+    a conditional UPDATE that matches nothing the second time."""
+    for attempt in range(attempts):
+        try:
+            with transaction(factory) as session:
+                return work(session)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated or attempt == attempts - 1:
+                raise
+            time.sleep(0.05 * 2**attempt)
+    raise AssertionError("unreachable")
 
 
 @contextmanager

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from nurture import clock, events
@@ -40,8 +40,8 @@ class DispatchResult:
 
 
 def claim_due(session: Session, *, limit: int, lease_seconds: int, now: datetime | None = None) -> Claim:
-    now = now or clock.now()
-    token = secrets.token_hex(16)
+    now = now or clock.db_now(session)
+    token = secrets.token_hex(8)  # short: the sender appends a per-attempt suffix
     # The row choice is a CTE, which PostgreSQL evaluates exactly once. As an ``IN (subquery)`` the planner
     # may rescan the LIMIT ... SKIP LOCKED subquery and claim more rows than the limit (seen in tests).
     due = (
@@ -78,7 +78,7 @@ def release(session: Session, token: str, ids: list[int]) -> int:
 
 
 def reap_expired(session: Session, *, policy: str, now: datetime | None = None) -> ReapResult:
-    now = now or clock.now()
+    now = now or clock.db_now(session)
     returned = session.execute(
         update(Delivery)
         .where(Delivery.status == DeliveryStatus.queued, Delivery.lease_until < now)
@@ -118,7 +118,15 @@ def dispatch_once(
     with transaction(factory) as session:
         reaped = reap_expired(session, policy=settings.ambiguous_policy)
     with transaction(factory) as session:
-        claim = claim_due(session, limit=settings.claim_limit, lease_seconds=settings.lease_seconds)
+        # Backpressure: claims still waiting for a worker count against this tick's limit, so a slow worker
+        # pool is never buried under claims whose leases would run out in the queue.
+        outstanding = session.scalar(
+            select(func.count()).where(Delivery.status.in_([DeliveryStatus.queued, DeliveryStatus.sending]))
+        )
+        room = settings.claim_limit - (outstanding or 0)
+        if room <= 0:
+            return DispatchResult(reaped=reaped, claimed=0)
+        claim = claim_due(session, limit=room, lease_seconds=settings.lease_seconds)
     handed: list[int] = []
     try:
         for batch in batches(claim.delivery_ids, settings.batch_size):

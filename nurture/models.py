@@ -69,6 +69,9 @@ class Subscriber(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=clock.now)
     confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     unsubscribed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Set by the preferences page: pending emails were postponed to this instant (informational; the
+    # postponed due times themselves live on the delivery rows).
+    paused_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     enrollments: Mapped[list[Enrollment]] = relationship(back_populates="subscriber")
 
@@ -219,3 +222,98 @@ class Suppression(Base):
     reason: Mapped[str] = mapped_column(String(32))
     detail: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=clock.now)
+
+
+# --- prospects' side: consent ledger, transactional outbox, rate limits ---------------------------------
+
+
+class ConsentRecord(Base):
+    """Proof of consent, one row per signup (or resubscribe): who, when, from where, and the exact words they
+    agreed to. Kept after unsubscribe; removed only when the subscriber is erased."""
+
+    __tablename__ = "consent_records"
+    __table_args__ = (Index("ix_consent_records_subscriber", "subscriber_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # Confirm tokens name the signup by this random id, so confirming applies this signup's choices.
+    public_id: Mapped[str] = mapped_column(String(32), unique=True, default=_public_id)
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=clock.now)
+    ip: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(512))
+    source: Mapped[str] = mapped_column(String(100))  # "hosted-form", "embed", "api", "resubscribe", ...
+    form_url: Mapped[str | None] = mapped_column(String(1000))
+    consent_version: Mapped[str] = mapped_column(String(32))
+    consent_text: Mapped[str] = mapped_column(Text)
+    # What the signup asked for; applied to the subscriber only when the address owner confirms.
+    sequence_slug: Mapped[str | None] = mapped_column(String(64))
+    first_name: Mapped[str | None] = mapped_column(String(100))
+    timezone: Mapped[str | None] = mapped_column(String(64))
+    confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    confirm_ip: Mapped[str | None] = mapped_column(String(64))
+    confirm_user_agent: Mapped[str | None] = mapped_column(String(512))
+
+    subscriber: Mapped[Subscriber] = relationship()
+
+
+class OutboxStatus(StrEnum):
+    pending = "pending"
+    queued = "queued"  # claimed by a drain tick, lease running
+    sending = "sending"
+    sent = "sent"
+    failed = "failed"
+    skipped = "skipped"
+    ambiguous = "ambiguous"
+
+
+class OutboxMessage(Base):
+    """A transactional email (the double opt-in confirmation) waiting for a worker: queued in the web
+    request's own transaction, sent by the ``drain_outbox`` task with the claim/lease rules deliveries use."""
+
+    __tablename__ = "outbox_messages"
+    __table_args__ = (
+        Index(
+            "ix_outbox_messages_pending_due",
+            "due_at",
+            postgresql_where=text("status = 'pending'"),
+            sqlite_where=text("status = 'pending'"),
+        ),
+        Index(
+            "ix_outbox_messages_leased",
+            "lease_until",
+            postgresql_where=text("status IN ('queued', 'sending')"),
+            sqlite_where=text("status IN ('queued', 'sending')"),
+        ),
+        # The per-address daily limit counts recent confirmation emails per subscriber.
+        Index("ix_outbox_messages_subscriber_kind_created", "subscriber_id", "kind", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"))
+    consent_id: Mapped[int | None] = mapped_column(ForeignKey("consent_records.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(16), default=OutboxStatus.pending)
+    due_at: Mapped[datetime] = mapped_column(UTCDateTime, default=clock.now)
+    claim_token: Mapped[str | None] = mapped_column(String(32))
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    skip_reason: Mapped[str | None] = mapped_column(String(64))
+    message_id: Mapped[str | None] = mapped_column(String(255))
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=clock.now)
+
+    subscriber: Mapped[Subscriber] = relationship()
+    consent: Mapped[ConsentRecord | None] = relationship()
+
+
+class RateLimitCounter(Base):
+    """Fixed-window hit counters shared by every web worker (one row per key per window)."""
+
+    __tablename__ = "rate_limit_counters"
+    __table_args__ = (Index("ix_rate_limit_counters_expires_at", "expires_at"),)
+
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    window_start: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, default=0)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)

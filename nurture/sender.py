@@ -4,12 +4,14 @@ For every delivery: re-read it and check it should still go (the world may have 
 claimed), render it, then in one short transaction re-check and move it ``queued -> sending``; only then talk
 to SMTP, and record the outcome afterwards. Rendering happens before the final check so an unsubscribe that
 lands while we render still wins. A worker that dies after "sending" leaves a row the reaper marks ambiguous
-instead of sending blindly again.
+instead of sending blindly again. Every database step retries on a lost connection; each is a conditional
+UPDATE, so a repeat changes nothing.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -18,14 +20,21 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload, sessionmaker
 
-from nurture import clock, events
+from nurture import clock, events, metrics
+from nurture.breaker import Breaker
 from nurture.catalog import window_of
 from nurture.config import Settings
-from nurture.db import transaction
+from nurture.db import retrying
 from nurture.enrollment import cancel_open_deliveries
 from nurture.mail.context import Recipient, step_message
 from nurture.mail.templates import EmailTemplates
-from nurture.mail.transports import AmbiguousFailure, PermanentFailure, TemporaryFailure, Transport
+from nurture.mail.transports import (
+    AmbiguousFailure,
+    ConnectFailure,
+    PermanentFailure,
+    TemporaryFailure,
+    Transport,
+)
 from nurture.models import (
     Delivery,
     DeliveryStatus,
@@ -37,19 +46,38 @@ from nurture.models import (
     Suppression,
 )
 from nurture.schedule import next_open, resolve_zone
+from nurture.throttle import RateLimiter, Unlimited
 
 log = logging.getLogger(__name__)
 
 HOLD = "held"  # not a skip: the enrollment or sequence is paused and the delivery waits for resume
+DEFERRED = "deferred"  # handed back unsent because the SMTP server is unreachable or the breaker is open
+
+
+class _Closed:
+    def record(self, ok: bool) -> None:
+        pass
+
+    def open_for(self) -> float:
+        return 0.0
 
 
 @dataclass(frozen=True)
 class Prepared:
     recipient: Recipient
+    subscriber_id: int
+    step_key: str
     template: str
     sequence_name: str
     step_number: int
     step_count: int
+
+
+class _StopBatch(Exception):
+    """Sending cannot go on right now (server unreachable, breaker open): hand the rest back unsent."""
+
+    def __init__(self, retry_in: float) -> None:
+        self.retry_in = retry_in
 
 
 def skip_reason(session: Session, delivery: Delivery, *, lock: bool = False) -> str | None:
@@ -78,6 +106,14 @@ def skip_reason(session: Session, delivery: Delivery, *, lock: bool = False) -> 
     return None
 
 
+def log_transition(delivery_id: int, outcome: str, **fields: object) -> None:
+    """One structured line per state change; ids only, never addresses, at info level."""
+    extra = " ".join(f"{key}={value}" for key, value in fields.items() if value is not None)
+    log.info(
+        "delivery=%s outcome=%s %s", delivery_id, outcome, extra, extra={"delivery_id": delivery_id, **fields}
+    )
+
+
 class Sender:
     def __init__(
         self,
@@ -85,23 +121,37 @@ class Sender:
         factory: sessionmaker[Session],
         transport: Transport,
         templates: EmailTemplates,
+        *,
+        limiter: RateLimiter | None = None,
+        breaker: Breaker | None = None,
     ) -> None:
         self.settings = settings
         self.factory = factory
         self.transport = transport
         self.templates = templates
+        self.limiter = limiter or Unlimited()
+        self.breaker = breaker or _Closed()
 
     def send_batch(self, claim_token: str, delivery_ids: list[int]) -> Counter[str]:
         outcomes: Counter[str] = Counter()
-        for delivery_id in delivery_ids:
-            outcomes[self.send_one(claim_token, delivery_id)] += 1
+        retrying(lambda s: self._renew_lease(s, claim_token, delivery_ids), self.factory)
+        for position, delivery_id in enumerate(delivery_ids):
+            try:
+                outcomes[metrics.timed_send(self.send_one, claim_token, delivery_id)] += 1
+            except _StopBatch as stop:
+                rest = delivery_ids[position:]
+                self._defer(claim_token, rest, stop.retry_in)
+                outcomes[DEFERRED] += len(rest)
+                break
+            except Exception:  # one broken row must not strand the rest of the batch; the reaper has it
+                log.exception("delivery=%s outcome=error", delivery_id)
+                outcomes["error"] += 1
         return outcomes
 
     def send_one(self, claim_token: str, delivery_id: int) -> str:
-        prepared_or_outcome = self._prepare(claim_token, delivery_id)
-        if isinstance(prepared_or_outcome, str):
-            return prepared_or_outcome
-        prepared = prepared_or_outcome
+        prepared = retrying(lambda s: self._prepare(s, claim_token, delivery_id), self.factory)
+        if isinstance(prepared, str):
+            return prepared
         try:
             _rendered, data, message_id = step_message(
                 self.settings,
@@ -114,66 +164,104 @@ class Sender:
                 delivery_id=delivery_id,
                 date=clock.now(),
             )
-        except Exception as exc:  # a template bug must not kill the batch; it is retried and recorded
-            log.exception("rendering delivery %s failed", delivery_id)
-            return self._after_temporary(
-                claim_token, delivery_id, f"render failed: {exc}", from_status="queued"
+        except (
+            Exception
+        ) as exc:  # a template that cannot render for this subscriber will not render next time
+            log.exception("delivery=%s rendering failed", delivery_id)
+            return self._record_failure(
+                claim_token, delivery_id, DeliveryStatus.queued, f"render failed: {exc}"
             )
 
-        outcome = self._begin_sending(claim_token, delivery_id)
+        if (wait := self.breaker.open_for()) > 0:
+            raise _StopBatch(wait)
+        metrics.observe_rate_limit_wait(self.limiter.acquire())
+        # From here the row carries a token unique to this attempt: if the commit below succeeds but its reply
+        # is lost with the connection, the retry recognises its own change instead of giving the row up; a
+        # redelivered copy of this task, holding only the claim token, cannot take the row.
+        sending_token = f"{claim_token}.{secrets.token_hex(4)}"
+        outcome = retrying(
+            lambda s: self._begin_sending(s, claim_token, sending_token, delivery_id), self.factory
+        )
         if outcome is not None:
             return outcome
+        claim_token = sending_token
         try:
             self.transport.send(self.settings.envelope_from, prepared.recipient.email, data)
+        except ConnectFailure as exc:
+            self.breaker.record(ok=False)
+            # Nothing was handed over: back to the queue without counting an attempt against the message.
+            error = str(exc)
+            retrying(lambda s: self._undo_sending(s, claim_token, delivery_id, error), self.factory)
+            raise _StopBatch(self.settings.retry_base_seconds) from exc
         except TemporaryFailure as exc:
-            return self._after_temporary(claim_token, delivery_id, str(exc), from_status="sending")
+            self.breaker.record(ok=False)
+            return self._after_temporary(claim_token, delivery_id, str(exc), prepared)
         except PermanentFailure as exc:
+            self.breaker.record(ok=False)
             return self._after_permanent(claim_token, delivery_id, str(exc))
         except AmbiguousFailure as exc:
+            self.breaker.record(ok=False)
             return self._after_ambiguous(claim_token, delivery_id, str(exc))
-        return self._after_sent(claim_token, delivery_id, message_id)
+        self.breaker.record(ok=True)
+        retrying(lambda s: self._after_sent(s, claim_token, delivery_id, message_id), self.factory)
+        log_transition(delivery_id, "sent", subscriber=prepared.subscriber_id, step=prepared.step_key)
+        return "sent"
 
     # --- phases -------------------------------------------------------------------------------------------
 
-    def _prepare(self, claim_token: str, delivery_id: int) -> Prepared | str:
-        with transaction(self.factory) as session:
-            delivery = session.scalar(
-                select(Delivery)
-                .where(Delivery.id == delivery_id)
-                .options(joinedload(Delivery.step), joinedload(Delivery.subscriber))
-            )
-            if delivery is None:
-                return "gone"
-            if delivery.status != DeliveryStatus.queued or delivery.claim_token != claim_token:
-                return "not-claimed"  # reaped and re-claimed, or already handled by a redelivered task
-            reason = skip_reason(session, delivery)
-            if reason is not None:
-                return self._skip(session, delivery, reason)
-            enrollment = delivery.enrollment
-            steps = enrollment.version.steps
-            subscriber = delivery.subscriber
-            return Prepared(
-                recipient=Recipient(subscriber.email, subscriber.first_name, subscriber.public_id),
-                template=delivery.step.template,
-                sequence_name=enrollment.sequence.name,
-                step_number=delivery.step.position,
-                step_count=len(steps),
-            )
-
-    def _skip(self, session: Session, delivery: Delivery, reason: str) -> str:
-        status = DeliveryStatus.held if reason == HOLD else DeliveryStatus.skipped
+    def _renew_lease(self, session: Session, claim_token: str, delivery_ids: list[int]) -> None:
+        """The claim's lease covered the wait in the queue; a task that starts work renews it."""
         session.execute(
             update(Delivery)
-            .where(Delivery.id == delivery.id, Delivery.status.in_([DeliveryStatus.queued]))
+            .where(
+                Delivery.id.in_(delivery_ids),
+                Delivery.claim_token == claim_token,
+                Delivery.status == DeliveryStatus.queued,
+            )
+            .values(lease_until=clock.db_now(session) + timedelta(seconds=self.settings.lease_seconds))
+            .execution_options(synchronize_session=False)
+        )
+
+    def _prepare(self, session: Session, claim_token: str, delivery_id: int) -> Prepared | str:
+        delivery = session.scalar(
+            select(Delivery)
+            .where(Delivery.id == delivery_id)
+            .options(joinedload(Delivery.step), joinedload(Delivery.subscriber))
+        )
+        if delivery is None:
+            return "gone"
+        if delivery.status != DeliveryStatus.queued or delivery.claim_token != claim_token:
+            return "not-claimed"  # reaped and re-claimed, or already handled by a redelivered task
+        reason = skip_reason(session, delivery)
+        if reason is not None:
+            return self._skip(session, delivery, reason)
+        enrollment = delivery.enrollment
+        subscriber = delivery.subscriber
+        return Prepared(
+            recipient=Recipient(subscriber.email, subscriber.first_name, subscriber.public_id),
+            subscriber_id=subscriber.id,
+            step_key=delivery.step.key,
+            template=delivery.step.template,
+            sequence_name=enrollment.sequence.name,
+            step_number=delivery.step.position,
+            step_count=len(enrollment.version.steps),
+        )
+
+    def _skip(self, session: Session, delivery: Delivery, reason: str) -> str:
+        held = reason == HOLD
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id == delivery.id, Delivery.status == DeliveryStatus.queued)
             .values(
-                status=status,
-                skip_reason=None if reason == HOLD else reason,
+                status=DeliveryStatus.held if held else DeliveryStatus.skipped,
+                skip_reason=None if held else reason,
                 claim_token=None,
                 lease_until=None,
             )
             .execution_options(synchronize_session=False)
         )
-        if reason != HOLD:
+        outcome = HOLD if held else f"skipped:{reason}"
+        if not held:
             events.record(
                 session,
                 "skipped",
@@ -181,33 +269,38 @@ class Sender:
                 delivery_id=delivery.id,
                 reason=reason,
             )
-        return HOLD if reason == HOLD else f"skipped:{reason}"
+        log_transition(delivery.id, outcome, subscriber=delivery.subscriber_id)
+        return outcome
 
-    def _begin_sending(self, claim_token: str, delivery_id: int) -> str | None:
-        with transaction(self.factory) as session:
-            delivery = session.get(Delivery, delivery_id)
-            if delivery is None:
-                return "gone"
-            reason = skip_reason(session, delivery, lock=True)
-            if reason is not None:
-                if delivery.status == DeliveryStatus.queued and delivery.claim_token == claim_token:
-                    return self._skip(session, delivery, reason)
-                return "not-claimed"
-            moved = session.execute(
-                update(Delivery)
-                .where(
-                    Delivery.id == delivery_id,
-                    Delivery.status == DeliveryStatus.queued,
-                    Delivery.claim_token == claim_token,
-                )
-                .values(
-                    status=DeliveryStatus.sending,
-                    attempts=Delivery.attempts + 1,
-                    lease_until=clock.now() + timedelta(seconds=self.settings.lease_seconds),
-                )
-                .execution_options(synchronize_session=False)
-            ).rowcount
-            return None if moved == 1 else "not-claimed"
+    def _begin_sending(
+        self, session: Session, claim_token: str, sending_token: str, delivery_id: int
+    ) -> str | None:
+        delivery = session.get(Delivery, delivery_id, populate_existing=True)
+        if delivery is None:
+            return "gone"
+        if delivery.status == DeliveryStatus.sending and delivery.claim_token == sending_token:
+            return None  # our own earlier commit, whose acknowledgement was lost
+        reason = skip_reason(session, delivery, lock=True)
+        if reason is not None:
+            if delivery.status == DeliveryStatus.queued and delivery.claim_token == claim_token:
+                return self._skip(session, delivery, reason)
+            return "not-claimed"
+        moved = session.execute(
+            update(Delivery)
+            .where(
+                Delivery.id == delivery_id,
+                Delivery.status == DeliveryStatus.queued,
+                Delivery.claim_token == claim_token,
+            )
+            .values(
+                status=DeliveryStatus.sending,
+                claim_token=sending_token,
+                attempts=Delivery.attempts + 1,
+                lease_until=clock.db_now(session) + timedelta(seconds=self.settings.lease_seconds),
+            )
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        return None if moved == 1 else "not-claimed"
 
     def _finish(
         self, session: Session, token: str, delivery_id: int, from_status: str, /, **values: object
@@ -225,76 +318,127 @@ class Sender:
         )
         return result.rowcount == 1
 
-    def _after_sent(self, claim_token: str, delivery_id: int, message_id: str) -> str:
-        with transaction(self.factory) as session:
-            now = clock.now()
-            self._finish(
-                session,
-                claim_token,
-                delivery_id,
-                DeliveryStatus.sending,
-                status=DeliveryStatus.sent,
-                sent_at=now,
-                message_id=message_id,
-                last_error=None,
-            )
+    def _after_sent(self, session: Session, claim_token: str, delivery_id: int, message_id: str) -> None:
+        recorded = self._finish(
+            session,
+            claim_token,
+            delivery_id,
+            DeliveryStatus.sending,
+            status=DeliveryStatus.sent,
+            sent_at=clock.now(),
+            message_id=message_id,
+            last_error=None,
+        )
+        if recorded:
             events.record(session, "sent", delivery_id=delivery_id, message_id=message_id)
-        return "sent"
 
-    def _after_temporary(self, claim_token: str, delivery_id: int, error: str, *, from_status: str) -> str:
-        with transaction(self.factory) as session:
-            delivery = session.get(Delivery, delivery_id)
-            if delivery is None:
-                return "gone"
-            attempts = delivery.attempts + (1 if from_status == DeliveryStatus.queued else 0)
-            if attempts >= self.settings.max_attempts:
-                self._finish(
-                    session,
-                    claim_token,
-                    delivery_id,
-                    from_status,
-                    status=DeliveryStatus.failed,
-                    attempts=attempts,
-                    last_error=error,
-                    claim_token=None,
+    def _undo_sending(self, session: Session, claim_token: str, delivery_id: int, error: str) -> None:
+        self._finish(
+            session,
+            claim_token,
+            delivery_id,
+            DeliveryStatus.sending,
+            status=DeliveryStatus.pending,
+            attempts=Delivery.attempts - 1,
+            due_at=clock.db_now(session) + timedelta(seconds=self.settings.retry_base_seconds),
+            last_error=error,
+            claim_token=None,
+        )
+
+    def _defer(self, claim_token: str, delivery_ids: list[int], retry_in: float) -> None:
+        """Hand claimed rows back unsent, due again in ``retry_in`` seconds (nothing counted against them)."""
+
+        def work(session: Session) -> None:
+            session.execute(
+                update(Delivery)
+                .where(
+                    Delivery.id.in_(delivery_ids),
+                    Delivery.claim_token == claim_token,
+                    Delivery.status == DeliveryStatus.queued,
                 )
-                events.record(session, "failed", delivery_id=delivery_id, error=error, attempts=attempts)
-                return "failed"
-            retry_at = self._retry_time(session, delivery, attempts)
-            self._finish(
+                .values(
+                    status=DeliveryStatus.pending,
+                    claim_token=None,
+                    lease_until=None,
+                    due_at=clock.db_now(session) + timedelta(seconds=retry_in),
+                )
+                .execution_options(synchronize_session=False)
+            )
+
+        retrying(work, self.factory)
+        log.warning(
+            "deferred %d deliveries for %.0fs: SMTP unreachable or breaker open", len(delivery_ids), retry_in
+        )
+
+    def _record_failure(self, claim_token: str, delivery_id: int, from_status: str, error: str) -> str:
+        def work(session: Session) -> None:
+            if self._finish(
                 session,
                 claim_token,
                 delivery_id,
                 from_status,
+                status=DeliveryStatus.failed,
+                attempts=Delivery.attempts + (1 if from_status == DeliveryStatus.queued else 0),
+                last_error=error,
+                claim_token=None,
+            ):
+                events.record(session, "failed", delivery_id=delivery_id, error=error)
+
+        retrying(work, self.factory)
+        log_transition(delivery_id, "failed", error=error.split(":", 1)[0])
+        return "failed"
+
+    def _after_temporary(self, claim_token: str, delivery_id: int, error: str, prepared: Prepared) -> str:
+        def work(session: Session) -> tuple[str, int]:
+            delivery = session.get(Delivery, delivery_id)
+            if delivery is None:
+                return "gone", 0
+            if delivery.attempts >= self.settings.max_attempts:
+                return "exhausted", delivery.attempts
+            retry_at = self._retry_time(session, delivery)
+            recorded = self._finish(
+                session,
+                claim_token,
+                delivery_id,
+                DeliveryStatus.sending,
                 status=DeliveryStatus.pending,
-                attempts=attempts,
                 due_at=retry_at,
                 last_error=error,
                 claim_token=None,
             )
-            events.record(
-                session,
-                "retry",
-                delivery_id=delivery_id,
-                error=error,
-                attempt=attempts,
-                retry_at=retry_at.isoformat(),
-            )
-        return "retry"
+            if recorded:
+                events.record(
+                    session,
+                    "retry",
+                    delivery_id=delivery_id,
+                    error=error,
+                    attempt=delivery.attempts,
+                    retry_at=retry_at.isoformat(),
+                )
+            return "retry", delivery.attempts
 
-    def _retry_time(self, session: Session, delivery: Delivery, attempts: int) -> datetime:
-        backoff = min(self.settings.retry_base_seconds * 2 ** (attempts - 1), self.settings.retry_cap_seconds)
+        outcome, attempts = retrying(work, self.factory)
+        if outcome == "exhausted":
+            return self._record_failure(claim_token, delivery_id, DeliveryStatus.sending, f"gave up: {error}")
+        log_transition(delivery_id, outcome, subscriber=prepared.subscriber_id, attempt=attempts)
+        return outcome
+
+    def _retry_time(self, session: Session, delivery: Delivery) -> datetime:
+        backoff = min(
+            self.settings.retry_base_seconds * 2 ** (delivery.attempts - 1), self.settings.retry_cap_seconds
+        )
         enrollment = delivery.enrollment
-        subscriber = delivery.subscriber
-        tz = resolve_zone(subscriber.timezone, enrollment.version.timezone)
+        tz = resolve_zone(delivery.subscriber.timezone, enrollment.version.timezone)
         # A retry still respects the send window: a 4xx at 11:29 must not land at 23:00 local.
-        return next_open(clock.now() + timedelta(seconds=backoff), window_of(enrollment.version), tz)
+        return next_open(
+            clock.db_now(session) + timedelta(seconds=backoff), window_of(enrollment.version), tz
+        )
 
     def _after_permanent(self, claim_token: str, delivery_id: int, error: str) -> str:
-        with transaction(self.factory) as session:
+        def work(session: Session) -> None:
             delivery = session.get(Delivery, delivery_id)
             if delivery is None:
-                return "gone"
+                return
             self._finish(
                 session,
                 claim_token,
@@ -309,11 +453,15 @@ class Sender:
             events.record(
                 session, "bounced", subscriber_id=delivery.subscriber_id, delivery_id=delivery_id, error=error
             )
+
+        retrying(work, self.factory)
+        log_transition(delivery_id, "bounced", error=error.split(":", 1)[0])
         return "failed"
 
     def _after_ambiguous(self, claim_token: str, delivery_id: int, error: str) -> str:
         resend = self.settings.ambiguous_policy == "resend"
-        with transaction(self.factory) as session:
+
+        def work(session: Session) -> None:
             self._finish(
                 session,
                 claim_token,
@@ -324,6 +472,9 @@ class Sender:
                 claim_token=None,
             )
             events.record(session, "ambiguous", delivery_id=delivery_id, error=error, resend=resend)
+
+        retrying(work, self.factory)
+        log_transition(delivery_id, "ambiguous", resend=resend)
         return "ambiguous"
 
 

@@ -6,10 +6,11 @@ import logging
 from functools import lru_cache
 from typing import Any
 
-from nurture.celery_app import DISPATCH_TASK, SEND_TASK, app
+from nurture.celery_app import DISPATCH_TASK, OUTBOX_TASK, SEND_TASK, app
 from nurture.config import get_settings
 from nurture.db import session_factory
 from nurture.dispatch import dispatch_once
+from nurture.guards import circuit_breaker, rate_limiter
 from nurture.mail.templates import EmailTemplates
 from nurture.mail.transports import transport_from_url
 from nurture.sender import Sender
@@ -24,7 +25,14 @@ def process_sender() -> Sender:
     transport = transport_from_url(
         settings.resolved_smtp_url, timeout=settings.smtp_timeout, local_hostname=settings.from_domain
     )
-    return Sender(settings, session_factory(), transport, EmailTemplates(settings.templates_dir))
+    return Sender(
+        settings,
+        session_factory(),
+        transport,
+        EmailTemplates(settings.templates_dir),
+        limiter=rate_limiter(settings),
+        breaker=circuit_breaker(settings),
+    )
 
 
 def enqueue_batch(claim_token: str, delivery_ids: list[int]) -> None:
@@ -48,4 +56,16 @@ def dispatch_due() -> dict[str, Any]:
 def send_deliveries(claim_token: str, delivery_ids: list[int]) -> dict[str, int]:
     outcomes = process_sender().send_batch(claim_token, delivery_ids)
     log.info("sent batch of %d: %s", len(delivery_ids), dict(outcomes))
+    return dict(outcomes)
+
+
+@app.task(name=OUTBOX_TASK, ignore_result=True)
+def drain_outbox() -> dict[str, int]:
+    """Send queued transactional email (confirmations) through this worker's transport and templates."""
+    from nurture.outbox import Outbox
+
+    sender = process_sender()
+    outcomes = Outbox(sender.settings, sender.factory, sender.transport, sender.templates).drain()
+    if outcomes:
+        log.info("outbox: %s", dict(outcomes))
     return dict(outcomes)

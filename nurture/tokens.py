@@ -3,6 +3,8 @@
 A token names a subscriber by their random ``public_id`` (never the email address) and is signed with a
 salt per purpose, so a confirm token cannot unsubscribe and the reverse. Unsubscribe and preferences tokens do
 not expire: a link in an old email must keep working (RFC 8058, Gmail and Yahoo bulk-sender rules).
+Confirm tokens name one signup (a consent record's random ``public_id``) rather than the subscriber, so
+confirming applies exactly that signup's choices.
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ class InvalidToken(Exception):
 
 
 def _serializer(purpose: Purpose, settings: Settings) -> URLSafeTimedSerializer:
-    return URLSafeTimedSerializer(settings.secret_key, salt=f"nurture.{purpose.value}")
+    # Signs with the current key; also verifies with NURTURE_OLD_SECRET_KEYS, so links in mail sent before a
+    # key rotation keep working.
+    return URLSafeTimedSerializer(settings.verification_secret_keys, salt=f"nurture.{purpose.value}")
 
 
 def make_token(purpose: Purpose, public_id: str, settings: Settings | None = None) -> str:
@@ -42,7 +46,8 @@ def make_token(purpose: Purpose, public_id: str, settings: Settings | None = Non
 
 def read_token(purpose: Purpose, token: str, settings: Settings | None = None) -> str:
     """The subscriber ``public_id`` inside a valid token, else :class:`InvalidToken`."""
-    if not token or len(token) > 512:
+    if not token or len(token) > 512 or not token.isascii():
+        # Non-ASCII (lone surrogates included) can never be ours, and would not even encode for the check.
         raise InvalidToken("malformed")
     try:
         value = _serializer(purpose, settings or get_settings()).loads(token, max_age=MAX_AGE[purpose])

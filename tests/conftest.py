@@ -30,6 +30,14 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 TABLES = "events, deliveries, enrollments, steps, suppressions, subscribers, sequences, sequence_versions"
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    """Keep each phase's report on the test item, so fixtures can print process logs when a test failed."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
 def service_missing(name: str, error: Exception) -> None:
     message = f"{name} is not reachable: {error}"
     if IN_CI:

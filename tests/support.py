@@ -44,6 +44,7 @@ class Received:
     mail_from: str
     rcpt_tos: list[str]
     data: bytes
+    at: float = field(default_factory=time.time)  # when the server accepted it (epoch seconds)
 
     @property
     def message(self) -> Message:
@@ -95,9 +96,9 @@ class RecordingHandler:
 class SmtpServer:
     """aiosmtpd on 127.0.0.1 with a free port; records every accepted message."""
 
-    def __init__(self, script: SmtpScript | None = None) -> None:
+    def __init__(self, script: SmtpScript | None = None, port: int | None = None) -> None:
         self.handler = RecordingHandler(script or SmtpScript())
-        self.controller = Controller(self.handler, hostname="127.0.0.1", port=free_port())
+        self.controller = Controller(self.handler, hostname="127.0.0.1", port=port or free_port())
 
     def __enter__(self) -> SmtpServer:
         self.controller.start()
@@ -127,13 +128,18 @@ class Processes:
         self.children: list[tuple[str, subprocess.Popen[bytes], Path]] = []
 
     def start(
-        self, name: str, args: list[str], env: dict[str, str], cwd: Path | None = None
+        self,
+        name: str,
+        args: list[str],
+        env: dict[str, str],
+        cwd: Path | None = None,
+        prefix: list[str] | None = None,
     ) -> subprocess.Popen[bytes]:
         log_path = self.log_dir / f"{name}.log"
         log_file = log_path.open("wb")
         full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
         child = subprocess.Popen(
-            [sys.executable, "-m", "nurture.cli", *args],
+            [*(prefix or []), sys.executable, "-m", "nurture.cli", *args],
             env=full_env,
             cwd=cwd or ROOT,
             stdout=log_file,
@@ -152,7 +158,7 @@ class Processes:
     def stop_all(self) -> None:
         for _, child, _ in self.children:
             if child.poll() is None:
-                os.killpg(child.pid, signal.SIGTERM)
+                child.send_signal(signal.SIGTERM)  # the main process only: it shuts its pool down warmly
         for _, child, _ in self.children:
             try:
                 child.wait(timeout=20)

@@ -29,7 +29,11 @@ def _unsubscribe_token(factory, email: str) -> str:  # type: ignore[no-untyped-d
 def test_health_and_readiness(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
-    assert ready.status_code == 200 and ready.json()["checks"] == {"database": "ok", "migrations": "ok"}
+    assert ready.status_code == 200 and ready.json()["checks"] == {
+        "database": "ok",
+        "migrations": "ok",
+        "broker": "ok",
+    }
 
 
 def test_get_shows_a_button_and_changes_nothing(client, factory) -> None:  # type: ignore[no-untyped-def]

@@ -28,6 +28,10 @@ class TemporaryFailure(SendFailure):
     """4xx or a connection problem before the message was handed over: safe to retry."""
 
 
+class ConnectFailure(TemporaryFailure):
+    """The server could not be reached at all: says nothing about the message, so no attempt is counted."""
+
+
 class PermanentFailure(SendFailure):
     """5xx: the server refused; retrying will not help."""
 
@@ -157,9 +161,9 @@ class SmtpTransport:
             if t.username:
                 conn.login(t.username, t.password or "")
         except smtplib.SMTPAuthenticationError as exc:
-            raise TemporaryFailure(f"SMTP login refused: {exc.smtp_code}", exc.smtp_code) from exc
+            raise ConnectFailure(f"SMTP login refused: {exc.smtp_code}", exc.smtp_code) from exc
         except (smtplib.SMTPException, OSError) as exc:
-            raise TemporaryFailure(f"SMTP connect to {t.host}:{t.port} failed: {exc}") from exc
+            raise ConnectFailure(f"SMTP connect to {t.host}:{t.port} failed: {exc}") from exc
         return conn
 
     def _drop(self) -> None:
@@ -180,7 +184,7 @@ class SmtpTransport:
                     self._send_once(envelope_from, recipient, data)
                 except _StaleConnection as exc:
                     self._drop()
-                    raise TemporaryFailure(f"SMTP connection lost: {exc}") from exc
+                    raise ConnectFailure(f"SMTP connection lost: {exc}") from exc
 
     def _send_once(self, envelope_from: str, recipient: str, data: bytes) -> None:
         if self._conn is None:
@@ -246,7 +250,25 @@ class _StaleConnection(Exception):
     pass
 
 
-def transport_from_url(url: str, *, timeout: float = 30.0, local_hostname: str = "localhost") -> Transport:
+def transport_from_url(
+    url: str, *, timeout: float = 30.0, local_hostname: str = "localhost", dkim: bool = True
+) -> Transport:
+    """The transport ``url`` names; DKIM-signing when ``NURTURE_DKIM_KEY`` is set (unless ``dkim=False``).
+
+    Every path that sends mail builds its transport here, so every message is signed the same way.
+    """
+    transport = unsigned_transport_from_url(url, timeout=timeout, local_hostname=local_hostname)
+    if not dkim:
+        return transport
+    from nurture.config import get_settings
+    from nurture.mail.dkim import signing
+
+    return signing(transport, get_settings())
+
+
+def unsigned_transport_from_url(
+    url: str, *, timeout: float = 30.0, local_hostname: str = "localhost"
+) -> Transport:
     scheme = urlsplit(url).scheme
     if scheme in {"smtp", "smtps"}:
         return SmtpTransport(SmtpTarget.from_url(url, timeout=timeout, local_hostname=local_hostname))

@@ -5,7 +5,8 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from nurture.config import get_settings
-from nurture.web import health, public
+from nurture.logs import RequestIdMiddleware
+from nurture.web import bounces, health, metrics, public
 from nurture.web.pages import page_templates
 
 
@@ -15,5 +16,8 @@ def create_app() -> FastAPI:
     app.state.settings = settings
     app.state.pages = page_templates(settings)
     app.include_router(health.router)
+    app.include_router(metrics.router)
+    app.add_middleware(RequestIdMiddleware)  # X-Request-ID in, out and on every log line
     app.include_router(public.router)
+    app.include_router(bounces.router)
     return app

@@ -1,0 +1,104 @@
+"""Abuse limits, kept in the database so every web worker on every host shares them.
+
+Why the database and not Redis: the signup already writes there, so the counter joins the signup's own
+transaction. A refused or failed signup rolls its hit back (a 429 stores nothing, not even a count), and
+SQLite-only installs get the same protection as PostgreSQL ones with no extra service.
+
+* Per client IP: a fixed-window counter, one row per (key, window). The check-and-increment is a single
+  ``INSERT ... ON CONFLICT DO UPDATE ... WHERE count < limit RETURNING count`` statement, atomic on SQLite
+  and PostgreSQL alike; no row back means the window is full. IPv6 clients are counted per /64 (one host
+  usually owns a whole /64), and keys are HMACs so the table holds no raw addresses.
+* Per address: confirmation emails already are rows (the outbox), so the daily cap counts them over a
+  rolling 24 hours; no separate counter to keep in step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import math
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from nurture import clock
+from nurture.models import OutboxMessage, RateLimitCounter
+
+CONFIRM_WINDOW = timedelta(days=1)
+
+
+class RateLimited(Exception):
+    def __init__(self, scope: str, retry_after: int) -> None:
+        super().__init__(f"{scope}: retry after {retry_after}s")
+        self.scope = scope
+        self.retry_after = retry_after
+
+
+def client_key(scope: str, ip: str | None, secret: str) -> str:
+    """A stable, non-reversible key for a client address (IPv6 collapsed to its /64)."""
+    value = ip or "unknown"
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        pass
+    else:
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is None:
+            value = str(ipaddress.IPv6Network(f"{address}/64", strict=False))
+        elif isinstance(address, ipaddress.IPv6Address):
+            value = str(address.ipv4_mapped)
+    digest = hmac.new(secret.encode(), f"{scope}:{value}".encode(), hashlib.sha256).hexdigest()[:40]
+    return f"{scope}:{digest}"
+
+
+def _seconds_until(moment: datetime, now: datetime) -> int:
+    return max(1, math.ceil((moment - now).total_seconds()))
+
+
+def hit(session: Session, key: str, *, limit: int, window_seconds: int, now: datetime | None = None) -> None:
+    """Count one hit for ``key`` in the current window, or raise :class:`RateLimited` (counting nothing)."""
+    now = now or clock.now()
+    start = datetime.fromtimestamp(math.floor(now.timestamp() / window_seconds) * window_seconds, tz=UTC)
+    end = start + timedelta(seconds=window_seconds)
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = insert(RateLimitCounter).values(key=key, window_start=start, count=1, expires_at=end)
+    statement = statement.on_conflict_do_update(
+        index_elements=[RateLimitCounter.key, RateLimitCounter.window_start],
+        set_={"count": RateLimitCounter.count + 1},
+        where=RateLimitCounter.count < limit,
+    ).returning(RateLimitCounter.count)
+    if session.execute(statement).scalar() is None:
+        raise RateLimited(key.split(":", 1)[0], _seconds_until(end, now))
+
+
+def check_confirm_quota(
+    session: Session, subscriber_id: int, *, limit: int, now: datetime | None = None
+) -> None:
+    """Refuse another confirmation email to an address that already had ``limit`` in the last 24 hours."""
+    now = now or clock.now()
+    since = now - CONFIRM_WINDOW
+    count, oldest = session.execute(
+        select(func.count(), func.min(OutboxMessage.created_at)).where(
+            OutboxMessage.subscriber_id == subscriber_id,
+            OutboxMessage.kind == "confirm",
+            OutboxMessage.created_at > since,
+        )
+    ).one()
+    if count >= limit:
+        # ``min`` comes back without the column type on some backends: normalise it to aware UTC.
+        oldest = oldest if isinstance(oldest, datetime) else datetime.fromisoformat(str(oldest))
+        oldest = oldest.replace(tzinfo=UTC) if oldest.tzinfo is None else oldest
+        raise RateLimited("confirm", _seconds_until(oldest + CONFIRM_WINDOW, now))
+
+
+def purge_expired(session: Session, now: datetime | None = None) -> int:
+    """Drop counters whose window has ended (called by the periodic outbox tick)."""
+    result = session.execute(
+        delete(RateLimitCounter)
+        .where(RateLimitCounter.expires_at < (now or clock.now()))
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount or 0

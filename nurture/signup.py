@@ -1,0 +1,285 @@
+"""Signing up and confirming: validation at the edge, then one transaction each.
+
+A signup writes, all or nothing: a rate-limit hit for the client, the subscriber row if the address is new
+(status ``pending``), a consent record with the exact wording, and a confirmation email in the outbox. The
+answer is the same for new, pending, active and unsubscribed addresses; the signup's choices (course, first
+name, time zone) are kept on the consent record and applied only when the address owner confirms, so a
+stranger who types someone's address can change nothing about them.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+import zoneinfo
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from nurture import consent, events, outbox, ratelimit
+from nurture.addresses import InvalidInput, clean_name, normalise_email
+from nurture.catalog import get_sequence
+from nurture.config import Settings
+from nurture.db import transaction
+from nurture.enrollment import EnrollmentError
+from nurture.models import ConsentRecord, SequenceStatus, Subscriber, SubscriberStatus
+from nurture.preferences import enroll_or_reopen, reactivate, update_profile
+
+# Raw size caps, checked before anything else looks at a value.
+CAPS = {
+    "email": 254,
+    "first_name": 100,
+    "timezone": 64,
+    "sequence": 64,
+    "consent_version": 32,
+    "source": 100,
+    "website": 500,
+}
+LABELS = {
+    "email": "Email address",
+    "first_name": "First name",
+    "timezone": "Time zone",
+    "sequence": "Course",
+    "consent_version": "Consent wording",
+    "source": "Source",
+    "website": "Website",
+}
+TRUE_VALUES = {"yes", "on", "true", "1"}
+SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+NO_SUCH_COURSE = "That course is not one we offer."
+# Bidirectional overrides and isolates: they make a name display differently from what it is.
+_BIDI_CONTROLS = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+class FieldErrors(ValueError):
+    def __init__(self, errors: Mapping[str, str]) -> None:
+        super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
+        self.errors = dict(errors)
+
+
+@dataclass(frozen=True)
+class SignupForm:
+    email: str
+    first_name: str | None
+    timezone: str | None
+    sequence: str | None
+    consent_version: str
+    source: str
+
+
+@lru_cache(maxsize=1)
+def known_zones() -> frozenset[str]:
+    """IANA zone names; the tz database's aliases for the host's own zone are not names people have."""
+    return frozenset(
+        name
+        for name in zoneinfo.available_timezones()
+        if name not in {"localtime", "Factory", "posixrules"} and not name.startswith(("posix/", "right/"))
+    )
+
+
+def unsafe_character(value: str) -> str | None:
+    """Why ``value`` cannot be accepted anywhere (headers, pages, the database), or None."""
+    for char in value:
+        category = unicodedata.category(char)
+        # Cc: C0/C1 controls (CR, LF, NUL, NEL...); Cs: lone surrogates (not encodable, crash drivers);
+        # Zl/Zp: Unicode line and paragraph separators, which some mail software treats as line breaks.
+        if category in {"Cc", "Cs", "Zl", "Zp"}:
+            return "must not contain line breaks or control characters"
+        if char in _BIDI_CONTROLS:
+            return "must not contain text-direction control characters"
+    return None
+
+
+def text_field(raw: Mapping[str, Any], name: str, errors: dict[str, str]) -> str:
+    """The field as text ("" when absent), recording a problem in ``errors``."""
+    value = raw.get(name)
+    label = LABELS[name]
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        errors[name] = f"{label} must be text."
+        return ""
+    if len(value) > CAPS[name]:
+        errors[name] = f"{label} must be at most {CAPS[name]} characters."
+        return ""
+    problem = unsafe_character(value)
+    if problem:
+        errors[name] = f"{label} {problem}."
+        return ""
+    return value.strip()
+
+
+def validate_name(value: str, errors: dict[str, str]) -> str | None:
+    if "=?" in value:  # an RFC 2047 encoded word: a way to smuggle line breaks past a header decoder
+        errors["first_name"] = "First name must be plain text."
+        return None
+    try:
+        return clean_name(value)
+    except InvalidInput as exc:
+        errors["first_name"] = f"First name {exc.message}."
+        return None
+
+
+def validate_zone(value: str, errors: dict[str, str], field: str = "timezone") -> str | None:
+    if not value:
+        return None
+    if value not in known_zones():
+        errors[field] = "Time zone is not one we know: leave it empty or pick one from the list."
+        return None
+    return value
+
+
+def _sentence(message: str) -> str:
+    message = message.strip()
+    if message.startswith("must"):
+        message = f"Email address {message}"
+    return message if message.endswith(".") else message + "."
+
+
+def validate_email(value: str, errors: dict[str, str]) -> str:
+    try:
+        address = normalise_email(value)
+    except InvalidInput as exc:
+        errors["email"] = "Please enter your email address." if not value else _sentence(exc.message)
+        return ""
+    if not address.isascii():
+        # smtplib and many servers cannot carry non-ASCII addresses (SMTPUTF8); refusing here beats failing
+        # silently in the worker.
+        errors["email"] = "Email address must contain only ASCII letters, digits and punctuation."
+        return ""
+    return address
+
+
+def parse_signup(raw: Mapping[str, Any], *, default_source: str) -> SignupForm:
+    """Validate every field of a signup, reporting all problems at once as :class:`FieldErrors`."""
+    errors: dict[str, str] = {}
+    raw_email = text_field(raw, "email", errors)
+    email = validate_email(raw_email, errors) if "email" not in errors else ""
+    first_name = validate_name(text_field(raw, "first_name", errors), errors)
+    timezone = validate_zone(text_field(raw, "timezone", errors), errors)
+    sequence = text_field(raw, "sequence", errors) or None
+    if sequence is not None and not SLUG.match(sequence):
+        errors["sequence"] = NO_SUCH_COURSE
+    version = text_field(raw, "consent_version", errors) or consent.CURRENT
+    if version not in consent.VERSIONS and "consent_version" not in errors:
+        errors["consent_version"] = "This form is out of date: please reload the page and try again."
+    source = text_field(raw, "source", errors) or default_source
+    agreed = raw.get("consent")
+    if not (agreed is True or (isinstance(agreed, str) and agreed.strip().lower() in TRUE_VALUES)):
+        errors["consent"] = "Please tick the box to agree to receive the emails."
+    if errors:
+        raise FieldErrors(errors)
+    return SignupForm(email, first_name, timezone, sequence, version, source)
+
+
+def honeypot_filled(raw: Mapping[str, Any]) -> bool:
+    value = raw.get("website")
+    return bool(value.strip()) if isinstance(value, str) else value not in (None, False, "")
+
+
+# --- the signup transaction -----------------------------------------------------------------------------
+
+
+def signup(
+    factory: sessionmaker[Session] | None, form: SignupForm, origin: consent.Origin, settings: Settings
+) -> None:
+    """Store the signup and queue its confirmation, or raise (``RateLimited``, ``FieldErrors``) having
+    stored nothing."""
+    for attempt in (1, 2):
+        try:
+            with transaction(factory) as session:
+                _signup(session, form, origin, settings)
+            return
+        except IntegrityError:
+            # Two first signups for one new address raced on the unique email; the retry finds the row.
+            if attempt == 2:
+                raise
+
+
+def _signup(session: Session, form: SignupForm, origin: consent.Origin, settings: Settings) -> None:
+    ratelimit.hit(
+        session,
+        ratelimit.client_key("signup", origin.ip, settings.secret_key),
+        limit=settings.signup_ip_limit,
+        window_seconds=settings.signup_ip_window_seconds,
+    )
+    if form.sequence is not None:
+        sequence = get_sequence(session, form.sequence)
+        if sequence is None or sequence.status == SequenceStatus.archived:
+            raise FieldErrors({"sequence": NO_SUCH_COURSE})
+    subscriber = session.scalar(select(Subscriber).where(Subscriber.email == form.email).with_for_update())
+    if subscriber is None:
+        subscriber = Subscriber(email=form.email, status=SubscriberStatus.pending, attributes={})
+        session.add(subscriber)
+        session.flush()
+    ratelimit.check_confirm_quota(session, subscriber.id, limit=settings.confirm_daily_limit)
+    record = consent.record_signup(
+        session,
+        subscriber.id,
+        origin=origin,
+        source=form.source,
+        version=form.consent_version,
+        org_name=settings.org_name,
+        sequence_slug=form.sequence or settings.default_sequence,
+        first_name=form.first_name,
+        timezone=form.timezone,
+    )
+    outbox.queue_confirmation(session, record)
+    events.record(session, "signup", subscriber_id=subscriber.id, source=form.source)
+
+
+# --- confirming -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    already: bool  # this signup had been confirmed before: nothing changed
+    subscriber_public_id: str
+    sequence_name: str | None
+
+
+def find_signup(session: Session, public_id: str) -> ConsentRecord | None:
+    return session.scalar(select(ConsentRecord).where(ConsentRecord.public_id == public_id))
+
+
+def confirm(session: Session, public_id: str, origin: consent.Origin) -> Confirmation | None:
+    """Activate the subscriber and enroll them in the signup's course; None for an unknown signup.
+
+    Idempotent: the subscriber row is locked first and the signup re-read under the lock, so two
+    concurrent confirmations of one link enroll once.
+    """
+    record = find_signup(session, public_id)
+    if record is None:
+        return None
+    subscriber = session.scalar(
+        select(Subscriber).where(Subscriber.id == record.subscriber_id).with_for_update()
+    )
+    session.refresh(record)
+    assert subscriber is not None  # consent records cascade with their subscriber
+    sequence = get_sequence(session, record.sequence_slug) if record.sequence_slug else None
+    name = sequence.name if sequence is not None else None
+    if record.confirmed_at is not None:
+        return Confirmation(True, subscriber.public_id, name)
+    consent.mark_confirmed(record, origin)
+    reactivate(session, subscriber)
+    update_profile(
+        session,
+        subscriber,
+        record.first_name or subscriber.first_name,
+        record.timezone or subscriber.timezone,
+    )
+    events.record(session, "confirmed", subscriber_id=subscriber.id, consent=record.consent_version)
+    if sequence is None:
+        events.record(session, "enroll-skipped", subscriber_id=subscriber.id, reason="unknown-sequence")
+    else:
+        try:
+            with session.begin_nested():
+                enroll_or_reopen(session, subscriber, sequence)
+        except EnrollmentError as exc:  # archived or never synced: confirmed all the same
+            events.record(session, "enroll-skipped", subscriber_id=subscriber.id, reason=str(exc))
+    return Confirmation(False, subscriber.public_id, name)

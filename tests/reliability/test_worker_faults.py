@@ -1,0 +1,75 @@
+"""Scenarios 1, 2 and 5: workers killed, stopped and run side by side."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+
+from sqlalchemy import func, select
+
+from nurture.db import transaction
+from nurture.models import Delivery
+from tests.reliability.conftest import Cluster, duplicates, seed
+from tests.support import SmtpServer, wait_until
+
+KILLS = int(os.environ.get("NURTURE_SOAK_KILLS", "5"))
+EMAILS = int(os.environ.get("NURTURE_SOAK_EMAILS", "2000"))
+
+
+def test_sigkilled_workers_lose_nothing_and_duplicate_at_most_one_per_kill(cluster: Cluster) -> None:
+    seed(cluster.factory, EMAILS, "one-step")
+    rng = random.Random(EMAILS * 31 + KILLS)
+    with SmtpServer() as smtp:
+        env = {"NURTURE_SMTP_URL": smtp.url, "NURTURE_AMBIGUOUS_POLICY": "resend"}
+        cluster.beat(**env)
+        worker = cluster.worker(**env)
+        step = max(10, EMAILS // (KILLS + 1))
+        for _ in range(KILLS):
+            # Kill while the worker is busy: after a random amount of progress, mid-batch and often mid-SMTP.
+            target = len(smtp.received) + rng.randint(step // 2, step)
+            wait_until(lambda t=target: len(smtp.received) >= t, 300, f"{target} emails")
+            cluster.kill(worker, signal.SIGKILL)
+            worker = cluster.worker(**env)
+        wait_until(
+            lambda: cluster.statuses().get("sent", 0) == EMAILS, 600, "every delivery recorded as sent"
+        )
+    ids = smtp.handler.message_ids()
+    assert len(set(ids)) == EMAILS, "an email was lost"
+    extra = duplicates(smtp)
+    assert sum(n - 1 for n in extra.values()) <= KILLS
+    with transaction(cluster.factory) as session:
+        duplicated = set(session.scalars(select(Delivery.id).where(Delivery.message_id.in_(list(extra)))))
+    ambiguous = {event.delivery_id for event in cluster.events("ambiguous")}
+    assert duplicated <= ambiguous, "a duplicate whose delivery was not recorded as ambiguous"
+    summary = f"{EMAILS} emails, {KILLS} kills, {len(extra)} duplicates, 0 lost, {len(ambiguous)} ambiguous"
+    print(f"\nscenario 1: {summary}")
+
+
+def test_sigterm_finishes_the_current_batch_and_leaves_nothing_sending(cluster: Cluster) -> None:
+    seed(cluster.factory, 400, "one-step")
+    with SmtpServer() as smtp:
+        env = {"NURTURE_SMTP_URL": smtp.url}
+        cluster.beat(**env)
+        worker = cluster.worker(concurrency=2, **env)
+        wait_until(lambda: len(smtp.received) >= 60, 120, "sending under way")
+        cluster.kill(worker, signal.SIGTERM)
+        assert worker.returncode == 0, "warm shutdown should exit cleanly"
+        assert cluster.statuses().get("sending", 0) == 0
+        cluster.worker(**env)
+        wait_until(lambda: cluster.statuses().get("sent", 0) == 400, 180, "the rest sent by a new worker")
+    assert duplicates(smtp) == {} and len(smtp.received) == 400
+
+
+def test_two_dispatchers_and_three_workers_never_claim_twice(cluster: Cluster) -> None:
+    seed(cluster.factory, 1000, "one-step")
+    with SmtpServer() as smtp:
+        env = {"NURTURE_SMTP_URL": smtp.url, "NURTURE_CLAIM_LIMIT": "60", "NURTURE_BATCH_SIZE": "5"}
+        cluster.beat(**env)
+        cluster.beat(**env)
+        for _ in range(3):
+            cluster.worker(**env)
+        wait_until(lambda: cluster.statuses().get("sent", 0) == 1000, 300, "1000 sent")
+    assert duplicates(smtp) == {} and len(smtp.received) == 1000
+    with transaction(cluster.factory) as session:
+        assert session.scalar(select(func.count()).where(Delivery.attempts != 1)) == 0

@@ -1,0 +1,160 @@
+"""The transactional outbox: claimed once, leased, retried with backoff, failures recorded, drained by the
+Celery task through the worker's transport."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select, update
+
+from nurture import clock
+from nurture.celery_app import OUTBOX_TASK, create_app
+from nurture.config import get_settings
+from nurture.db import transaction
+from nurture.mail.templates import EmailTemplates
+from nurture.mail.transports import (
+    MEMORY_OUTBOX,
+    AmbiguousFailure,
+    MemoryTransport,
+    PermanentFailure,
+    TemporaryFailure,
+)
+from nurture.models import OutboxMessage, Subscriber, Suppression
+from nurture.outbox import Outbox, claim_due
+from tests.web.support import drain
+
+START = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+
+
+class Failing(MemoryTransport):
+    def __init__(self, *errors: Exception) -> None:
+        super().__init__()
+        self.errors = list(errors)
+
+    def send(self, envelope_from: str, recipient: str, data: bytes) -> None:
+        if self.errors:
+            raise self.errors.pop(0)
+        super().send(envelope_from, recipient, data)
+
+
+def _row(factory) -> OutboxMessage:  # type: ignore[no-untyped-def]
+    with transaction(factory) as session:
+        return session.scalar(select(OutboxMessage))
+
+
+@pytest.fixture
+def queued(client: TestClient, app_factory):  # type: ignore[no-untyped-def]
+    with clock.frozen(START) as advance:
+        assert (
+            client.post("/subscribe", json={"email": "ana@example.com", "consent": True}).status_code == 202
+        )
+        yield advance
+
+
+def test_a_claim_is_exclusive(app_factory, queued) -> None:  # type: ignore[no-untyped-def]
+    with transaction(app_factory) as session:
+        first = claim_due(session, limit=10, lease_seconds=60)
+    with transaction(app_factory) as session:
+        second = claim_due(session, limit=10, lease_seconds=60)
+    assert len(first[1]) == 1 and second[1] == []
+    # A redelivered or stale worker holding another token cannot send it.
+    settings = get_settings()
+    outbox = Outbox(settings, app_factory, MemoryTransport(), EmailTemplates(settings.templates_dir))
+    assert outbox.send_one("not-the-token", first[1][0]) == "not-claimed"
+    assert outbox.send_one(first[0], first[1][0]) == "sent"
+    assert outbox.send_one(first[0], first[1][0]) == "not-claimed"
+
+
+def test_temporary_failures_retry_with_backoff_then_send(app_factory, queued, set_env) -> None:  # type: ignore[no-untyped-def]
+    set_env(retry_base_seconds="60")
+    transport = Failing(TemporaryFailure("421 busy"), TemporaryFailure("421 busy"))
+    assert drain(app_factory, transport)[0] == {"retry": 1}
+    row = _row(app_factory)
+    assert (row.status, row.attempts, row.due_at) == ("pending", 1, START + timedelta(seconds=60))
+    assert drain(app_factory, transport)[0] == {}  # not due yet
+    queued(timedelta(seconds=60))
+    assert drain(app_factory, transport)[0] == {"retry": 1}
+    assert _row(app_factory).due_at == START + timedelta(seconds=60 + 120)
+    queued(timedelta(seconds=120))
+    assert drain(app_factory, transport)[0] == {"sent": 1}
+    assert len(transport.outbox) == 1 and _row(app_factory).attempts == 3
+
+
+def test_attempts_are_capped(app_factory, queued, set_env) -> None:  # type: ignore[no-untyped-def]
+    set_env(max_attempts="2", retry_base_seconds="1")
+    transport = Failing(*[TemporaryFailure("421")] * 5)
+    drain(app_factory, transport)
+    queued(timedelta(seconds=5))
+    assert drain(app_factory, transport)[0] == {"failed": 1}
+    assert _row(app_factory).status == "failed"
+
+
+def test_a_hard_bounce_fails_and_suppresses(app_factory, queued) -> None:  # type: ignore[no-untyped-def]
+    assert drain(app_factory, Failing(PermanentFailure("550 no such user", 550)))[0] == {"failed": 1}
+    with transaction(app_factory) as session:
+        assert session.scalar(select(Suppression.email)) == "ana@example.com"
+    assert _row(app_factory).last_error == "550 no such user"
+
+
+def test_ambiguous_sends_are_held_not_repeated(app_factory, queued) -> None:  # type: ignore[no-untyped-def]
+    transport = Failing(AmbiguousFailure("connection lost after DATA"))
+    assert drain(app_factory, transport)[0] == {"ambiguous": 1}
+    queued(timedelta(hours=1))
+    assert drain(app_factory, transport)[0] == {} and transport.outbox == []
+    assert _row(app_factory).status == "ambiguous"
+
+
+def test_expired_leases_come_back_and_a_death_mid_send_is_ambiguous(app_factory, queued) -> None:  # type: ignore[no-untyped-def]
+    with transaction(app_factory) as session:
+        claim_due(session, limit=10, lease_seconds=60)  # a worker claimed it and died
+    queued(timedelta(seconds=61))
+    assert drain(app_factory)[0] == {"sent": 1}
+    # A second signup whose worker died after "sending": never resent blindly.
+    queued(timedelta(seconds=1))
+    with transaction(app_factory) as session:
+        subscriber_id = session.scalar(select(Subscriber.id))
+        first = session.scalar(select(OutboxMessage))
+        session.add(
+            OutboxMessage(
+                kind="confirm",
+                subscriber_id=subscriber_id,
+                consent_id=first.consent_id,
+                status="sending",
+                claim_token="dead",
+                lease_until=clock.now() - timedelta(seconds=1),
+            )
+        )
+    assert drain(app_factory)[0] == {}
+    with transaction(app_factory) as session:
+        assert (
+            session.scalar(
+                select(OutboxMessage.status)
+                .where(OutboxMessage.claim_token.is_(None))
+                .order_by(OutboxMessage.id.desc())
+            )
+            == "ambiguous"
+        )
+
+
+def test_suppressed_addresses_get_the_same_answer_but_no_email(
+    client: TestClient, app_factory, queued
+) -> None:  # type: ignore[no-untyped-def]
+    with transaction(app_factory) as session:
+        session.execute(update(OutboxMessage).values(status="sent"))
+        session.add(Suppression(email="bounced@example.com", reason="complaint"))
+    assert (
+        client.post("/subscribe", json={"email": "bounced@example.com", "consent": True}).status_code == 202
+    )
+    assert drain(app_factory)[0] == {"skipped:suppressed": 1}
+
+
+def test_the_celery_task_drains_through_the_configured_transport(app_factory, queued) -> None:  # type: ignore[no-untyped-def]
+    from nurture.tasks import drain_outbox
+
+    assert create_app().conf.beat_schedule["drain-outbox"]["task"] == OUTBOX_TASK
+    MEMORY_OUTBOX.outbox.clear()
+    assert drain_outbox() == {"sent": 1}  # NURTURE_SMTP_URL=memory:// in tests
+    assert [m.recipient for m in MEMORY_OUTBOX.outbox] == ["ana@example.com"]
+    MEMORY_OUTBOX.outbox.clear()
