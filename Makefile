@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test chromium soak lint fmt migrate bench services clean
+.PHONY: help install run test chromium compose-client soak lint fmt migrate bench services clean
 
 help: ## Show these targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -26,13 +26,21 @@ services: ## Start local PostgreSQL and Redis if they are installed but stopped;
 	@./scripts/ensure-services.sh
 	@./scripts/ensure-tools.sh
 
-test: $(STAMP) services chromium ## Install, then run the whole test suite (PostgreSQL and Redis included)
+test: $(STAMP) services chromium compose-client ## Install, then run the whole test suite (PostgreSQL and Redis included)
 	$(BIN)/pytest
 
 chromium: ## Install Debian's chromium for the browser test if missing (needs root + apt-get; never fatal)
 	@command -v chromium >/dev/null 2>&1 || [ "$$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1 || \
 		{ echo "installing chromium"; export DEBIAN_FRONTEND=noninteractive; apt-get update -qq >/dev/null 2>&1; \
 		apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 || echo "apt-get install chromium failed" >&2; }
+
+compose-client: ## Install Debian's docker-compose to validate docker-compose.yml offline, if no compose client
+	@command -v docker-compose >/dev/null 2>&1 || docker compose version >/dev/null 2>&1 || \
+		[ "$$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1 || \
+		{ echo "installing docker-compose"; export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -qq --no-install-recommends docker-compose >/dev/null 2>&1 || \
+		{ apt-get update -qq >/dev/null 2>&1; apt-get install -y -qq --no-install-recommends docker-compose \
+		>/dev/null 2>&1; } || echo "apt-get install docker-compose failed" >&2; }
 
 soak: $(STAMP) services ## The long fault-injection run: 100 worker kills over 10,000 emails
 	NURTURE_SOAK_KILLS=100 NURTURE_SOAK_EMAILS=10000 $(BIN)/pytest -s \

@@ -99,6 +99,14 @@ class Settings(BaseSettings):
     signup_ip_window_seconds: int = Field(default=3600, ge=1, le=7 * 86_400)  # ...per this many seconds
     confirm_daily_limit: int = Field(default=3, ge=1, le=100)  # confirmation emails per address per 24 h
 
+    # Staff side (docs/staff.md).
+    login_account_limit: int = Field(default=5, ge=1, le=1000)  # failed logins per account...
+    login_ip_limit: int = Field(default=20, ge=1, le=100_000)  # ...and per client IP...
+    login_window_seconds: int = Field(default=900, ge=60, le=86_400)  # ...per this many seconds, then 429
+    staff_session_seconds: int = Field(default=12 * 3600, ge=300, le=30 * 86_400)  # idle-free session life
+    # Resume "send_due": emails that fell due during a pause go out at most this many per minute per sequence.
+    resume_rate_per_minute: int = Field(default=60, ge=1, le=100_000)
+
     @field_validator("base_url", "contact_url")
     @classmethod
     def _absolute_url(cls, value: str) -> str:

@@ -263,6 +263,8 @@ def check_dkim(settings: Settings) -> Check:
         f"{bits}-bit RSA key signs and verifies; d={signer.domain} s={signer.selector}; "
         f"TXT record at {signer.dns_name} (`nurture dkim record` prints it)"
     )
+    if Path(settings.dkim_key).stat().st_mode & 0o077:
+        return Check("dkim", WARN, detail + f"; {settings.dkim_key} is readable by others: chmod 600 it")
     return Check(
         "dkim", WARN if bits < 2048 else OK, detail + ("; 2048 bits recommended" if bits < 2048 else "")
     )

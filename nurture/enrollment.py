@@ -54,6 +54,9 @@ def enroll(
     if existing is not None:
         return existing
     anchor = at or clock.now()
+    if sequence.status == SequenceStatus.scheduled and sequence.activate_at and anchor < sequence.activate_at:
+        # Signups before a scheduled start begin at activation, with their whole timetable from then.
+        anchor = sequence.activate_at
     enrollment = Enrollment(
         subscriber_id=subscriber.id, sequence_id=sequence.id, version_id=version.id, enrolled_at=anchor
     )
@@ -64,8 +67,16 @@ def enroll(
     due_times = schedule_steps(
         anchor, [timedelta(seconds=s.delay_seconds) for s in steps], window_of(version), tz
     )
+    # Joining a paused sequence: the emails wait, held, for staff to resume it (nurture.control).
+    initial = DeliveryStatus.held if sequence.status == SequenceStatus.paused else DeliveryStatus.pending
     session.add_all(
-        Delivery(enrollment_id=enrollment.id, step_id=step.id, subscriber_id=subscriber.id, due_at=due)
+        Delivery(
+            enrollment_id=enrollment.id,
+            step_id=step.id,
+            subscriber_id=subscriber.id,
+            due_at=due,
+            status=initial,
+        )
         for step, due in zip(steps, due_times, strict=True)
     )
     events.record(

@@ -44,6 +44,7 @@ _STANDARD = set(logging.makeLogRecord({}).__dict__) | {
     "request_id",
     "task_id",
     "task_name",
+    "color_message",  # uvicorn's copy of the message with terminal colours
 }
 
 
@@ -177,6 +178,7 @@ def logging_config(settings: Settings, role: str, quiet_tasks: Iterable[str] = (
             "dkimpy": {"level": "WARNING", **passthrough},
             "kombu": {"level": "WARNING", **passthrough},
             "amqp": {"level": "WARNING", **passthrough},
+            "alembic": {"level": "WARNING", **passthrough},  # /readyz compares revisions on every probe
         },
     }
 

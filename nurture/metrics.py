@@ -48,7 +48,7 @@ SETTLE_SECONDS = 600  # events younger than this are recounted each scrape rathe
 
 # Delivery outcomes as the event log names them (nurture/sender.py, nurture/dispatch.py).
 OUTCOMES = ("sent", "retry", "failed", "bounced", "ambiguous", "skipped")
-# Skip reasons the sender records (nurture.sender.skip_reason); others that appear are reported as they are.
+# Skip reasons the sender records (nurture.sender.reason_for); others that appear are reported as they are.
 SKIP_REASONS = (
     "unsubscribed",
     "suppressed",

@@ -48,6 +48,7 @@ class DeliveryStatus(StrEnum):
 
 class SequenceStatus(StrEnum):
     active = "active"
+    scheduled = "scheduled"  # starts at activate_at; enrollments made before then start at activation
     paused = "paused"
     archived = "archived"
 
@@ -83,6 +84,10 @@ class Sequence(Base):
     slug: Mapped[str] = mapped_column(String(64), unique=True)
     name: Mapped[str] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(16), default=SequenceStatus.active)
+    # When staff paused it (resume "shift" moves held emails by now - paused_at), and when a scheduled
+    # sequence starts; both NULL otherwise.
+    paused_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    activate_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     current_version_id: Mapped[int | None] = mapped_column(
         ForeignKey("sequence_versions.id", use_alter=True, name="fk_sequences_current_version")
     )
@@ -317,3 +322,77 @@ class RateLimitCounter(Base):
     window_start: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
     count: Mapped[int] = mapped_column(Integer, default=0)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+# --- staff: accounts, API tokens, login throttling, audit log --------------------------------------------
+
+
+class StaffRole(StrEnum):
+    viewer = "viewer"  # reads everything except users and the audit log
+    editor = "editor"  # also changes sequences and subscribers
+    admin = "admin"  # also manages staff users and reads the audit log
+
+
+class StaffUser(Base):
+    __tablename__ = "staff_users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    role: Mapped[str] = mapped_column(String(16), default=StaffRole.viewer)
+    password_hash: Mapped[str] = mapped_column(String(255))  # argon2id, PHC string
+    active: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=clock.now)
+    last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class ApiToken(Base):
+    """A bearer token for /api/v1; only its SHA-256 is stored, the token itself is shown once."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("staff_users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=clock.now)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    user: Mapped[StaffUser] = relationship()
+
+
+class LoginFailure(Base):
+    """One failed login: counted per account and per client IP over a sliding window by every web worker."""
+
+    __tablename__ = "login_failures"
+    __table_args__ = (
+        Index("ix_login_failures_email_created", "email", "created_at"),
+        Index("ix_login_failures_ip_created", "ip_key", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(320))
+    ip_key: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=clock.now)
+
+
+class AuditLog(Base):
+    """Every change a staff member made: who, when, what, and the state before and after."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_created", "created_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # Kept as text too, so the entry outlives the account.
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("staff_users.id", ondelete="SET NULL"))
+    actor: Mapped[str] = mapped_column(String(320))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(200))
+    before: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    after: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=clock.now)
+
+
+# Staff reporting and sequence-wide pause/resume select by step and by sequence; without these they would
+# scan every delivery and enrollment ever written.
+Index("ix_deliveries_step_status", Delivery.step_id, Delivery.status, Delivery.skip_reason)
+Index("ix_enrollments_sequence_status", Enrollment.sequence_id, Enrollment.status)

@@ -1,22 +1,24 @@
 """Send claimed deliveries, exactly once each, and record what happened.
 
-For every delivery: re-read it and check it should still go (the world may have changed since it was
-claimed), render it, then in one short transaction re-check and move it ``queued -> sending``; only then talk
-to SMTP, and record the outcome afterwards. Rendering happens before the final check so an unsubscribe that
-lands while we render still wins. A worker that dies after "sending" leaves a row the reaper marks ambiguous
-instead of sending blindly again. Every database step retries on a lost connection; each is a conditional
-UPDATE, so a repeat changes nothing.
+A batch is prepared in one read (rows, subscribers, steps, suppressions), then each delivery goes through:
+render; one short transaction that records the previous delivery's success, re-checks this one (subscriber
+share-locked, so an unsubscribe cannot slip between check and send) and moves it ``queued -> sending``; the
+SMTP transaction. So there is one commit per email, and an unsubscribe that lands while we render still wins.
+A worker that dies after "sending" leaves a row the reaper marks ambiguous instead of sending it blindly
+again. Every database step retries on a lost connection; each is a conditional UPDATE, so a repeat changes
+nothing.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
+import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import exists, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload, sessionmaker
 
@@ -40,7 +42,9 @@ from nurture.models import (
     DeliveryStatus,
     Enrollment,
     EnrollmentStatus,
+    Sequence,
     SequenceStatus,
+    SequenceVersion,
     Subscriber,
     SubscriberStatus,
     Suppression,
@@ -73,6 +77,15 @@ class Prepared:
     step_count: int
 
 
+@dataclass(frozen=True)
+class _Accepted:
+    """A message the server accepted, whose row is recorded as sent in the next transaction."""
+
+    token: str
+    delivery_id: int
+    message_id: str
+
+
 class _StopBatch(Exception):
     """Sending cannot go on right now (server unreachable, breaker open): hand the rest back unsent."""
 
@@ -80,28 +93,23 @@ class _StopBatch(Exception):
         self.retry_in = retry_in
 
 
-def skip_reason(session: Session, delivery: Delivery, *, lock: bool = False) -> str | None:
-    """Why this delivery must not go now, or None. Reasons are stable values: they are counted and shown."""
-    query = select(Subscriber).where(Subscriber.id == delivery.subscriber_id)
-    if lock:
-        # Share-lock the subscriber so an unsubscribe cannot commit between this check and "sending".
-        query = query.with_for_update(read=True)
-    subscriber = session.scalar(query.execution_options(populate_existing=True))
-    if subscriber is None:
+def reason_for(
+    subscriber_status: str | None, suppressed: bool, enrollment_status: str, sequence_status: str
+) -> str | None:
+    """Why a delivery must not go now, or None. Reasons are stable values: they are counted and shown."""
+    if subscriber_status is None:
         return "erased"
-    if subscriber.status == SubscriberStatus.unsubscribed:
+    if subscriber_status == SubscriberStatus.unsubscribed:
         return "unsubscribed"
-    if subscriber.status != SubscriberStatus.active:
+    if subscriber_status != SubscriberStatus.active:
         return "not-confirmed"
-    if session.scalar(select(Suppression.id).where(Suppression.email == subscriber.email)) is not None:
+    if suppressed:
         return "suppressed"
-    enrollment = session.get(Enrollment, delivery.enrollment_id, populate_existing=True)
-    assert enrollment is not None  # deliveries cascade with their enrollment
-    if enrollment.status in (EnrollmentStatus.cancelled, EnrollmentStatus.completed):
+    if enrollment_status in (EnrollmentStatus.cancelled, EnrollmentStatus.completed):
         return "enrollment-ended"
-    if enrollment.status == EnrollmentStatus.paused or enrollment.sequence.status == SequenceStatus.paused:
+    if enrollment_status == EnrollmentStatus.paused or sequence_status == SequenceStatus.paused:
         return HOLD
-    if enrollment.sequence.status == SequenceStatus.archived:
+    if sequence_status == SequenceStatus.archived:
         return "sequence-archived"
     return None
 
@@ -134,24 +142,33 @@ class Sender:
 
     def send_batch(self, claim_token: str, delivery_ids: list[int]) -> Counter[str]:
         outcomes: Counter[str] = Counter()
-        retrying(lambda s: self._renew_lease(s, claim_token, delivery_ids), self.factory)
-        for position, delivery_id in enumerate(delivery_ids):
-            try:
-                outcomes[metrics.timed_send(self.send_one, claim_token, delivery_id)] += 1
-            except _StopBatch as stop:
-                rest = delivery_ids[position:]
-                self._defer(claim_token, rest, stop.retry_in)
-                outcomes[DEFERRED] += len(rest)
-                break
-            except Exception:  # one broken row must not strand the rest of the batch; the reaper has it
-                log.exception("delivery=%s outcome=error", delivery_id)
-                outcomes["error"] += 1
+        prepared = retrying(lambda s: self._prepare_batch(s, claim_token, delivery_ids), self.factory)
+        accepted: list[_Accepted] = []
+        try:
+            for position, delivery_id in enumerate(delivery_ids):
+                item = prepared[delivery_id]
+                if isinstance(item, str):
+                    outcomes[item] += 1
+                    continue
+                started = time.perf_counter()
+                try:
+                    outcome = self._send(claim_token, delivery_id, item, accepted)
+                except _StopBatch as stop:
+                    rest = [i for i in delivery_ids[position:] if not isinstance(prepared[i], str)]
+                    self._defer(claim_token, rest, stop.retry_in)
+                    outcomes[DEFERRED] += len(rest)
+                    break
+                except Exception:  # one broken row must not strand the rest of the batch; the reaper has it
+                    log.exception("delivery=%s outcome=error", delivery_id)
+                    outcome = "error"
+                metrics.observe_send(outcome, time.perf_counter() - started)
+                outcomes[outcome] += 1
+        finally:
+            if accepted:
+                retrying(lambda s: self._record_accepted(s, accepted), self.factory)
         return outcomes
 
-    def send_one(self, claim_token: str, delivery_id: int) -> str:
-        prepared = retrying(lambda s: self._prepare(s, claim_token, delivery_id), self.factory)
-        if isinstance(prepared, str):
-            return prepared
+    def _send(self, claim_token: str, delivery_id: int, prepared: Prepared, accepted: list[_Accepted]) -> str:
         try:
             _rendered, data, message_id = step_message(
                 self.settings,
@@ -164,53 +181,60 @@ class Sender:
                 delivery_id=delivery_id,
                 date=clock.now(),
             )
-        except (
-            Exception
-        ) as exc:  # a template that cannot render for this subscriber will not render next time
+        except Exception as exc:  # a template that fails for this subscriber will fail next time too
             log.exception("delivery=%s rendering failed", delivery_id)
             return self._record_failure(
                 claim_token, delivery_id, DeliveryStatus.queued, f"render failed: {exc}"
             )
 
-        if (wait := self.breaker.open_for()) > 0:
+        wait = self.breaker.open_for()
+        metrics.set_circuit_breaker_open(wait > 0)
+        if wait > 0:
             raise _StopBatch(wait)
         metrics.observe_rate_limit_wait(self.limiter.acquire())
         # From here the row carries a token unique to this attempt: if the commit below succeeds but its reply
         # is lost with the connection, the retry recognises its own change instead of giving the row up; a
         # redelivered copy of this task, holding only the claim token, cannot take the row.
         sending_token = f"{claim_token}.{secrets.token_hex(4)}"
-        outcome = retrying(
-            lambda s: self._begin_sending(s, claim_token, sending_token, delivery_id), self.factory
-        )
+
+        def record_then_begin(session: Session) -> str | None:
+            self._record_accepted(session, accepted)
+            return self._begin_sending(session, claim_token, sending_token, delivery_id)
+
+        outcome = retrying(record_then_begin, self.factory)
+        accepted.clear()  # committed with the transaction above
         if outcome is not None:
             return outcome
-        claim_token = sending_token
         try:
             self.transport.send(self.settings.envelope_from, prepared.recipient.email, data)
         except ConnectFailure as exc:
             self.breaker.record(ok=False)
             # Nothing was handed over: back to the queue without counting an attempt against the message.
             error = str(exc)
-            retrying(lambda s: self._undo_sending(s, claim_token, delivery_id, error), self.factory)
+            retrying(lambda s: self._undo_sending(s, sending_token, delivery_id, error), self.factory)
             raise _StopBatch(self.settings.retry_base_seconds) from exc
         except TemporaryFailure as exc:
             self.breaker.record(ok=False)
-            return self._after_temporary(claim_token, delivery_id, str(exc), prepared)
+            return self._after_temporary(sending_token, delivery_id, str(exc), prepared)
         except PermanentFailure as exc:
             self.breaker.record(ok=False)
-            return self._after_permanent(claim_token, delivery_id, str(exc))
+            return self._after_permanent(sending_token, delivery_id, str(exc))
         except AmbiguousFailure as exc:
             self.breaker.record(ok=False)
-            return self._after_ambiguous(claim_token, delivery_id, str(exc))
+            return self._after_ambiguous(sending_token, delivery_id, str(exc))
         self.breaker.record(ok=True)
-        retrying(lambda s: self._after_sent(s, claim_token, delivery_id, message_id), self.factory)
+        accepted.append(_Accepted(sending_token, delivery_id, message_id))
         log_transition(delivery_id, "sent", subscriber=prepared.subscriber_id, step=prepared.step_key)
         return "sent"
 
     # --- phases -------------------------------------------------------------------------------------------
 
-    def _renew_lease(self, session: Session, claim_token: str, delivery_ids: list[int]) -> None:
-        """The claim's lease covered the wait in the queue; a task that starts work renews it."""
+    def _prepare_batch(
+        self, session: Session, claim_token: str, delivery_ids: list[int]
+    ) -> dict[int, Prepared | str]:
+        """Renew the batch's lease and load everything it needs in a few queries (no query per row)."""
+        now = clock.db_now(session)
+        # The claim's lease covered the wait in the queue; a task that starts work renews it for the batch.
         session.execute(
             update(Delivery)
             .where(
@@ -218,40 +242,65 @@ class Sender:
                 Delivery.claim_token == claim_token,
                 Delivery.status == DeliveryStatus.queued,
             )
-            .values(lease_until=clock.db_now(session) + timedelta(seconds=self.settings.lease_seconds))
+            .values(lease_until=now + timedelta(seconds=self.settings.lease_seconds))
             .execution_options(synchronize_session=False)
         )
-
-    def _prepare(self, session: Session, claim_token: str, delivery_id: int) -> Prepared | str:
-        delivery = session.scalar(
+        rows = session.scalars(
             select(Delivery)
-            .where(Delivery.id == delivery_id)
-            .options(joinedload(Delivery.step), joinedload(Delivery.subscriber))
-        )
-        if delivery is None:
-            return "gone"
-        if delivery.status != DeliveryStatus.queued or delivery.claim_token != claim_token:
-            return "not-claimed"  # reaped and re-claimed, or already handled by a redelivered task
-        reason = skip_reason(session, delivery)
-        if reason is not None:
-            return self._skip(session, delivery, reason)
-        enrollment = delivery.enrollment
-        subscriber = delivery.subscriber
-        return Prepared(
-            recipient=Recipient(subscriber.email, subscriber.first_name, subscriber.public_id),
-            subscriber_id=subscriber.id,
-            step_key=delivery.step.key,
-            template=delivery.step.template,
-            sequence_name=enrollment.sequence.name,
-            step_number=delivery.step.position,
-            step_count=len(enrollment.version.steps),
-        )
+            .where(Delivery.id.in_(delivery_ids))
+            .options(
+                joinedload(Delivery.subscriber),
+                joinedload(Delivery.step),
+                joinedload(Delivery.enrollment).joinedload(Enrollment.sequence),
+                joinedload(Delivery.enrollment)
+                .joinedload(Enrollment.version)
+                .selectinload(SequenceVersion.steps),
+            )
+        ).unique()
+        deliveries = {d.id: d for d in rows}
+        emails = [d.subscriber.email for d in deliveries.values() if d.subscriber is not None]
+        suppressed = set(session.scalars(select(Suppression.email).where(Suppression.email.in_(emails))))
+        result: dict[int, Prepared | str] = {}
+        for delivery_id in delivery_ids:
+            delivery = deliveries.get(delivery_id)
+            if delivery is None:
+                result[delivery_id] = "gone"
+                continue
+            if delivery.status != DeliveryStatus.queued or delivery.claim_token != claim_token:
+                result[delivery_id] = "not-claimed"  # reaped and re-claimed, or handled by a redelivered task
+                continue
+            subscriber, enrollment = delivery.subscriber, delivery.enrollment
+            reason = reason_for(
+                subscriber.status,
+                subscriber.email in suppressed,
+                enrollment.status,
+                enrollment.sequence.status,
+            )
+            if reason is not None:
+                result[delivery_id] = self._skip(session, delivery_id, subscriber.id, claim_token, reason)
+                continue
+            result[delivery_id] = Prepared(
+                recipient=Recipient(subscriber.email, subscriber.first_name, subscriber.public_id),
+                subscriber_id=subscriber.id,
+                step_key=delivery.step.key,
+                template=delivery.step.template,
+                sequence_name=enrollment.sequence.name,
+                step_number=delivery.step.position,
+                step_count=len(enrollment.version.steps),
+            )
+        return result
 
-    def _skip(self, session: Session, delivery: Delivery, reason: str) -> str:
+    def _skip(
+        self, session: Session, delivery_id: int, subscriber_id: int, claim_token: str, reason: str
+    ) -> str:
         held = reason == HOLD
-        session.execute(
+        moved = session.execute(
             update(Delivery)
-            .where(Delivery.id == delivery.id, Delivery.status == DeliveryStatus.queued)
+            .where(
+                Delivery.id == delivery_id,
+                Delivery.status == DeliveryStatus.queued,
+                Delivery.claim_token == claim_token,
+            )
             .values(
                 status=DeliveryStatus.held if held else DeliveryStatus.skipped,
                 skip_reason=None if held else reason,
@@ -259,32 +308,49 @@ class Sender:
                 lease_until=None,
             )
             .execution_options(synchronize_session=False)
-        )
+        ).rowcount
+        if not moved:
+            return "not-claimed"
         outcome = HOLD if held else f"skipped:{reason}"
         if not held:
             events.record(
-                session,
-                "skipped",
-                subscriber_id=delivery.subscriber_id,
-                delivery_id=delivery.id,
-                reason=reason,
+                session, "skipped", subscriber_id=subscriber_id, delivery_id=delivery_id, reason=reason
             )
-        log_transition(delivery.id, outcome, subscriber=delivery.subscriber_id)
+        log_transition(delivery_id, outcome, subscriber=subscriber_id)
         return outcome
 
     def _begin_sending(
         self, session: Session, claim_token: str, sending_token: str, delivery_id: int
     ) -> str | None:
-        delivery = session.get(Delivery, delivery_id, populate_existing=True)
-        if delivery is None:
+        """Re-check under a share lock on the subscriber, then ``queued -> sending``; None means go ahead."""
+        row = session.execute(
+            select(
+                Delivery.status,
+                Delivery.claim_token,
+                Delivery.subscriber_id,
+                Subscriber.status.label("subscriber_status"),
+                Subscriber.email,
+                Enrollment.status.label("enrollment_status"),
+                Sequence.status.label("sequence_status"),
+            )
+            .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
+            .join(Enrollment, Enrollment.id == Delivery.enrollment_id)
+            .join(Sequence, Sequence.id == Enrollment.sequence_id)
+            .where(Delivery.id == delivery_id)
+            .with_for_update(read=True, of=Subscriber)
+        ).one_or_none()
+        if row is None:
             return "gone"
-        if delivery.status == DeliveryStatus.sending and delivery.claim_token == sending_token:
-            return None  # our own earlier commit, whose acknowledgement was lost
-        reason = skip_reason(session, delivery, lock=True)
-        if reason is not None:
-            if delivery.status == DeliveryStatus.queued and delivery.claim_token == claim_token:
-                return self._skip(session, delivery, reason)
+        if row.status == DeliveryStatus.sending and row.claim_token == sending_token:
+            return None  # our own earlier commit, whose acknowledgement was lost with the connection
+        if row.status != DeliveryStatus.queued or row.claim_token != claim_token:
             return "not-claimed"
+        suppressed = session.scalar(select(exists().where(Suppression.email == row.email)))
+        reason = reason_for(
+            row.subscriber_status, bool(suppressed), row.enrollment_status, row.sequence_status
+        )
+        if reason is not None:
+            return self._skip(session, delivery_id, row.subscriber_id, claim_token, reason)
         moved = session.execute(
             update(Delivery)
             .where(
@@ -305,7 +371,7 @@ class Sender:
     def _finish(
         self, session: Session, token: str, delivery_id: int, from_status: str, /, **values: object
     ) -> bool:
-        """Record an outcome, only while the row is still ours (same claim, expected status)."""
+        """Record an outcome, only while the row is still ours (same token, expected status)."""
         # A reaper may have marked the row ambiguous while we were slow; what we now know for certain wins.
         allowed = [from_status]
         if from_status == DeliveryStatus.sending:
@@ -318,24 +384,26 @@ class Sender:
         )
         return result.rowcount == 1
 
-    def _after_sent(self, session: Session, claim_token: str, delivery_id: int, message_id: str) -> None:
-        recorded = self._finish(
-            session,
-            claim_token,
-            delivery_id,
-            DeliveryStatus.sending,
-            status=DeliveryStatus.sent,
-            sent_at=clock.now(),
-            message_id=message_id,
-            last_error=None,
-        )
-        if recorded:
-            events.record(session, "sent", delivery_id=delivery_id, message_id=message_id)
+    def _record_accepted(self, session: Session, accepted: list[_Accepted]) -> None:
+        sent_at = clock.now()
+        for item in accepted:
+            recorded = self._finish(
+                session,
+                item.token,
+                item.delivery_id,
+                DeliveryStatus.sending,
+                status=DeliveryStatus.sent,
+                sent_at=sent_at,
+                message_id=item.message_id,
+                last_error=None,
+            )
+            if recorded:
+                events.record(session, "sent", delivery_id=item.delivery_id, message_id=item.message_id)
 
-    def _undo_sending(self, session: Session, claim_token: str, delivery_id: int, error: str) -> None:
+    def _undo_sending(self, session: Session, token: str, delivery_id: int, error: str) -> None:
         self._finish(
             session,
-            claim_token,
+            token,
             delivery_id,
             DeliveryStatus.sending,
             status=DeliveryStatus.pending,
@@ -370,11 +438,11 @@ class Sender:
             "deferred %d deliveries for %.0fs: SMTP unreachable or breaker open", len(delivery_ids), retry_in
         )
 
-    def _record_failure(self, claim_token: str, delivery_id: int, from_status: str, error: str) -> str:
+    def _record_failure(self, token: str, delivery_id: int, from_status: str, error: str) -> str:
         def work(session: Session) -> None:
             if self._finish(
                 session,
-                claim_token,
+                token,
                 delivery_id,
                 from_status,
                 status=DeliveryStatus.failed,
@@ -388,9 +456,9 @@ class Sender:
         log_transition(delivery_id, "failed", error=error.split(":", 1)[0])
         return "failed"
 
-    def _after_temporary(self, claim_token: str, delivery_id: int, error: str, prepared: Prepared) -> str:
+    def _after_temporary(self, token: str, delivery_id: int, error: str, prepared: Prepared) -> str:
         def work(session: Session) -> tuple[str, int]:
-            delivery = session.get(Delivery, delivery_id)
+            delivery = session.get(Delivery, delivery_id, populate_existing=True)
             if delivery is None:
                 return "gone", 0
             if delivery.attempts >= self.settings.max_attempts:
@@ -398,7 +466,7 @@ class Sender:
             retry_at = self._retry_time(session, delivery)
             recorded = self._finish(
                 session,
-                claim_token,
+                token,
                 delivery_id,
                 DeliveryStatus.sending,
                 status=DeliveryStatus.pending,
@@ -419,7 +487,7 @@ class Sender:
 
         outcome, attempts = retrying(work, self.factory)
         if outcome == "exhausted":
-            return self._record_failure(claim_token, delivery_id, DeliveryStatus.sending, f"gave up: {error}")
+            return self._record_failure(token, delivery_id, DeliveryStatus.sending, f"gave up: {error}")
         log_transition(delivery_id, outcome, subscriber=prepared.subscriber_id, attempt=attempts)
         return outcome
 
@@ -434,14 +502,14 @@ class Sender:
             clock.db_now(session) + timedelta(seconds=backoff), window_of(enrollment.version), tz
         )
 
-    def _after_permanent(self, claim_token: str, delivery_id: int, error: str) -> str:
+    def _after_permanent(self, token: str, delivery_id: int, error: str) -> str:
         def work(session: Session) -> None:
             delivery = session.get(Delivery, delivery_id)
             if delivery is None:
                 return
             self._finish(
                 session,
-                claim_token,
+                token,
                 delivery_id,
                 DeliveryStatus.sending,
                 status=DeliveryStatus.failed,
@@ -458,13 +526,13 @@ class Sender:
         log_transition(delivery_id, "bounced", error=error.split(":", 1)[0])
         return "failed"
 
-    def _after_ambiguous(self, claim_token: str, delivery_id: int, error: str) -> str:
+    def _after_ambiguous(self, token: str, delivery_id: int, error: str) -> str:
         resend = self.settings.ambiguous_policy == "resend"
 
         def work(session: Session) -> None:
             self._finish(
                 session,
-                claim_token,
+                token,
                 delivery_id,
                 DeliveryStatus.sending,
                 status=DeliveryStatus.pending if resend else DeliveryStatus.ambiguous,

@@ -120,6 +120,15 @@ class SmtpServer:
         return self.handler.received
 
 
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this child when the test process dies, even if pytest is killed without teardown;
+    orphaned workers would otherwise consume a later test run's queue."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
 class Processes:
     """nurture processes started for a test; logs go to files (printed on failure); all stopped at the end."""
 
@@ -145,6 +154,7 @@ class Processes:
             stdout=log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         self.children.append((name, child, log_path))
         return child

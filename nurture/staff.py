@@ -1,0 +1,223 @@
+"""Staff accounts: passwords (argon2id), API tokens (stored as SHA-256), login throttling, the audit log.
+
+Login failures are rows, counted over a sliding window per account and per client IP, so every web worker on
+every host sees the same count and a restart forgets nothing. A login for an unknown address still runs one
+argon2 verification, so the answer time does not tell an attacker which addresses have accounts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from nurture import clock
+from nurture.addresses import InvalidInput, normalise_email
+from nurture.config import Settings
+from nurture.models import ApiToken, AuditLog, LoginFailure, StaffRole, StaffUser
+from nurture.ratelimit import client_key
+
+MIN_PASSWORD_LENGTH = 12
+MAX_PASSWORD_LENGTH = 1024  # argon2 would hash a megabyte happily; a login form has no reason to send one
+TOKEN_PREFIX = "nrt_"
+ROLE_RANK = {StaffRole.viewer: 0, StaffRole.editor: 1, StaffRole.admin: 2}
+
+_hasher = PasswordHasher()
+# Verified against when the address is unknown, so both answers cost the same.
+_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+
+
+class StaffError(ValueError):
+    """Bad input for a staff operation; the message is fit to show to the person who gave it."""
+
+
+class BadCredentials(Exception):
+    pass
+
+
+class LoginThrottled(Exception):
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"too many failed logins; retry after {retry_after}s")
+        self.retry_after = retry_after
+
+
+def role_allows(role: str, needed: StaffRole) -> bool:
+    try:
+        return ROLE_RANK[StaffRole(role)] >= ROLE_RANK[needed]
+    except ValueError:
+        return False
+
+
+def check_password(password: str) -> None:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise StaffError(f"the password must be at least {MIN_PASSWORD_LENGTH} characters")
+    if len(password) > MAX_PASSWORD_LENGTH:
+        raise StaffError(f"the password must be at most {MAX_PASSWORD_LENGTH} characters")
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+def verify_password(password_hash: str, password: str) -> bool:
+    try:
+        return _hasher.verify(password_hash, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def _staff_email(raw: str) -> str:
+    try:
+        return normalise_email(raw)
+    except InvalidInput as exc:
+        raise StaffError(f"email {exc.message}") from None
+
+
+def find_user(session: Session, email: str) -> StaffUser | None:
+    return session.scalar(select(StaffUser).where(StaffUser.email == email.strip().lower()))
+
+
+def create_user(session: Session, email: str, role: str, password: str) -> StaffUser:
+    address = _staff_email(email)
+    if role not in {r.value for r in StaffRole}:
+        raise StaffError(f"role must be one of {', '.join(r.value for r in StaffRole)}, got {role!r}")
+    check_password(password)
+    if find_user(session, address) is not None:
+        raise StaffError(f"a staff user {address} already exists")
+    user = StaffUser(email=address, role=role, password_hash=hash_password(password), active=True)
+    session.add(user)
+    session.flush()
+    return user
+
+
+def issue_token(session: Session, user: StaffUser) -> str:
+    """A new API token for ``user``; the caller shows it once, only its digest is kept."""
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    session.add(ApiToken(user_id=user.id, token_hash=token_digest(token)))
+    session.flush()
+    return token
+
+
+def token_digest(token: str) -> str:
+    # A plain hash is enough: the token is 256 random bits, so there is nothing to brute-force.
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def user_for_token(session: Session, token: str) -> StaffUser | None:
+    if not token.startswith(TOKEN_PREFIX) or len(token) > 200 or not token.isascii():
+        return None
+    row = session.scalar(
+        select(ApiToken).where(ApiToken.token_hash == token_digest(token), ApiToken.revoked_at.is_(None))
+    )
+    if row is None or not row.user.active:
+        return None
+    row.last_used_at = clock.now()
+    return row.user
+
+
+# --- login ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoginLimits:
+    account: int
+    ip: int
+    window: timedelta
+
+    @classmethod
+    def of(cls, settings: Settings) -> LoginLimits:
+        return cls(
+            settings.login_account_limit,
+            settings.login_ip_limit,
+            timedelta(seconds=settings.login_window_seconds),
+        )
+
+
+def ip_key(ip: str | None, settings: Settings) -> str:
+    return client_key("login", ip, settings.secret_key)
+
+
+def check_throttle(session: Session, email: str, ip: str, limits: LoginLimits) -> None:
+    """Refuse before even checking the password once either count is at its limit."""
+    now = clock.now()
+    since = now - limits.window
+    for column, value, limit in (
+        (LoginFailure.email, email, limits.account),
+        (LoginFailure.ip_key, ip, limits.ip),
+    ):
+        count, oldest = session.execute(
+            select(func.count(), func.min(LoginFailure.created_at)).where(
+                column == value, LoginFailure.created_at > since
+            )
+        ).one()
+        if count >= limit:
+            oldest = _aware(oldest)
+            raise LoginThrottled(max(1, math.ceil((oldest + limits.window - now).total_seconds())))
+
+
+def _aware(value: Any) -> datetime:
+    # min() comes back without the column type on SQLite: normalise to an aware UTC datetime.
+    moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+def authenticate(session: Session, email: str, password: str, ip: str, limits: LoginLimits) -> StaffUser:
+    """The active user with these credentials, else :class:`BadCredentials` (after recording the failure
+    in the caller's transaction, which must commit it) or :class:`LoginThrottled`."""
+    address = email.strip().lower()[:320]
+    check_throttle(session, address, ip, limits)
+    user = find_user(session, address)
+    ok = verify_password(user.password_hash if user else _DUMMY_HASH, password[:MAX_PASSWORD_LENGTH])
+    if user is None or not ok or not user.active:
+        session.add(LoginFailure(email=address, ip_key=ip))
+        raise BadCredentials()
+    if _hasher.check_needs_rehash(user.password_hash):
+        user.password_hash = hash_password(password)
+    user.last_login_at = clock.now()
+    return user
+
+
+def purge_login_failures(session: Session, older_than: timedelta = timedelta(days=1)) -> int:
+    result = session.execute(
+        delete(LoginFailure)
+        .where(LoginFailure.created_at < clock.now() - older_than)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount or 0
+
+
+def session_fingerprint(user: StaffUser) -> str:
+    """Changes when the password changes, so a new password ends every session signed before it."""
+    return hashlib.sha256(user.password_hash.encode()).hexdigest()[:16]
+
+
+# --- audit ----------------------------------------------------------------------------------------------
+
+
+def audit(
+    session: Session,
+    actor: StaffUser | None,
+    action: str,
+    target: str,
+    before: dict[str, Any] | None = None,
+    after: dict[str, Any] | None = None,
+) -> None:
+    """Record a staff change in the caller's transaction: it commits or rolls back with the change itself."""
+    session.add(
+        AuditLog(
+            user_id=actor.id if actor else None,
+            actor=actor.email if actor else "cli",
+            action=action,
+            target=target[:200],
+            before=before,
+            after=after,
+        )
+    )

@@ -1,0 +1,91 @@
+"""Fixtures for the staff side: the app on a real database, a course, and one user per role."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from nurture.db import transaction
+from nurture.staff import create_user, issue_token
+from tests.helpers import sync_sequences
+
+PASSWORD = "correct horse battery staple"
+ROLES = ("viewer", "editor", "admin")
+# Four steps in a weekday window, so a pause crosses a weekend and window re-fitting matters.
+COURSE = """
+slug: course
+name: The course
+timezone: America/New_York
+window: {days: mon-fri, start: "09:00", end: "17:00"}
+steps:
+  - {key: hello, delay: 0, template: demo/hello}
+  - {key: middle, delay: 1d, template: demo/middle}
+  - {key: later, delay: 2d, template: demo/middle}
+  - {key: goodbye, delay: 1d, template: demo/goodbye}
+"""
+
+
+@pytest.fixture
+def pg_url(pg_url: str) -> str:
+    """The parent fixture empties the engine's tables; the staff tables are emptied here."""
+    engine = create_engine(pg_url)
+    with engine.begin() as connection:
+        connection.execute(
+            text("TRUNCATE staff_users, api_tokens, audit_log, login_failures, rate_limit_counters CASCADE")
+        )
+    engine.dispose()
+    return pg_url
+
+
+@pytest.fixture
+def course(sequences_dir: Path) -> Path:
+    path = sequences_dir / "course.yaml"
+    path.write_text(COURSE)
+    return path
+
+
+@pytest.fixture
+def world(factory: sessionmaker[Session], course: Path) -> sessionmaker[Session]:
+    sync_sequences(factory)
+    return factory
+
+
+@pytest.fixture
+def tokens(world: sessionmaker[Session]) -> dict[str, str]:
+    """An API token per role (users viewer@, editor@, admin@staff.test)."""
+    issued = {}
+    with transaction(world) as session:
+        for role in ROLES:
+            user = create_user(session, f"{role}@staff.test", role, PASSWORD)
+            issued[role] = issue_token(session, user)
+    return issued
+
+
+def make_client(ip: str = "198.51.100.9") -> TestClient:
+    from nurture.web.app import create_app
+
+    return TestClient(
+        create_app(), client=(ip, 50000), base_url="https://nurture.test", follow_redirects=False
+    )
+
+
+@pytest.fixture
+def client(world: sessionmaker[Session]) -> Iterator[TestClient]:
+    with make_client() as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def api(client: TestClient, tokens: dict[str, str]) -> Callable[..., object]:
+    """api(role, method, path, json=...) -> response."""
+
+    def call(role: str | None, method: str, path: str, **kwargs: object):  # type: ignore[no-untyped-def]
+        headers = {"Authorization": f"Bearer {tokens[role]}"} if role else {}
+        return client.request(method, path, headers=headers, **kwargs)  # type: ignore[arg-type]
+
+    return call
