@@ -1,83 +1,69 @@
-"""Emails per second from `nurture dispatch --once` plus one worker, PostgreSQL + Redis, to a loopback sink.
+"""Benchmark 1: emails per second end to end, against the raw limit of the same SMTP sink.
 
-    .venv/bin/python bench/send_throughput.py [--count 2000] [--concurrency 2]
+    .venv/bin/python bench/send_throughput.py [--count 20000] [--workers 1] [--concurrency 2]
 
-Creates its own PostgreSQL database (nurture_bench) and uses Redis db 14; prints the machine and the numbers.
+N due deliveries of the ketamine-therapy sequence on PostgreSQL, the Redis broker, Celery workers sending to a
+loopback sink that only counts (bench/smtp_sink.py). In the same run: the raw limit, the same number of
+pre-built messages sent by plain smtplib from 2 processes over reused connections to the same sink.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
-import platform
+import smtplib
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from sqlalchemy import create_engine, insert, select, text
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import REDIS_URL, bulk_enrolled, fresh_database, machine  # noqa: E402
 from bench.smtp_sink import SmtpSink  # noqa: E402
 
-ADMIN_URL = os.environ.get("NURTURE_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-DB_URL = ADMIN_URL.rsplit("/", 1)[0] + "/nurture_bench"
-REDIS_URL = os.environ.get("NURTURE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
+
+def _raw_sender(port: int, messages: list[bytes]) -> None:
+    connection = smtplib.SMTP("127.0.0.1", port, local_hostname="bench.test")
+    for data in messages:
+        connection.sendmail("hello@example.com", ["reader@example.com"], data)
+    connection.quit()
 
 
-def prepare(count: int, env: dict[str, str]) -> None:
-    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text("DROP DATABASE IF EXISTS nurture_bench WITH (FORCE)"))
-        connection.execute(text("CREATE DATABASE nurture_bench"))
-    admin.dispose()
-    os.environ.update(env)
-    from nurture.catalog import sync_definition
+def raw_limit(port: int, count: int, sample: bytes) -> float:
+    """Pre-built messages over plain smtplib from 2 processes: what the wire and the sink allow."""
+    messages = [sample] * (count // 2)
+    started = time.perf_counter()
+    workers = [multiprocessing.Process(target=_raw_sender, args=(port, messages)) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return (count // 2 * 2) / (time.perf_counter() - started)
+
+
+def sample_message() -> bytes:
+    from datetime import UTC, datetime
+
     from nurture.config import get_settings
-    from nurture.db import get_engine, transaction
+    from nurture.mail.context import Recipient, step_message
     from nurture.mail.templates import EmailTemplates
-    from nurture.migrate import upgrade
-    from nurture.models import Delivery, Enrollment, Sequence, Subscriber
-    from nurture.sequences.loader import find
 
-    get_settings.cache_clear()
-    upgrade(get_engine())
     settings = get_settings()
-    definition = find(settings.sequences_dir, "ketamine-therapy", EmailTemplates(settings.templates_dir))
-    from nurture import clock
-
-    now = clock.now()
-    with transaction() as session:
-        sync_definition(session, definition)
-        sequence = session.scalar(select(Sequence).where(Sequence.slug == "ketamine-therapy"))
-        version = sequence.current_version
-        first_step = version.steps[0]
-        ids = session.scalars(
-            insert(Subscriber).returning(Subscriber.id),
-            [
-                {"email": f"reader{n}@example.com", "public_id": f"bench{n}", "first_name": "Reader",
-                 "status": "active", "attributes": {}, "created_at": now}
-                for n in range(count)
-            ],
-        ).all()  # fmt: skip
-        enrollment_ids = session.scalars(
-            insert(Enrollment).returning(Enrollment.id),
-            [{"subscriber_id": i, "sequence_id": sequence.id, "version_id": version.id, "status": "active",
-              "enrolled_at": now} for i in ids],
-        ).all()  # fmt: skip
-        session.execute(
-            insert(Delivery),
-            [{"enrollment_id": e, "step_id": first_step.id, "subscriber_id": s, "status": "pending",
-              "due_at": now, "attempts": 0, "created_at": now}
-             for e, s in zip(enrollment_ids, ids, strict=True)],
-        )  # fmt: skip
+    _, data, _ = step_message(
+        settings, EmailTemplates(settings.templates_dir), Recipient("reader@example.com", "Reader", "bench"),
+        template="ketamine-therapy/welcome", sequence_name="Understanding ketamine therapy", step_number=1,
+        step_count=8, delivery_id=1, date=datetime.now(UTC),
+    )  # fmt: skip
+    return data
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--count", type=int, default=2000)
+    parser.add_argument("--count", type=int, default=20_000)
+    parser.add_argument("--workers", type=int, default=1, help="worker processes (each with its own pool)")
     parser.add_argument("--concurrency", type=int, default=os.cpu_count() or 2)
     args = parser.parse_args()
     import redis
@@ -85,40 +71,72 @@ def main() -> None:
     redis.Redis.from_url(REDIS_URL).flushdb()
     with SmtpSink() as sink:
         env = {
-            "NURTURE_DATABASE_URL": DB_URL,
+            "NURTURE_DATABASE_URL": fresh_database("nurture_bench"),
             "NURTURE_BROKER_URL": REDIS_URL,
             "NURTURE_SMTP_URL": f"smtp://127.0.0.1:{sink.port}",
             "NURTURE_BASE_URL": "https://nurture.example.org",
-            "NURTURE_CLAIM_LIMIT": str(args.count),
-            "NURTURE_DISPATCH_INTERVAL": "3600",  # no beat here; dispatch --once drives it
+            "NURTURE_CLAIM_LIMIT": "2000",
+            "NURTURE_DISPATCH_INTERVAL": "1",
         }
-        prepare(args.count, env)
-        child_env = {**os.environ, **env}
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "nurture.cli", "worker", "--concurrency", str(args.concurrency)],
-            env=child_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        try:
-            time.sleep(3)  # let the worker connect; not part of the measurement
-            started = time.perf_counter()
-            subprocess.run(
-                [sys.executable, "-m", "nurture.cli", "dispatch", "--once"], env=child_env, check=True
+        os.environ.update(env)
+        from nurture.catalog import sync_definition
+        from nurture.config import get_settings
+        from nurture.db import get_engine, transaction
+        from nurture.mail.templates import EmailTemplates
+        from nurture.sequences.loader import find
+
+        settings = get_settings()
+        with transaction() as session:
+            definition = find(
+                settings.sequences_dir, "ketamine-therapy", EmailTemplates(settings.templates_dir)
             )
-            dispatched = time.perf_counter()
-            deadline = started + 600
+            sync_definition(session, definition)
+        raw = raw_limit(sink.port, min(args.count, 20_000), sample_message())
+        sink.count = 0
+        sink.first_at = sink.last_at = None
+        # Only the first step is due: one email per subscriber, N subscribers.
+        bulk_enrolled(get_engine(), args.count, status="pending", due="now() + interval '30 days'")
+        with get_engine().begin() as connection:
+            from sqlalchemy import text
+
+            connection.execute(
+                text(
+                    "UPDATE deliveries SET due_at = now() - interval '1 second' WHERE step_id = "
+                    "(SELECT min(step_id) FROM deliveries)"
+                )
+            )
+        child_env = {**os.environ, **env}
+        command = [sys.executable, "-m", "nurture.cli"]
+        processes = [
+            subprocess.Popen([*command, "worker", "--concurrency", str(args.concurrency)], env=child_env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for _ in range(args.workers)
+        ]  # fmt: skip
+        time.sleep(4)  # let the workers connect; not part of the measurement
+        started = time.perf_counter()
+        beat_env = {**child_env, "NURTURE_VAR_DIR": "/tmp/nurture-bench-beat"}
+        processes.append(
+            subprocess.Popen(
+                [*command, "beat"], env=beat_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+        )
+        try:
+            deadline = started + 1800
             while sink.count < args.count and time.perf_counter() < deadline:
                 time.sleep(0.05)
             finished = time.perf_counter()
         finally:
-            worker.terminate()
-            worker.wait(30)
+            for process in processes:
+                process.terminate()
+            for process in processes:
+                process.wait(60)
     elapsed = finished - started
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
-    print(f"emails: {sink.count} of {args.count}; worker concurrency {args.concurrency}")
-    print(f"dispatch --once (claim + enqueue, incl. process start): {dispatched - started:.2f} s")
-    print(f"end to end: {elapsed:.2f} s = {sink.count / elapsed:.0f} emails/s")
-    if sink.first_at and sink.last_at and sink.last_at > sink.first_at:
-        print(f"sending phase: {sink.count / (sink.last_at - sink.first_at):.0f} emails/s")
+    rate = sink.count / elapsed
+    print(f"machine: {machine()}")
+    print(f"raw limit (pre-built messages, smtplib, 2 processes): {raw:.0f} msg/s")
+    print(f"nurture: {sink.count} of {args.count} emails in {elapsed:.1f} s = {rate:.0f} emails/s")
+    print(f"  ({args.workers} worker process(es) x concurrency {args.concurrency}, beat tick 1 s)")
+    print(f"ratio: {rate / raw:.2f} (target >= 0.5)")
 
 
 if __name__ == "__main__":

@@ -77,6 +77,15 @@ class RedisBreaker:
         return [current - i for i in range(max(1, int(self.policy.window // self.BUCKET)))]
 
     def record(self, ok: bool) -> None:
+        import redis
+
+        try:
+            self._record(ok)
+        except redis.RedisError as exc:
+            # The breaker protects sending; losing its memory must not stop sending.
+            log.warning("circuit breaker: Redis unavailable (%s); not counting this attempt", exc)
+
+    def _record(self, ok: bool) -> None:
         buckets = self._buckets()
         key = f"{self.prefix}:{buckets[0]}:{'ok' if ok else 'fail'}"
         pipe = self.client.pipeline()
@@ -99,5 +108,10 @@ class RedisBreaker:
                 )
 
     def open_for(self) -> float:
-        ttl = self.client.pttl(f"{self.prefix}:open")
+        import redis
+
+        try:
+            ttl = self.client.pttl(f"{self.prefix}:open")
+        except redis.RedisError:
+            return 0.0  # fail open: an unreachable Redis says nothing about the SMTP server
         return max(0.0, ttl / 1000) if ttl and ttl > 0 else 0.0

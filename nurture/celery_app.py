@@ -11,7 +11,7 @@ from typing import Any
 
 from celery import Celery
 from celery.signals import setup_logging, worker_process_init, worker_process_shutdown
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from nurture.config import Settings, get_settings
 
@@ -52,9 +52,15 @@ def create_app(settings: Settings | None = None) -> Celery:
         task_ignore_result=True,
         # Ticks and sends travel in separate queues, so a long send backlog never delays the dispatcher (and
         # its reaper) behind it; every worker consumes both.
-        task_queues=(Queue(SEND_QUEUE), Queue(DISPATCH_QUEUE)),
+        # Each queue on its own exchange and key: without them Celery binds both queues to the default
+        # exchange and key, and every task would land in both.
+        task_queues=tuple(
+            Queue(name, Exchange(name), routing_key=name) for name in (SEND_QUEUE, DISPATCH_QUEUE)
+        ),
+        task_default_exchange=SEND_QUEUE,
+        task_default_routing_key=SEND_QUEUE,
         task_default_queue=SEND_QUEUE,
-        task_routes={DISPATCH_TASK: {"queue": DISPATCH_QUEUE}},
+        task_routes={DISPATCH_TASK: {"queue": DISPATCH_QUEUE, "routing_key": DISPATCH_QUEUE}},
         result_backend=None,
         # A message is acknowledged after the task ran, one at a time, so a crashed worker loses no claim
         # silently; a redelivered task re-checks every row and cannot send twice.

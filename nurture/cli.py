@@ -280,6 +280,118 @@ def subscribers_add(email: str, name: str | None, tz_name: str | None, slug: str
         click.echo(f"enrolled in {slug}: {len(due)} emails, first due {min(due):%Y-%m-%d %H:%M:%S} UTC")
 
 
+@subscribers.command("import")
+@click.argument("csv_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--sequence", "slug", required=True, help="Enroll every imported subscriber in this sequence.")
+@click.option("--consent-source", required=True, help="Where these people consented (kept as their record).")
+def subscribers_import(csv_file: Path, slug: str, consent_source: str) -> None:
+    """Import CSV_FILE (header email,first_name,timezone; other columns become attributes).
+
+    Bad rows are reported and skipped whole; suppressed, erased and unsubscribed addresses are never re-added.
+    Exits 1 if any row was refused."""
+    from nurture.db import session_factory
+    from nurture.importer import ImportError_, ImportReport, import_rows, read_csv
+
+    _settings()
+    try:
+        rows, errors = read_csv(csv_file.read_bytes())
+        report = ImportReport(errors=errors)
+        with click.progressbar(length=len(rows), label="importing", file=sys.stderr) as bar:
+            import_rows(session_factory(), rows, slug, consent_source, report, progress=bar.update)
+    except ImportError_ as exc:
+        raise click.ClickException(str(exc)) from None
+    for error in report.errors:
+        click.echo(f"line {error.line}: {error.email or '-'}: {error.message}", err=True)
+    skipped = ", ".join(f"{reason} {count}" for reason, count in sorted(report.skipped.items())) or "none"
+    click.echo(
+        f"imported {report.imported}; existing enrolled {report.enrolled_existing}; "
+        f"already enrolled {report.already_enrolled}; skipped {skipped}; errors {len(report.errors)}"
+    )
+    if report.errors:
+        raise SystemExit(1)
+
+
+@subscribers.command("export")
+@click.argument("csv_file", type=click.Path(dir_okay=False, path_type=Path))
+def subscribers_export(csv_file: Path) -> None:
+    """Write every subscriber to CSV_FILE (attributes as a JSON column)."""
+    from nurture.db import transaction
+    from nurture.importer import export_csv
+
+    _settings()
+    with csv_file.open("w", encoding="utf-8", newline="") as handle, transaction() as session:
+        count = export_csv(session, handle)
+    click.echo(f"exported {count} subscribers to {csv_file}")
+
+
+@subscribers.command("erase")
+@click.argument("email")
+@click.confirmation_option(prompt="Erase this person and everything about them? This cannot be undone.")
+def subscribers_erase(email: str) -> None:
+    """GDPR erasure of EMAIL: personal data deleted; an anonymous hash keeps them from being re-added."""
+    from nurture.db import transaction
+    from nurture.importer import erase
+    from nurture.staff import audit
+
+    _settings()
+    with transaction() as session:
+        found = erase(session, email)
+        audit(session, None, "subscriber.erase", "subscriber:erased", None, {"found": found})
+    click.echo("erased" if found else "no such subscriber; the address is blocked from being added again")
+
+
+# --- staff users ----------------------------------------------------------------------------------------
+
+
+@main.group()
+def users() -> None:
+    """Staff accounts for the web UI and the JSON API (docs/staff.md)."""
+
+
+def _read_password() -> str:
+    if sys.stdin.isatty():
+        return click.prompt("password", hide_input=True, confirmation_prompt=True)
+    # Piped: the first line is the password (so scripts need no terminal), without its line end.
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+@users.command("create")
+@click.argument("email")
+@click.option("--role", type=click.Choice(["admin", "editor", "viewer"]), required=True)
+def users_create(email: str, role: str) -> None:
+    """Create a staff user; the password is prompted for (or read from stdin when it is not a terminal)."""
+    from nurture.db import transaction
+    from nurture.staff import StaffError, audit, check_password, create_user
+
+    _settings()
+    password = _read_password()
+    try:
+        check_password(password)
+        with transaction() as session:
+            user = create_user(session, email, role, password)
+            audit(session, None, "user.create", f"user:{user.email}", None, {"role": role})
+    except StaffError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"created {role} {user.email}")
+
+
+@users.command("token")
+@click.argument("email")
+def users_token(email: str) -> None:
+    """Create an API token for EMAIL and print it once (only its hash is stored)."""
+    from nurture.db import transaction
+    from nurture.staff import audit, find_user, issue_token
+
+    _settings()
+    with transaction() as session:
+        user = find_user(session, email)
+        if user is None or not user.active:
+            raise click.ClickException(f"no active staff user {email.strip().lower()}")
+        token = issue_token(session, user)
+        audit(session, None, "user.token", f"user:{user.email}")
+    click.echo(token)
+
+
 # --- dispatch -------------------------------------------------------------------------------------------
 
 

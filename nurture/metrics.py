@@ -29,7 +29,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -60,7 +60,7 @@ SKIP_REASONS = (
 # Event kinds behind the other counters (nurture/signup.py, enrollment.py, bounces.py).
 SIGNUPS = {"form": "signup", "staff": "subscribed"}  # label -> kind: form signups wait for confirmation
 BOUNCES = {"hard": "bounced", "soft": "soft_bounce"}
-SEND_OUTCOME_LABELS = ("sent", "retry", "failed", "ambiguous", "skipped", "held", "not-claimed", "deferred")
+SEND_OUTCOME_LABELS = ("sent", "retry", "failed", "ambiguous", "skipped", "held", "not-claimed", "error")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _LABEL = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
@@ -85,7 +85,7 @@ class LiveMetrics:
     def __init__(self) -> None:
         self.send_seconds = Histogram(
             "nurture_send_seconds",
-            "Seconds a worker spent on one delivery (checks, render, SMTP hand-off, recording), by outcome.",
+            "Seconds a worker spent on one delivery, from its checks to the SMTP answer, by outcome.",
             ["outcome"],
             buckets=LATENCY_BUCKETS,
             registry=None,
@@ -148,14 +148,6 @@ def reset_live() -> None:
     with _live_lock:
         _live = None
         values.ValueClass = values.MutexValue
-
-
-def timed_send(send_one: Callable[[str, int], str], claim_token: str, delivery_id: int) -> str:
-    """``send_one(claim_token, delivery_id)``, its outcome and duration observed (the sender's hook)."""
-    started = time.perf_counter()
-    outcome = send_one(claim_token, delivery_id)
-    observe_send(outcome, time.perf_counter() - started)
-    return outcome
 
 
 def observe_rate_limit_wait(seconds: float) -> float:

@@ -222,8 +222,8 @@ class Sender:
         except AmbiguousFailure as exc:
             self.breaker.record(ok=False)
             return self._after_ambiguous(sending_token, delivery_id, str(exc))
+        accepted.append(_Accepted(sending_token, delivery_id, message_id))  # first: nothing may lose this
         self.breaker.record(ok=True)
-        accepted.append(_Accepted(sending_token, delivery_id, message_id))
         log_transition(delivery_id, "sent", subscriber=prepared.subscriber_id, step=prepared.step_key)
         return "sent"
 

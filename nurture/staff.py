@@ -30,9 +30,15 @@ MAX_PASSWORD_LENGTH = 1024  # argon2 would hash a megabyte happily; a login form
 TOKEN_PREFIX = "nrt_"
 ROLE_RANK = {StaffRole.viewer: 0, StaffRole.editor: 1, StaffRole.admin: 2}
 
-_hasher = PasswordHasher()
-# Verified against when the address is unknown, so both answers cost the same.
-_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+_hasher = PasswordHasher()  # argon2id, RFC 9106 low-memory profile (64 MiB, t=3)
+_dummy: dict[PasswordHasher, str] = {}
+
+
+def _dummy_hash() -> str:
+    """Verified against when the address is unknown, so both answers cost the same (made on first use)."""
+    if _hasher not in _dummy:
+        _dummy[_hasher] = _hasher.hash(secrets.token_urlsafe(16))
+    return _dummy[_hasher]
 
 
 class StaffError(ValueError):
@@ -170,19 +176,22 @@ def _aware(value: Any) -> datetime:
 
 
 def authenticate(session: Session, email: str, password: str, ip: str, limits: LoginLimits) -> StaffUser:
-    """The active user with these credentials, else :class:`BadCredentials` (after recording the failure
-    in the caller's transaction, which must commit it) or :class:`LoginThrottled`."""
+    """The active user with these credentials, else :class:`BadCredentials` (the caller records it with
+    :func:`record_failure`, in a transaction that commits) or :class:`LoginThrottled`."""
     address = email.strip().lower()[:320]
     check_throttle(session, address, ip, limits)
     user = find_user(session, address)
-    ok = verify_password(user.password_hash if user else _DUMMY_HASH, password[:MAX_PASSWORD_LENGTH])
+    ok = verify_password(user.password_hash if user else _dummy_hash(), password[:MAX_PASSWORD_LENGTH])
     if user is None or not ok or not user.active:
-        session.add(LoginFailure(email=address, ip_key=ip))
         raise BadCredentials()
     if _hasher.check_needs_rehash(user.password_hash):
         user.password_hash = hash_password(password)
     user.last_login_at = clock.now()
     return user
+
+
+def record_failure(session: Session, email: str, ip: str) -> None:
+    session.add(LoginFailure(email=email.strip().lower()[:320], ip_key=ip))
 
 
 def purge_login_failures(session: Session, older_than: timedelta = timedelta(days=1)) -> int:
@@ -202,9 +211,25 @@ def session_fingerprint(user: StaffUser) -> str:
 # --- audit ----------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Actor:
+    """The staff member behind a request, detached from any session."""
+
+    id: int
+    email: str
+    role: str
+
+    @classmethod
+    def of(cls, user: StaffUser) -> Actor:
+        return cls(user.id, user.email, user.role)
+
+    def may(self, needed: StaffRole) -> bool:
+        return role_allows(self.role, needed)
+
+
 def audit(
     session: Session,
-    actor: StaffUser | None,
+    actor: Actor | None,
     action: str,
     target: str,
     before: dict[str, Any] | None = None,

@@ -4,10 +4,13 @@ is Redis, or kept in the process on the embedded defaults (one worker machine).
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
 from typing import Protocol
+
+log = logging.getLogger(__name__)
 
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*$", re.IGNORECASE)
 _UNIT_SECONDS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600}
@@ -81,15 +84,25 @@ return wait
 
 
 class RedisBucket:
+    """Shared by every worker; while Redis is unreachable, each process falls back to its own bucket at the
+    full rate, so sending goes on (a little faster than allowed with several workers) instead of stopping."""
+
     def __init__(self, client, key: str, per_second: float) -> None:  # type: ignore[no-untyped-def]
         self.key = key
         self.rate = per_second
         self.burst = max(1.0, per_second)
         self._take = client.register_script(_TAKE)
+        self._fallback = LocalBucket(per_second)
 
     def acquire(self) -> float:
+        import redis
+
         waited = 0.0
-        while (wait_ms := int(self._take(keys=[self.key], args=[self.rate, self.burst]))) > 0:
-            time.sleep(wait_ms / 1000)
-            waited += wait_ms / 1000
+        try:
+            while (wait_ms := int(self._take(keys=[self.key], args=[self.rate, self.burst]))) > 0:
+                time.sleep(wait_ms / 1000)
+                waited += wait_ms / 1000
+        except redis.RedisError as exc:
+            log.warning("rate limiter: Redis unavailable (%s); limiting this process only", exc)
+            waited += self._fallback.acquire()
         return waited

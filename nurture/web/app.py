@@ -6,7 +6,7 @@ from fastapi import FastAPI
 
 from nurture.config import get_settings
 from nurture.logs import RequestIdMiddleware
-from nurture.web import bounces, health, metrics, public
+from nurture.web import admin, api, bounces, health, metrics, public
 from nurture.web.pages import page_templates
 
 
@@ -20,4 +20,6 @@ def create_app() -> FastAPI:
     app.add_middleware(RequestIdMiddleware)  # X-Request-ID in, out and on every log line
     app.include_router(public.router)
     app.include_router(bounces.router)
+    admin.install(app)  # staff UI under /admin
+    api.install(app)  # staff JSON API under /api/v1
     return app

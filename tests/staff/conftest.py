@@ -30,6 +30,17 @@ steps:
 """
 
 
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real argon2id, with cheap parameters: the production profile costs about a second per hash on the
+    test machine, and the tests hash dozens of times. Parameters are all that change."""
+    from argon2 import PasswordHasher
+
+    from nurture import staff
+
+    monkeypatch.setattr(staff, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
+
+
 @pytest.fixture
 def pg_url(pg_url: str) -> str:
     """The parent fixture empties the engine's tables; the staff tables are emptied here."""
@@ -57,11 +68,11 @@ def world(factory: sessionmaker[Session], course: Path) -> sessionmaker[Session]
 
 @pytest.fixture
 def tokens(world: sessionmaker[Session]) -> dict[str, str]:
-    """An API token per role (users viewer@, editor@, admin@staff.test)."""
+    """An API token per role (users viewer@, editor@, admin@staff.example.com)."""
     issued = {}
     with transaction(world) as session:
         for role in ROLES:
-            user = create_user(session, f"{role}@staff.test", role, PASSWORD)
+            user = create_user(session, f"{role}@staff.example.com", role, PASSWORD)
             issued[role] = issue_token(session, user)
     return issued
 
@@ -85,7 +96,9 @@ def api(client: TestClient, tokens: dict[str, str]) -> Callable[..., object]:
     """api(role, method, path, json=...) -> response."""
 
     def call(role: str | None, method: str, path: str, **kwargs: object):  # type: ignore[no-untyped-def]
-        headers = {"Authorization": f"Bearer {tokens[role]}"} if role else {}
+        headers = dict(kwargs.pop("headers", None) or {})  # type: ignore[call-overload]
+        if role:
+            headers["Authorization"] = f"Bearer {tokens[role]}"
         return client.request(method, path, headers=headers, **kwargs)  # type: ignore[arg-type]
 
     return call

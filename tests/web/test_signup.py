@@ -327,3 +327,10 @@ def test_the_embed_snippet_posts_a_valid_signup(client: TestClient, app_factory)
     with transaction(app_factory) as session:
         record = session.scalar(select(ConsentRecord))
         assert (record.source, record.form_url) == ("embed", "https://partner.example.org/page")
+
+
+def test_openapi_describes_the_signup_body(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    body = spec["paths"]["/subscribe"]["post"]["requestBody"]["content"]
+    assert set(body) == {"application/json", "application/x-www-form-urlencoded"}
+    assert {"email", "consent"} <= set(body["application/json"]["schema"]["required"])

@@ -1,0 +1,213 @@
+"""Results per sequence and step, counted by the database (GROUP BY over indexed columns), never by loading
+delivery rows into Python.
+
+Steps are reported by key, across every version of the sequence, in the current version's order (keys only
+in older versions follow, in their own order).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from nurture.models import (
+    Delivery,
+    DeliveryStatus,
+    Enrollment,
+    EnrollmentStatus,
+    Event,
+    Sequence,
+    SequenceVersion,
+    Step,
+)
+
+WAITING = (DeliveryStatus.pending, DeliveryStatus.queued, DeliveryStatus.sending)
+OPEN = (*WAITING, DeliveryStatus.held)
+
+
+@dataclass
+class StepStats:
+    key: str
+    position: int
+    scheduled: int = 0  # waiting for their time (pending, queued, sending)
+    held: int = 0  # waiting for the sequence to be resumed
+    sent: int = 0
+    failed: int = 0
+    bounced: int = 0
+    cancelled: int = 0
+    ambiguous: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)  # reason -> count
+    unsubscribed_after: int = 0  # left after this was the last step they were sent
+    current: int = 0  # live enrollments whose next email is this step
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class SequenceStats:
+    slug: str
+    enrolled: int
+    enrollments: dict[str, int]
+    unsubscribed_before_first: int
+    steps: list[StepStats]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "sequence": self.slug,
+            "enrolled": self.enrolled,
+            "enrollments": self.enrollments,
+            "unsubscribed_before_first": self.unsubscribed_before_first,
+            "steps": [s.as_dict() for s in self.steps],
+        }
+
+
+def _step_keys(session: Session, sequence: Sequence) -> tuple[dict[int, str], dict[tuple[int, int], str]]:
+    """step id -> key, and (version id, position) -> key, for every version of the sequence."""
+    by_id: dict[int, str] = {}
+    by_position: dict[tuple[int, int], str] = {}
+    rows = session.execute(
+        select(Step.id, Step.key, Step.version_id, Step.position)
+        .join(SequenceVersion, SequenceVersion.id == Step.version_id)
+        .where(SequenceVersion.sequence_id == sequence.id)
+    )
+    for step_id, key, version_id, position in rows:
+        by_id[step_id] = key
+        by_position[(version_id, position)] = key
+    return by_id, by_position
+
+
+def sequence_stats(session: Session, sequence: Sequence) -> SequenceStats:
+    by_id, by_position = _step_keys(session, sequence)
+    order: list[tuple[str, int]] = []
+    if sequence.current_version is not None:
+        order = [(s.key, s.position) for s in sequence.current_version.steps]
+    seen = {key for key, _ in order}
+    for (_, position), key in sorted(by_position.items(), key=lambda item: item[0]):
+        if key not in seen:
+            order.append((key, position))
+            seen.add(key)
+    steps = {key: StepStats(key=key, position=position) for key, position in order}
+    step_ids = list(by_id)
+
+    # One grouped scan of ix_deliveries_step_status.
+    counts = session.execute(
+        select(Delivery.step_id, Delivery.status, Delivery.skip_reason, func.count())
+        .where(Delivery.step_id.in_(step_ids))
+        .group_by(Delivery.step_id, Delivery.status, Delivery.skip_reason)
+    )
+    for step_id, status, reason, count in counts:
+        item = steps[by_id[step_id]]
+        if status in WAITING:
+            item.scheduled += count
+        elif status == DeliveryStatus.skipped:
+            item.skipped[reason or "unknown"] = item.skipped.get(reason or "unknown", 0) + count
+        elif status in {"held", "sent", "failed", "cancelled", "ambiguous"}:
+            setattr(item, status, getattr(item, status) + count)
+
+    bounced = session.execute(
+        select(Delivery.step_id, func.count())
+        .select_from(Event)
+        .join(Delivery, Delivery.id == Event.delivery_id)
+        .where(Event.kind == "bounced", Delivery.step_id.in_(step_ids))
+        .group_by(Delivery.step_id)
+    )
+    for step_id, count in bounced:
+        steps[by_id[step_id]].bounced += count
+
+    # Unsubscribed after step N: the last step each unsubscribed enrollment was sent.
+    last_sent = (
+        select(
+            Enrollment.id.label("enrollment_id"),
+            Enrollment.version_id.label("version_id"),
+            func.max(Step.position).label("position"),
+        )
+        .select_from(Enrollment)
+        .outerjoin(
+            Delivery,
+            (Delivery.enrollment_id == Enrollment.id) & (Delivery.status == DeliveryStatus.sent),
+        )
+        .outerjoin(Step, Step.id == Delivery.step_id)
+        .where(Enrollment.sequence_id == sequence.id, Enrollment.end_reason == "unsubscribed")
+        .group_by(Enrollment.id, Enrollment.version_id)
+        .subquery()
+    )
+    before_first = 0
+    for version_id, position, count in session.execute(
+        select(last_sent.c.version_id, last_sent.c.position, func.count()).group_by(
+            last_sent.c.version_id, last_sent.c.position
+        )
+    ):
+        key = by_position.get((version_id, position)) if position is not None else None
+        if key is None:
+            before_first += count
+        else:
+            steps[key].unsubscribed_after += count
+
+    # Where live enrollments stand: their earliest open step.
+    standing = (
+        select(Delivery.enrollment_id, func.min(Step.position).label("position"), Enrollment.version_id)
+        .join(Step, Step.id == Delivery.step_id)
+        .join(Enrollment, Enrollment.id == Delivery.enrollment_id)
+        .where(
+            Enrollment.sequence_id == sequence.id,
+            Enrollment.status.in_([EnrollmentStatus.active, EnrollmentStatus.paused]),
+            Delivery.status.in_(OPEN),
+        )
+        .group_by(Delivery.enrollment_id, Enrollment.version_id)
+        .subquery()
+    )
+    for version_id, position, count in session.execute(
+        select(standing.c.version_id, standing.c.position, func.count()).group_by(
+            standing.c.version_id, standing.c.position
+        )
+    ):
+        key = by_position.get((version_id, position))
+        if key is not None:
+            steps[key].current += count
+
+    enrollments: dict[str, int] = defaultdict(int)
+    for status, count in session.execute(
+        select(Enrollment.status, func.count())
+        .where(Enrollment.sequence_id == sequence.id)
+        .group_by(Enrollment.status)
+    ):
+        enrollments[status] = count
+    return SequenceStats(
+        slug=sequence.slug,
+        enrolled=sum(enrollments.values()),
+        enrollments=dict(enrollments),
+        unsubscribed_before_first=before_first,
+        steps=list(steps.values()),
+    )
+
+
+def standing_counts(session: Session) -> dict[int, dict[int, int]]:
+    """sequence id -> {step position: live enrollments whose next email is that step} (current versions)."""
+    standing = (
+        select(
+            Enrollment.sequence_id.label("sequence_id"),
+            Delivery.enrollment_id,
+            func.min(Step.position).label("position"),
+        )
+        .join(Step, Step.id == Delivery.step_id)
+        .join(Enrollment, Enrollment.id == Delivery.enrollment_id)
+        .where(
+            Enrollment.status.in_([EnrollmentStatus.active, EnrollmentStatus.paused]),
+            Delivery.status.in_(OPEN),
+        )
+        .group_by(Enrollment.sequence_id, Delivery.enrollment_id)
+        .subquery()
+    )
+    result: dict[int, dict[int, int]] = defaultdict(dict)
+    for sequence_id, position, count in session.execute(
+        select(standing.c.sequence_id, standing.c.position, func.count()).group_by(
+            standing.c.sequence_id, standing.c.position
+        )
+    ):
+        result[sequence_id][position] = count
+    return result
