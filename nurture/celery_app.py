@@ -60,7 +60,12 @@ def create_app(settings: Settings | None = None) -> Celery:
         task_default_exchange=SEND_QUEUE,
         task_default_routing_key=SEND_QUEUE,
         task_default_queue=SEND_QUEUE,
-        task_routes={DISPATCH_TASK: {"queue": DISPATCH_QUEUE, "routing_key": DISPATCH_QUEUE}},
+        task_routes={
+            DISPATCH_TASK: {"queue": DISPATCH_QUEUE, "routing_key": DISPATCH_QUEUE},
+            # Confirmation emails ride with the ticks: someone waiting at a signup form must not queue
+            # behind a campaign's send backlog (a tick sends at most a few of them).
+            OUTBOX_TASK: {"queue": DISPATCH_QUEUE, "routing_key": DISPATCH_QUEUE},
+        },
         result_backend=None,
         # A message is acknowledged after the task ran, one at a time, so a crashed worker loses no claim
         # silently; a redelivered task re-checks every row and cannot send twice.

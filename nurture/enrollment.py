@@ -140,10 +140,14 @@ def add_subscriber(
 
 
 def cancel_open_deliveries(session: Session, subscriber_id: int, reason: str) -> int:
-    """Withdraw every delivery that has not started sending; returns how many."""
+    """Withdraw every delivery that has not started sending (held ones too: a paused sequence must not
+    keep someone who left waiting to be mailed on resume); returns how many."""
     result = session.execute(
         update(Delivery)
-        .where(Delivery.subscriber_id == subscriber_id, Delivery.status.in_(OPEN_DELIVERY_STATUSES))
+        .where(
+            Delivery.subscriber_id == subscriber_id,
+            Delivery.status.in_((*OPEN_DELIVERY_STATUSES, DeliveryStatus.held)),
+        )
         .values(status=DeliveryStatus.cancelled, skip_reason=reason, lease_until=None)
         .execution_options(synchronize_session=False)
     )

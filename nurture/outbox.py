@@ -147,7 +147,9 @@ class Outbox:
             assert consent is not None  # skip_reason returned "erased" otherwise
             sequence = get_sequence(session, consent.sequence_slug) if consent.sequence_slug else None
             return Prepared(
-                recipient=Recipient(subscriber.email, consent.first_name, subscriber.public_id),
+                # No name: until the address owner confirms, whoever typed the form is a stranger, and this
+                # email must carry nothing a stranger wrote (no "Hello <insult>" sent to a victim).
+                recipient=Recipient(subscriber.email, None, subscriber.public_id),
                 template=TEMPLATES[message.kind],
                 sequence_name=sequence.name if sequence is not None else FALLBACK_COURSE_NAME,
                 confirm_url=tokens.link(tokens.Purpose.confirm, consent.public_id, self.settings),

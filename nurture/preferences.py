@@ -145,6 +145,8 @@ def update_profile(
 ) -> None:
     """Values must already be validated (see :mod:`nurture.signup`); a new zone re-times unsent emails."""
     zone_changed = (timezone or None) != subscriber.timezone
+    if not zone_changed and first_name == subscriber.first_name:
+        return
     subscriber.first_name = first_name
     subscriber.timezone = timezone or None
     if zone_changed:

@@ -139,7 +139,8 @@ def send_due(factory, set_env, advance, steps: int = 1) -> list[bytes]:  # type:
         set_env(smtp_url=smtp.url)
         sender = make_sender(factory)
         for _ in range(steps):
-            dispatch_inline(factory, sender)
+            outcomes = dispatch_inline(factory, sender)
+            assert set(outcomes) == {"sent"}, outcomes
             advance(timedelta(seconds=1))
     return [received.data for received in smtp.received]
 
@@ -450,7 +451,8 @@ def test_endpoint_wants_the_token_and_a_message(world, set_env) -> None:  # type
         assert post(client, body, content_type="text/plain").status_code == 415
         for garbage in (b"", b"\x00\xff\xfe\x01 binary junk", b"no headers here\n"):
             answer = post(client, garbage)
-            assert answer.status_code == 400 and answer.json()["error"]
+            assert answer.status_code == 400
+            assert answer.json()["error"]["code"] == "malformed_message" and answer.json()["error"]["message"]
         too_big = post(client, b"X-Pad: " + b"a" * (10 * 1024 * 1024) + b"\r\n\r\n")
         assert too_big.status_code == 413
     assert suppressions(world) == {}

@@ -6,7 +6,7 @@ by FastAPI's validation, so a bad body is a 400 in that shape rather than FastAP
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import or_, select
 from starlette.concurrency import run_in_threadpool
 
-from nurture import control, staff
+from nurture import clock, control, staff
 from nurture.addresses import InvalidInput, normalise_email
 from nurture.catalog import window_of
 from nurture.db import transaction
@@ -155,9 +155,7 @@ def sequence_detail(sequence: Sequence) -> dict[str, Any]:
     }
 
 
-def _seconds(value: int):  # type: ignore[no-untyped-def]
-    from datetime import timedelta
-
+def _seconds(value: int) -> timedelta:
     return timedelta(seconds=value)
 
 
@@ -262,6 +260,9 @@ async def enroll_subscribers(request: Request, slug: str) -> JSONResponse:
     ):
         raise ApiError(400, "invalid", "emails must be a list of at most 10000 strings")
     start_at = _parse_instant(fields["start_at"], "start_at") if fields.get("start_at") else None
+    if start_at is not None and start_at < clock.now() - timedelta(minutes=5):
+        # A start in the past would make every missed step due at once: the flood this API must not cause.
+        raise ApiError(400, "invalid", "start_at must not be in the past")
 
     def work() -> dict[str, Any]:
         with transaction() as session:

@@ -7,12 +7,16 @@ import subprocess
 import threading
 import time
 
+import pytest
 import redis
 from sqlalchemy import create_engine, text
 
 from tests.conftest import service_missing
 from tests.reliability.conftest import Cluster, duplicates, seed
 from tests.support import SmtpServer, free_port, wait_until
+
+# Real processes on a 2-core machine: generous hang guards; the assertions are on outcomes, not time.
+pytestmark = pytest.mark.timeout(900)
 
 
 def _start_redis(port: int) -> subprocess.Popen[bytes]:
@@ -89,7 +93,7 @@ def test_postgres_connections_killed_mid_claim_and_mid_send(cluster: Cluster) ->
         )
         stop.set()
         thread.join()
-        wait_until(lambda: cluster.statuses().get("sent", 0) == 600, 240, "all 600 recorded as sent")
+        wait_until(lambda: cluster.statuses().get("sent", 0) == 600, 600, "all 600 recorded as sent")
     admin.dispose()
     assert sum(killed) > 0, "no connection was killed: the scenario did not happen"
     assert duplicates(smtp) == {} and len(smtp.received) == 600

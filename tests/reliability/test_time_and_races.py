@@ -7,6 +7,7 @@ import shutil
 import time
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import select, update
 
 from nurture import clock
@@ -16,6 +17,9 @@ from nurture.models import Delivery, Subscriber
 from tests.conftest import service_missing
 from tests.reliability.conftest import Cluster, duplicates, seed
 from tests.support import SmtpServer, wait_until
+
+# Real processes on a 2-core machine: generous hang guards; the assertions are on outcomes, not time.
+pytestmark = pytest.mark.timeout(900)
 
 
 def _delay_first(cluster: Cluster, email: str, delta: timedelta) -> float:

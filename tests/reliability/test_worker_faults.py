@@ -6,6 +6,7 @@ import os
 import random
 import signal
 
+import pytest
 from sqlalchemy import func, select
 
 from nurture.db import transaction
@@ -15,6 +16,9 @@ from tests.support import SmtpServer, wait_until
 
 KILLS = int(os.environ.get("NURTURE_SOAK_KILLS", "5"))
 EMAILS = int(os.environ.get("NURTURE_SOAK_EMAILS", "2000"))
+
+# Real processes on a 2-core machine: generous hang guards; the assertions are on outcomes, not time.
+pytestmark = pytest.mark.timeout(900)
 
 
 def test_sigkilled_workers_lose_nothing_and_duplicate_at_most_one_per_kill(cluster: Cluster) -> None:
@@ -57,7 +61,7 @@ def test_sigterm_finishes_the_current_batch_and_leaves_nothing_sending(cluster: 
         assert worker.returncode == 0, "warm shutdown should exit cleanly"
         assert cluster.statuses().get("sending", 0) == 0
         cluster.worker(**env)
-        wait_until(lambda: cluster.statuses().get("sent", 0) == 400, 180, "the rest sent by a new worker")
+        wait_until(lambda: cluster.statuses().get("sent", 0) == 400, 600, "the rest sent by a new worker")
     assert duplicates(smtp) == {} and len(smtp.received) == 400
 
 
@@ -69,7 +73,7 @@ def test_two_dispatchers_and_three_workers_never_claim_twice(cluster: Cluster) -
         cluster.beat(**env)
         for _ in range(3):
             cluster.worker(**env)
-        wait_until(lambda: cluster.statuses().get("sent", 0) == 1000, 300, "1000 sent")
+        wait_until(lambda: cluster.statuses().get("sent", 0) == 1000, 600, "1000 sent")
     assert duplicates(smtp) == {} and len(smtp.received) == 1000
     with transaction(cluster.factory) as session:
         assert session.scalar(select(func.count()).where(Delivery.attempts != 1)) == 0

@@ -151,6 +151,8 @@ def test_enroll_skips_unsubscribed_suppressed_erased_and_already_enrolled(api, w
     assert again.json()["enrolled"] == 2 and again.json()["suppressed"] == 2  # fresh and inside
     both = api("editor", "POST", "/api/v1/sequences/course/enroll", json={"all_active": True, "emails": []})
     assert both.status_code == 400
+    past = {"all_active": True, "start_at": "2001-01-01T00:00:00Z"}
+    assert api("editor", "POST", "/api/v1/sequences/other/enroll", json=past).status_code == 400
 
 
 def test_subscriber_explain_log_and_stats(api, world) -> None:  # type: ignore[no-untyped-def]

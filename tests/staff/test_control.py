@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 
 import pytest
 from sqlalchemy import func, select
@@ -136,7 +137,7 @@ def test_pause_holds_and_resume_keeps_every_step_in_order(world, set_env, policy
         ticks = [run.sent[d] for _, d in sorted(steps)]
         assert ticks == sorted(ticks) and len(set(ticks)) == 4, "steps arrive in order, never two at once"
         times = [run.sent_at[d] for _, d in sorted(steps)]
-        assert all(later - earlier >= MIN_GAP for earlier, later in zip(times, times[1:], strict=False))
+        assert all(later - earlier >= MIN_GAP for earlier, later in pairwise(times))
     if policy is ResumePolicy.send_due:
         # What fell due during the pause goes out at the promised rate, not as a flood.
         released = [d for d, row in before.items() if row[3] == "pending" and row[4] <= resumed_at]
@@ -187,7 +188,7 @@ def test_pause_twice_and_resume_unpaused_are_refused(world) -> None:  # type: ig
         resume(session, lock(session, "course"), ResumePolicy.shift, per_minute=60)
 
 
-def test_joining_a_paused_sequence_waits_and_unsubscribed_during_pause_are_cancelled(world) -> None:  # type: ignore[no-untyped-def]
+def test_joining_a_paused_sequence_waits_and_leaving_during_a_pause_cancels(world) -> None:  # type: ignore[no-untyped-def]
     from nurture.enrollment import unsubscribe
 
     with clock.frozen(START) as advance:
@@ -199,11 +200,16 @@ def test_joining_a_paused_sequence_waits_and_unsubscribed_during_pause_are_cance
             add_subscriber(session, "during@example.com", sequence_slug="course")
             early = session.scalar(select(Subscriber).where(Subscriber.email == "early@example.com"))
             unsubscribe(session, early, "test")
-        assert {row[3] for row in _rows(world)} == {"held"}
+        # Leaving withdraws held emails at once, like pending ones.
+        assert sorted(row[3] for row in _rows(world)) == ["cancelled"] * 4 + ["held"] * 4
         advance(timedelta(days=1))
         with transaction(world) as session:
             result = resume(session, lock(session, "course"), ResumePolicy.shift, per_minute=60)
-        assert (result.resumed, result.cancelled) == (4, 4)
+        assert (result.resumed, result.cancelled) == (4, 0)
+        # The one who joined a day into the pause is shifted by the day they waited, not the whole pause.
+        during = [row[4] for row in _rows(world) if row[3] == "pending"]
+        # (Due Tuesday 09:00 New York when they joined at 08:00; resumed a day later: Wednesday 09:00.)
+        assert during[0] == datetime(2026, 3, 4, 14, 0, tzinfo=UTC)
 
 
 def test_schedule_starts_everyone_at_activation(world) -> None:  # type: ignore[no-untyped-def]

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
 from nurture import clock
-from nurture.celery_app import OUTBOX_TASK, create_app
+from nurture.celery_app import DISPATCH_QUEUE, OUTBOX_TASK, create_app
 from nurture.config import get_settings
 from nurture.db import transaction
 from nurture.mail.templates import EmailTemplates
@@ -153,7 +153,10 @@ def test_suppressed_addresses_get_the_same_answer_but_no_email(
 def test_the_celery_task_drains_through_the_configured_transport(app_factory, queued) -> None:  # type: ignore[no-untyped-def]
     from nurture.tasks import drain_outbox
 
-    assert create_app().conf.beat_schedule["drain-outbox"]["task"] == OUTBOX_TASK
+    conf = create_app().conf
+    assert conf.beat_schedule["drain-outbox"]["task"] == OUTBOX_TASK
+    # With the ticks, not behind a campaign's send backlog.
+    assert conf.task_routes[OUTBOX_TASK]["queue"] == DISPATCH_QUEUE
     MEMORY_OUTBOX.outbox.clear()
     assert drain_outbox() == {"sent": 1}  # NURTURE_SMTP_URL=memory:// in tests
     assert [m.recipient for m in MEMORY_OUTBOX.outbox] == ["ana@example.com"]
