@@ -18,6 +18,7 @@ from nurture.config import Settings, get_settings
 DISPATCH_QUEUE = "nurture.dispatch"
 SEND_QUEUE = "nurture.send"
 DISPATCH_TASK = "nurture.dispatch_due"
+HOUSEKEEPING_TASK = "nurture.housekeeping"
 SEND_TASK = "nurture.send_deliveries"
 OUTBOX_TASK = "nurture.drain_outbox"  # transactional email (signup confirmations), see nurture/outbox.py
 
@@ -65,6 +66,7 @@ def create_app(settings: Settings | None = None) -> Celery:
             # Confirmation emails ride with the ticks: someone waiting at a signup form must not queue
             # behind a campaign's send backlog (a tick sends at most a few of them).
             OUTBOX_TASK: {"queue": DISPATCH_QUEUE, "routing_key": DISPATCH_QUEUE},
+            HOUSEKEEPING_TASK: {"queue": DISPATCH_QUEUE, "routing_key": DISPATCH_QUEUE},
         },
         result_backend=None,
         # A message is acknowledged after the task ran, one at a time, so a crashed worker loses no claim
@@ -83,6 +85,7 @@ def create_app(settings: Settings | None = None) -> Celery:
                 # A tick that waited longer than two intervals is stale: the next one does the same work.
                 "options": {"expires": max(settings.dispatch_interval * 2, 2.0)},
             },
+            "housekeeping": {"task": HOUSEKEEPING_TASK, "schedule": 60.0, "options": {"expires": 120.0}},
             "drain-outbox": {
                 "task": OUTBOX_TASK,
                 "schedule": settings.dispatch_interval,

@@ -6,7 +6,7 @@ import logging
 from functools import lru_cache
 from typing import Any
 
-from nurture.celery_app import DISPATCH_TASK, OUTBOX_TASK, SEND_TASK, app
+from nurture.celery_app import DISPATCH_TASK, HOUSEKEEPING_TASK, OUTBOX_TASK, SEND_TASK, app
 from nurture.config import get_settings
 from nurture.db import session_factory
 from nurture.dispatch import dispatch_once
@@ -69,3 +69,17 @@ def drain_outbox() -> dict[str, int]:
     if outcomes:
         log.info("outbox: %s", dict(outcomes))
     return dict(outcomes)
+
+
+@app.task(name=HOUSEKEEPING_TASK, ignore_result=True)
+def housekeeping() -> dict[str, int]:
+    """Once a minute: flip scheduled sequences whose time has come to active (nothing waits on this: no
+    delivery is due before activation), and forget old login failures."""
+    from nurture.control import activate_due
+    from nurture.db import transaction
+    from nurture.staff import purge_login_failures
+
+    with transaction() as session:
+        activated = activate_due(session)
+        purged = purge_login_failures(session)
+    return {"activated": activated, "purged": purged}

@@ -27,7 +27,13 @@ BASE_ENV = {
 PG_ADMIN_URL = os.environ.get("NURTURE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_HOST = os.environ.get("NURTURE_TEST_REDIS_HOST", "127.0.0.1:6379")
 IN_CI = os.environ.get("CI", "").lower() == "true"
-TABLES = "events, deliveries, enrollments, steps, suppressions, subscribers, sequences, sequence_versions"
+
+
+def _all_tables() -> str:
+    from nurture import models  # noqa: F401  (registers every table)
+    from nurture.db import Base
+
+    return ", ".join(table.name for table in Base.metadata.sorted_tables)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -135,7 +141,7 @@ def pg_database() -> Iterator[str]:
 def pg_url(pg_database: str) -> str:
     engine = create_engine(pg_database)
     with engine.begin() as connection:
-        connection.execute(text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
+        connection.execute(text(f"TRUNCATE {_all_tables()} RESTART IDENTITY CASCADE"))
     engine.dispose()
     return pg_database
 
