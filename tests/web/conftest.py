@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from tests.helpers import sync_sequences
@@ -28,17 +27,6 @@ steps:
   - {key: hello, delay: 0, template: demo/hello}
   - {key: goodbye, delay: 2d, template: demo/goodbye}
 """
-
-
-@pytest.fixture
-def pg_url(pg_url: str) -> str:
-    """The parent fixture empties the engine's tables; rate-limit counters reference nothing, so they are
-    emptied here (consent records and outbox rows go with their subscribers)."""
-    engine = create_engine(pg_url)
-    with engine.begin() as connection:
-        connection.execute(text("TRUNCATE rate_limit_counters"))
-    engine.dispose()
-    return pg_url
 
 
 @pytest.fixture
