@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -170,12 +171,10 @@ class Processes:
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)  # the main process only: it shuts its pool down warmly
         for _, child, _ in self.children:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 child.wait(timeout=20)
-            except subprocess.TimeoutExpired:
+            # Then whatever is left in its session: pool children, or the real process behind a wrapper such
+            # as faketime, which does not pass SIGTERM on.
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(child.pid, signal.SIGKILL)
-                child.wait()
-
-
-def cli_env(**overrides: str) -> dict[str, str]:
-    return {key: str(value) for key, value in overrides.items()}
+            child.wait()
