@@ -1,4 +1,4 @@
-"""The confirmation email must not claim the reader already confirmed: it overrides the base footer's reason."""
+"""The confirmation email must not claim the reader confirmed: it overrides the base footer reason."""
 
 from __future__ import annotations
 
