@@ -59,6 +59,7 @@ migrate: $(STAMP) ## Apply database migrations (NURTURE_DATABASE_URL, default SQ
 
 bench: $(STAMP) services ## Run the benchmarks in bench/ and print their numbers
 	$(BIN)/python bench/send_throughput.py
+	$(BIN)/python bench/dispatch_scale.py
 
 clean: ## Remove the virtualenv and local state under var/
 	rm -rf $(VENV) var
