@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-from pathlib import Path
-
-import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 from click.testing import CliRunner
@@ -14,18 +10,6 @@ from nurture.cli import main
 from tests.support import RecordingHandler, SmtpScript, free_port
 
 CHECKS = ["settings", "database", "migrations", "broker", "smtp", "dkim"]
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    folder = tmp_path_factory.mktemp("tls")
-    key, cert = folder / "key.pem", folder / "cert.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-         "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return key, cert
 
 
 def _lines(output: str) -> dict[str, tuple[str, str]]:
