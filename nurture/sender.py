@@ -18,7 +18,7 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import exists, select, update
+from sqlalchemy import ColumnElement, exists, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload, sessionmaker
 
@@ -91,6 +91,15 @@ class _StopBatch(Exception):
 
     def __init__(self, retry_in: float) -> None:
         self.retry_in = retry_in
+
+
+def _still_claimed(delivery_ids: list[int], claim_token: str) -> tuple[ColumnElement[bool], ...]:
+    """Rows still waiting under this claim: every change to a queued row is conditional on it."""
+    return (
+        Delivery.id.in_(delivery_ids),
+        Delivery.status == DeliveryStatus.queued,
+        Delivery.claim_token == claim_token,
+    )
 
 
 def reason_for(
@@ -237,11 +246,7 @@ class Sender:
         # The claim's lease covered the wait in the queue; a task that starts work renews it for the batch.
         session.execute(
             update(Delivery)
-            .where(
-                Delivery.id.in_(delivery_ids),
-                Delivery.claim_token == claim_token,
-                Delivery.status == DeliveryStatus.queued,
-            )
+            .where(*_still_claimed(delivery_ids, claim_token))
             .values(lease_until=now + timedelta(seconds=self.settings.lease_seconds))
             .execution_options(synchronize_session=False)
         )
@@ -296,11 +301,7 @@ class Sender:
         held = reason == HOLD
         moved = session.execute(
             update(Delivery)
-            .where(
-                Delivery.id == delivery_id,
-                Delivery.status == DeliveryStatus.queued,
-                Delivery.claim_token == claim_token,
-            )
+            .where(*_still_claimed([delivery_id], claim_token))
             .values(
                 status=DeliveryStatus.held if held else DeliveryStatus.skipped,
                 skip_reason=None if held else reason,
@@ -353,11 +354,7 @@ class Sender:
             return self._skip(session, delivery_id, row.subscriber_id, claim_token, reason)
         moved = session.execute(
             update(Delivery)
-            .where(
-                Delivery.id == delivery_id,
-                Delivery.status == DeliveryStatus.queued,
-                Delivery.claim_token == claim_token,
-            )
+            .where(*_still_claimed([delivery_id], claim_token))
             .values(
                 status=DeliveryStatus.sending,
                 claim_token=sending_token,
@@ -419,11 +416,7 @@ class Sender:
         def work(session: Session) -> None:
             session.execute(
                 update(Delivery)
-                .where(
-                    Delivery.id.in_(delivery_ids),
-                    Delivery.claim_token == claim_token,
-                    Delivery.status == DeliveryStatus.queued,
-                )
+                .where(*_still_claimed(delivery_ids, claim_token))
                 .values(
                     status=DeliveryStatus.pending,
                     claim_token=None,
