@@ -115,3 +115,13 @@ class RedisBreaker:
         except redis.RedisError:
             return 0.0  # fail open: an unreachable Redis says nothing about the SMTP server
         return max(0.0, ttl / 1000) if ttl and ttl > 0 else 0.0
+
+
+class NeverOpen:
+    """The breaker for callers that were given none: counts nothing, never opens."""
+
+    def record(self, ok: bool) -> None:
+        pass
+
+    def open_for(self) -> float:
+        return 0.0

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import secrets
 from collections import Counter
 from dataclasses import dataclass
 from datetime import timedelta
@@ -27,7 +26,8 @@ from datetime import timedelta
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from nurture import clock, events, ratelimit, tokens
+from nurture import clock, events, leases, ratelimit, tokens
+from nurture.breaker import Breaker, NeverOpen
 from nurture.catalog import get_sequence
 from nurture.config import Settings
 from nurture.db import transaction
@@ -36,6 +36,7 @@ from nurture.mail.context import Recipient, template_context
 from nurture.mail.templates import EmailTemplates
 from nurture.mail.transports import AmbiguousFailure, PermanentFailure, TemporaryFailure, Transport
 from nurture.models import ConsentRecord, OutboxMessage, OutboxStatus, Subscriber, Suppression
+from nurture.throttle import RateLimiter, Unlimited
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +73,18 @@ class Outbox:
         factory: sessionmaker[Session],
         transport: Transport,
         templates: EmailTemplates,
+        *,
+        limiter: RateLimiter | None = None,
+        breaker: Breaker | None = None,
     ) -> None:
         self.settings = settings
         self.factory = factory
         self.transport = transport
         self.templates = templates
+        # Confirmations go through the same provider account as sequence email, so they share its rate
+        # limit and its breaker: a burst of signups must not push the account past its limit either.
+        self.limiter = limiter or Unlimited()
+        self.breaker = breaker or NeverOpen()
 
     def drain(self, limit: int = 200) -> Counter[str]:
         """One tick: reap, claim up to ``limit`` due messages, send them; returns outcome counts."""
@@ -103,21 +111,29 @@ class Outbox:
         except Exception as exc:  # a template bug is retried and recorded, never lost
             log.exception("rendering outbox message %s failed", message_id)
             return self._after_temporary(token, message_id, f"render failed: {exc}", OutboxStatus.queued)
+        wait = self.breaker.open_for()
+        if wait > 0:
+            return self._defer(token, message_id, wait)
+        self.limiter.acquire()
         outcome = self._begin_sending(token, message_id)
         if outcome is not None:
             return outcome
         try:
             self.transport.send(self.settings.envelope_from, prepared.recipient.email, data)
         except TemporaryFailure as exc:
+            self.breaker.record(ok=False)
             return self._after_temporary(token, message_id, str(exc), OutboxStatus.sending)
         except PermanentFailure as exc:
+            self.breaker.record(ok=False)
             return self._after_permanent(token, message_id, str(exc))
         except AmbiguousFailure as exc:
+            self.breaker.record(ok=False)
             resend = self.settings.ambiguous_policy == "resend"
             status = OutboxStatus.pending if resend else OutboxStatus.ambiguous
             with transaction(self.factory) as session:
                 _finish(session, token, message_id, status=status, last_error=str(exc), claim_token=None)
             return "ambiguous"
+        self.breaker.record(ok=True)
         with transaction(self.factory) as session:
             _finish(
                 session,
@@ -191,19 +207,31 @@ class Outbox:
                 return "not-claimed"
             moved = session.execute(
                 update(OutboxMessage)
-                .where(
-                    OutboxMessage.id == message_id,
-                    OutboxMessage.status == OutboxStatus.queued,
-                    OutboxMessage.claim_token == token,
-                )
+                .where(*leases.still_claimed(OutboxMessage, [message_id], token))
                 .values(
                     status=OutboxStatus.sending,
                     attempts=OutboxMessage.attempts + 1,
-                    lease_until=clock.now() + timedelta(seconds=self.settings.lease_seconds),
+                    lease_until=clock.db_now(session) + timedelta(seconds=self.settings.lease_seconds),
                 )
                 .execution_options(synchronize_session=False)
             ).rowcount
             return None if moved == 1 else "not-claimed"
+
+    def _defer(self, token: str, message_id: int, seconds: float) -> str:
+        """The breaker is open: hand the message back unsent, due again when the breaker may close."""
+        with transaction(self.factory) as session:
+            session.execute(
+                update(OutboxMessage)
+                .where(*leases.still_claimed(OutboxMessage, [message_id], token))
+                .values(
+                    status=OutboxStatus.pending,
+                    claim_token=None,
+                    lease_until=None,
+                    due_at=clock.db_now(session) + timedelta(seconds=seconds),
+                )
+                .execution_options(synchronize_session=False)
+            )
+        return "deferred"
 
     def _after_temporary(self, token: str, message_id: int, error: str, from_status: str) -> str:
         with transaction(self.factory) as session:
@@ -223,9 +251,6 @@ class Outbox:
                     claim_token=None,
                 )
                 return "failed"
-            backoff = min(
-                self.settings.retry_base_seconds * 2 ** (attempts - 1), self.settings.retry_cap_seconds
-            )
             _finish(
                 session,
                 token,
@@ -233,7 +258,7 @@ class Outbox:
                 from_status,
                 status=OutboxStatus.pending,
                 attempts=attempts,
-                due_at=clock.now() + timedelta(seconds=backoff),
+                due_at=clock.db_now(session) + leases.retry_backoff(self.settings, attempts),
                 last_error=error,
                 claim_token=None,
             )
@@ -309,42 +334,15 @@ def _finish(
 
 
 def claim_due(session: Session, *, limit: int, lease_seconds: int) -> tuple[str, list[int]]:
-    now = clock.now()
-    token = secrets.token_hex(16)
-    due = (
-        select(OutboxMessage.id)
-        .where(OutboxMessage.status == OutboxStatus.pending, OutboxMessage.due_at <= now)
-        .order_by(OutboxMessage.due_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-        .cte("due_outbox")
+    token = leases.new_token()
+    # The database's clock, as for deliveries: a worker whose clock runs fast sends nothing early.
+    now = clock.db_now(session)
+    return token, leases.claim_due(
+        session, OutboxMessage, token=token, limit=limit, lease_seconds=lease_seconds, now=now
     )
-    rows = session.execute(
-        update(OutboxMessage)
-        .where(OutboxMessage.id == due.c.id, OutboxMessage.status == OutboxStatus.pending)
-        .values(
-            status=OutboxStatus.queued,
-            claim_token=token,
-            lease_until=now + timedelta(seconds=lease_seconds),
-        )
-        .returning(OutboxMessage.id)
-        .execution_options(synchronize_session=False)
-    )
-    return token, sorted(rows.scalars())
 
 
 def reap_expired(session: Session, *, policy: str) -> None:
-    now = clock.now()
-    session.execute(
-        update(OutboxMessage)
-        .where(OutboxMessage.status == OutboxStatus.queued, OutboxMessage.lease_until < now)
-        .values(status=OutboxStatus.pending, claim_token=None, lease_until=None)
-        .execution_options(synchronize_session=False)
-    )
-    target = OutboxStatus.pending if policy == "resend" else OutboxStatus.ambiguous
-    session.execute(
-        update(OutboxMessage)
-        .where(OutboxMessage.status == OutboxStatus.sending, OutboxMessage.lease_until < now)
-        .values(status=target, claim_token=None, lease_until=None, last_error="worker lost mid-send")
-        .execution_options(synchronize_session=False)
-    )
+    now = clock.db_now(session)
+    leases.return_expired_claims(session, OutboxMessage, now)
+    leases.settle_lost_sends(session, OutboxMessage, now, policy=policy)

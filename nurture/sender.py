@@ -22,8 +22,8 @@ from sqlalchemy import ColumnElement, exists, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload, sessionmaker
 
-from nurture import clock, events, metrics
-from nurture.breaker import Breaker
+from nurture import clock, events, leases, metrics
+from nurture.breaker import Breaker, NeverOpen
 from nurture.catalog import window_of
 from nurture.config import Settings
 from nurture.db import retrying
@@ -58,14 +58,6 @@ HOLD = "held"  # not a skip: the enrollment or sequence is paused and the delive
 DEFERRED = "deferred"  # handed back unsent because the SMTP server is unreachable or the breaker is open
 
 
-class _Closed:
-    def record(self, ok: bool) -> None:
-        pass
-
-    def open_for(self) -> float:
-        return 0.0
-
-
 @dataclass(frozen=True)
 class Prepared:
     recipient: Recipient
@@ -75,6 +67,7 @@ class Prepared:
     sequence_name: str
     step_number: int
     step_count: int
+    subject: str | None = None  # the step's subject override (nurture.versions)
 
 
 @dataclass(frozen=True)
@@ -94,12 +87,7 @@ class _StopBatch(Exception):
 
 
 def _still_claimed(delivery_ids: list[int], claim_token: str) -> tuple[ColumnElement[bool], ...]:
-    """Rows still waiting under this claim: every change to a queued row is conditional on it."""
-    return (
-        Delivery.id.in_(delivery_ids),
-        Delivery.status == DeliveryStatus.queued,
-        Delivery.claim_token == claim_token,
-    )
+    return leases.still_claimed(Delivery, delivery_ids, claim_token)
 
 
 def reason_for(
@@ -118,8 +106,8 @@ def reason_for(
         return "enrollment-ended"
     if enrollment_status == EnrollmentStatus.paused or sequence_status == SequenceStatus.paused:
         return HOLD
-    if sequence_status == SequenceStatus.archived:
-        return "sequence-archived"
+    # An archived sequence takes no new enrollments but lets the ones in flight finish; staff who want them
+    # stopped archive with "stop", which ends the enrollments (the "enrollment-ended" skip above).
     return None
 
 
@@ -147,7 +135,7 @@ class Sender:
         self.transport = transport
         self.templates = templates
         self.limiter = limiter or Unlimited()
-        self.breaker = breaker or _Closed()
+        self.breaker = breaker or NeverOpen()
 
     def send_batch(self, claim_token: str, delivery_ids: list[int]) -> Counter[str]:
         outcomes: Counter[str] = Counter()
@@ -187,6 +175,7 @@ class Sender:
                 sequence_name=prepared.sequence_name,
                 step_number=prepared.step_number,
                 step_count=prepared.step_count,
+                subject=prepared.subject,
                 delivery_id=delivery_id,
                 date=clock.now(),
             )
@@ -292,6 +281,7 @@ class Sender:
                 sequence_name=enrollment.sequence.name,
                 step_number=delivery.step.position,
                 step_count=len(enrollment.version.steps),
+                subject=delivery.step.subject,
             )
         return result
 
@@ -485,15 +475,11 @@ class Sender:
         return outcome
 
     def _retry_time(self, session: Session, delivery: Delivery) -> datetime:
-        backoff = min(
-            self.settings.retry_base_seconds * 2 ** (delivery.attempts - 1), self.settings.retry_cap_seconds
-        )
+        backoff = leases.retry_backoff(self.settings, delivery.attempts)
         enrollment = delivery.enrollment
         tz = resolve_zone(delivery.subscriber.timezone, enrollment.version.timezone)
         # A retry still respects the send window: a 4xx at 11:29 must not land at 23:00 local.
-        return next_open(
-            clock.db_now(session) + timedelta(seconds=backoff), window_of(enrollment.version), tz
-        )
+        return next_open(clock.db_now(session) + backoff, window_of(enrollment.version), tz)
 
     def _after_permanent(self, token: str, delivery_id: int, error: str) -> str:
         def work(session: Session) -> None:

@@ -65,7 +65,15 @@ def drain_outbox() -> dict[str, int]:
     from nurture.outbox import Outbox
 
     sender = process_sender()
-    outcomes = Outbox(sender.settings, sender.factory, sender.transport, sender.templates).drain(limit=50)
+    outbox = Outbox(
+        sender.settings,
+        sender.factory,
+        sender.transport,
+        sender.templates,
+        limiter=sender.limiter,
+        breaker=sender.breaker,
+    )
+    outcomes = outbox.drain(limit=50)
     if outcomes:
         log.info("outbox: %s", dict(outcomes))
     return dict(outcomes)

@@ -21,6 +21,8 @@ EMAILS = int(os.environ.get("NURTURE_SOAK_EMAILS", "2000"))
 pytestmark = pytest.mark.timeout(1500)
 
 
+# The soak (10,000 emails, 100 kills) gets a hang guard scaled to its size.
+@pytest.mark.timeout(max(1500, EMAILS // 4 + KILLS * 20))
 def test_sigkilled_workers_lose_nothing_and_duplicate_at_most_one_per_kill(cluster: Cluster) -> None:
     seed(cluster.factory, EMAILS, "one-step")
     rng = random.Random(EMAILS * 31 + KILLS)

@@ -161,3 +161,42 @@ def test_the_celery_task_drains_through_the_configured_transport(app_factory, qu
     assert drain_outbox() == {"sent": 1}  # NURTURE_SMTP_URL=memory:// in tests
     assert [m.recipient for m in MEMORY_OUTBOX.outbox] == ["ana@example.com"]
     MEMORY_OUTBOX.outbox.clear()
+
+
+class OpenBreaker:
+    """A breaker that someone else's failures have opened for the next 30 seconds."""
+
+    def __init__(self) -> None:
+        self.recorded: list[bool] = []
+
+    def record(self, ok: bool) -> None:
+        self.recorded.append(ok)
+
+    def open_for(self) -> float:
+        return 30.0
+
+
+class CountingLimiter:
+    def __init__(self) -> None:
+        self.acquired = 0
+
+    def acquire(self) -> float:
+        self.acquired += 1
+        return 0.0
+
+
+def test_an_open_breaker_defers_confirmations_and_the_rate_limit_counts_them(app_factory, queued) -> None:  # type: ignore[no-untyped-def]
+    settings = get_settings()
+    transport = MemoryTransport()
+    limiter = CountingLimiter()
+    templates = EmailTemplates(settings.templates_dir)
+    blocked = Outbox(settings, app_factory, transport, templates, limiter=limiter, breaker=OpenBreaker())
+    assert blocked.drain() == {"deferred": 1}
+    row = _row(app_factory)
+    assert (row.status, row.claim_token, row.attempts) == ("pending", None, 0)
+    assert row.due_at == START + timedelta(seconds=30) and transport.outbox == [] and limiter.acquired == 0
+
+    queued(timedelta(seconds=30))
+    closed = Outbox(settings, app_factory, transport, templates, limiter=limiter)
+    assert closed.drain() == {"sent": 1}
+    assert len(transport.outbox) == 1 and limiter.acquired == 1

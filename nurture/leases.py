@@ -1,0 +1,106 @@
+"""Claims and leases on work tables: one set of rules for sequence deliveries and for outbox messages.
+
+Both tables move rows ``pending -> queued -> sending -> (sent | failed | pending again)``. A claim marks a
+batch ``queued`` under a random token and a lease; every later step changes a row only while it still carries
+that token, so a reaper's decision and a slow worker's late write can never both win. Keeping these rules in
+one module means a fix to one table's claim is a fix to the other's.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime, timedelta
+
+from sqlalchemy import ColumnElement, select, update
+from sqlalchemy.orm import Session
+
+from nurture.config import Settings
+from nurture.models import Delivery, OutboxMessage
+
+# The statuses are the same strings in both tables (DeliveryStatus and OutboxStatus).
+PENDING, QUEUED, SENDING, AMBIGUOUS = "pending", "queued", "sending", "ambiguous"
+
+Leased = type[Delivery] | type[OutboxMessage]
+
+
+def new_token(nbytes: int = 8) -> str:
+    return secrets.token_hex(nbytes)
+
+
+def claim_due(
+    session: Session, model: Leased, *, token: str, limit: int, lease_seconds: int, now: datetime
+) -> list[int]:
+    """Mark up to ``limit`` due rows ``queued`` under ``token``; returns their ids in id order.
+
+    The row choice is a CTE, which PostgreSQL evaluates exactly once. As an ``IN (subquery)`` the planner
+    may rescan the ``LIMIT ... SKIP LOCKED`` subquery and claim more rows than the limit (seen in tests).
+    """
+    due = (
+        select(model.id)
+        .where(model.status == PENDING, model.due_at <= now)
+        .order_by(model.due_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .cte(f"due_{model.__tablename__}")
+    )
+    rows = session.execute(
+        update(model)
+        .where(model.id == due.c.id, model.status == PENDING)
+        .values(status=QUEUED, claim_token=token, lease_until=now + timedelta(seconds=lease_seconds))
+        .returning(model.id)
+        .execution_options(synchronize_session=False)
+    )
+    return sorted(rows.scalars())
+
+
+def still_claimed(model: Leased, ids: list[int], token: str) -> tuple[ColumnElement[bool], ...]:
+    """The WHERE clause of every write that may only happen while rows are queued under this claim."""
+    return (model.id.in_(ids), model.claim_token == token, model.status == QUEUED)
+
+
+def release(session: Session, model: Leased, token: str, ids: list[int]) -> int:
+    """Give back claimed rows that never reached a worker."""
+    result = session.execute(
+        update(model)
+        .where(*still_claimed(model, ids, token))
+        .values(status=PENDING, claim_token=None, lease_until=None)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount or 0
+
+
+def return_expired_claims(session: Session, model: Leased, now: datetime) -> int:
+    """Queued rows whose worker never started them go back to pending: nothing was sent, nothing doubles."""
+    result = session.execute(
+        update(model)
+        .where(model.status == QUEUED, model.lease_until < now)
+        .values(status=PENDING, claim_token=None, lease_until=None)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount or 0
+
+
+def settle_lost_sends(session: Session, model: Leased, now: datetime, *, policy: str) -> list[int]:
+    """Rows whose lease ran out while ``sending``: the worker died between deciding to send and recording
+    the outcome, so the server may have the message. They are held as ambiguous for a person, or returned to
+    pending when the operator chose ``resend``. Returns their ids."""
+    died = list(session.scalars(select(model.id).where(model.status == SENDING, model.lease_until < now)))
+    if died:
+        session.execute(
+            update(model)
+            .where(model.id.in_(died), model.status == SENDING)
+            .values(
+                status=PENDING if policy == "resend" else AMBIGUOUS,
+                claim_token=None,
+                lease_until=None,
+                last_error="worker lost mid-send",
+            )
+            .execution_options(synchronize_session=False)
+        )
+    return died
+
+
+def retry_backoff(settings: Settings, attempts: int) -> timedelta:
+    """Exponential backoff after a temporary failure: base, 2×base, 4×base, ... capped."""
+    seconds = settings.retry_base_seconds * 2 ** max(attempts - 1, 0)
+    return timedelta(seconds=min(seconds, settings.retry_cap_seconds))
