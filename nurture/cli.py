@@ -101,24 +101,128 @@ def sequences_validate() -> None:
         click.echo(f"ok: {definition.source.name} ({definition.slug}, {len(definition.steps)} steps)")
 
 
+MIGRATE_HELP = (
+    "Enrollments in flight: 'stay' keeps them on their version (safe default); 'move' continues each at the "
+    "same step key in the new version, re-timed (see `nurture sequences plan SLUG`)."
+)
+
+
 @sequences.command("sync")
-def sequences_sync() -> None:
+@click.option("--migrate", type=click.Choice(["stay", "move"]), default="stay", show_default=True, help=MIGRATE_HELP)
+@click.option("--draft", is_flag=True, help="Store changed files as drafts, unpublished (publish them later).")
+@click.option("--force", is_flag=True, help="Publish files over versions (or drafts) made in the staff UI.")
+def sequences_sync(migrate: str, draft: bool, force: bool) -> None:
     """Store the sequence files in the database; a new version only where a definition changed."""
-    for line in _sync():
-        click.echo(line)
+    lines = _sync(migrate=migrate, draft=draft, force=force)
+    refused = False
+    for line in lines:
+        refused = refused or ": refused " in line
+        click.echo(line, err=": refused " in line)
+    if refused:
+        raise SystemExit(1)
 
 
-def _sync() -> list[str]:
+def _sync(migrate: str = "stay", draft: bool = False, force: bool = False) -> list[str]:
+    """Sync every file in one transaction: a publish and its migration commit together or not at all."""
     from nurture.catalog import sync_definition
     from nurture.db import transaction
+    from nurture.staff import audit
 
     definitions = _load_all()
     lines = []
     with transaction() as session:
         for definition in definitions:
-            result = sync_definition(session, definition)
-            lines.append(f"{result.slug}: {result.action} (version {result.version})")
+            result = sync_definition(session, definition, migrate=migrate, draft=draft, force=force)
+            if result.action not in ("unchanged", "refused"):
+                audit(session, None, "sequence.sync", f"sequence:{result.slug}", None, result.__dict__)
+            lines.append(result.line())
     return lines
+
+
+def _version_error(exc: Exception) -> None:
+    click.echo(f"error: {exc}", err=True)
+    raise SystemExit(1)
+
+
+@sequences.command("plan")
+@click.argument("slug")
+def sequences_plan(slug: str) -> None:
+    """What publishing the file on disk would do to the enrollments in flight, by step key."""
+    from nurture import versions
+    from nurture.catalog import get_sequence
+    from nurture.db import transaction
+
+    definition = _load_one(slug)
+    with transaction() as session:
+        sequence = get_sequence(session, slug)
+        if sequence is None:
+            click.echo(f"{slug}: not in the database yet; `nurture sequences sync` creates it (nobody in flight)")
+            return
+        shape = versions.shape_of_definition(definition)
+        plan = versions.compute_plan(
+            session, sequence, shape, versions.Migrate.move, per_minute=_settings().resume_rate_per_minute
+        )
+        for line in versions.describe_plan(plan):
+            click.echo(line)
+        if sequence.current_version and sequence.current_version.definition_hash == definition.digest():
+            click.echo("  the file matches the live version: sync will change nothing")
+
+
+@sequences.command("publish")
+@click.argument("slug")
+@click.option("--migrate", type=click.Choice(["stay", "move"]), default="stay", show_default=True, help=MIGRATE_HELP)
+def sequences_publish(slug: str, migrate: str) -> None:
+    """Publish the sequence's draft version (or restore an archived sequence)."""
+    from nurture import versions
+    from nurture.db import transaction
+
+    try:
+        with transaction() as session:
+            _plan, line = versions.publish(
+                session,
+                slug,
+                versions.Migrate(migrate),
+                actor=None,
+                per_minute=_settings().resume_rate_per_minute,
+            )
+    except versions.VersionError as exc:
+        _version_error(exc)
+    click.echo(line)
+
+
+@sequences.command("archive")
+@click.argument("slug")
+@click.option("--stop", is_flag=True, help="Also end the enrollments in flight and cancel their emails.")
+def sequences_archive(slug: str, stop: bool) -> None:
+    """No new enrollments; the ones in flight finish (or, with --stop, end now)."""
+    from nurture import versions
+    from nurture.db import transaction
+
+    try:
+        with transaction() as session:
+            cancelled = versions.archive_action(session, slug, stop=stop, actor=None)
+    except versions.VersionError as exc:
+        _version_error(exc)
+    click.echo(f"{slug}: archived" + (f"; {cancelled} emails cancelled" if stop else "; in-flight enrollments finish"))
+
+
+@sequences.command("export")
+@click.argument("slug")
+@click.option("--draft", is_flag=True, help="Export the pending draft instead of the live version.")
+def sequences_export(slug: str, draft: bool) -> None:
+    """Print a version as YAML (e.g. to bring a file up to date with an edit published from the UI)."""
+    from nurture import versions
+    from nurture.catalog import get_sequence
+    from nurture.db import transaction
+
+    with transaction() as session:
+        sequence = get_sequence(session, slug)
+        version = None
+        if sequence is not None:
+            version = versions.pending_draft(session, sequence) if draft else sequence.current_version
+        if version is None:
+            _version_error(versions.VersionError("not_found", f"no {'draft' if draft else 'live'} version of {slug!r}"))
+        click.echo(versions.to_yaml(version), nl=False)
 
 
 @sequences.command("list")
@@ -253,7 +357,7 @@ def send_test(slug: str, step: str, to_email: str, name: str | None) -> None:
 
 @main.group()
 def subscribers() -> None:
-    """Subscribers: add directly (staff)."""
+    """Subscribers: add, import, export, and staff actions on one person (docs/staff.md)."""
 
 
 @subscribers.command("add")
@@ -296,8 +400,11 @@ def subscribers_import(csv_file: Path, slug: str, consent_source: str) -> None:
     try:
         rows, errors = read_csv(csv_file.read_bytes())
         report = ImportReport(errors=errors)
-        with click.progressbar(length=len(rows), label="importing", file=sys.stderr) as bar:
-            import_rows(session_factory(), rows, slug, consent_source, report, progress=bar.update)
+        if sys.stderr.isatty():
+            with click.progressbar(length=len(rows), label="importing", file=sys.stderr) as bar:
+                import_rows(session_factory(), rows, slug, consent_source, report, progress=bar.update)
+        else:  # piped or logged: no bar (it would fill the log with carriage returns)
+            import_rows(session_factory(), rows, slug, consent_source, report)
     except ImportError_ as exc:
         raise click.ClickException(str(exc)) from None
     for error in report.errors:
@@ -338,6 +445,92 @@ def subscribers_erase(email: str) -> None:
         found = erase(session, email)
         audit(session, None, "subscriber.erase", "subscriber:erased", None, {"found": found})
     click.echo("erased" if found else "no such subscriber; the address is blocked from being added again")
+
+
+def _subscriber_action(email: str, action: str, **params: object) -> dict[str, object]:
+    """One staff action on the subscriber with this address (nurture.subscriber_admin), audited as "cli"."""
+    from nurture import subscriber_admin
+    from nurture.db import transaction
+
+    _settings()
+    try:
+        with transaction() as session:
+            subscriber = subscriber_admin.find_by_email(session, email)
+            return subscriber_admin.act(session, None, subscriber.id, action, **params)
+    except subscriber_admin.ActionError as exc:
+        raise click.ClickException(exc.message) from None
+
+
+@subscribers.command("pause")
+@click.argument("email")
+@click.option(
+    "--until", "until", required=True, help="ISO 8601 date-time with offset, e.g. 2026-12-01T09:00Z."
+)
+def subscribers_pause(email: str, until: str) -> None:
+    """Pause EMAIL until a date: every unsent email moves after it; no step is skipped."""
+    result = _subscriber_action(email, "pause", until=until.replace("Z", "+00:00"))
+    click.echo(f"paused until {result['paused_until']}; {result['moved']} emails moved")
+
+
+@subscribers.command("resume")
+@click.argument("email")
+def subscribers_resume(email: str) -> None:
+    """End EMAIL's pause now."""
+    result = _subscriber_action(email, "resume")
+    click.echo(f"resumed; {result['moved']} emails back on schedule")
+
+
+@subscribers.command("unsubscribe")
+@click.argument("email")
+def subscribers_unsubscribe(email: str) -> None:
+    """Unsubscribe EMAIL: every unsent email is cancelled."""
+    result = _subscriber_action(email, "unsubscribe")
+    click.echo(f"unsubscribed; {result['cancelled']} unsent emails cancelled")
+
+
+@subscribers.command("resubscribe")
+@click.argument("email")
+@click.option("--consent-source", required=True, help="Where the person gave fresh consent (recorded).")
+@click.option("--note", default=None, help="Anything else worth keeping with the consent record.")
+def subscribers_resubscribe(email: str, consent_source: str, note: str | None) -> None:
+    """Resubscribe EMAIL, only with fresh consent; refused for suppressed or erased addresses."""
+    result = _subscriber_action(email, "resubscribe", consent_source=consent_source, note=note)
+    click.echo(f"resubscribed; {result['reopened']} sequences continue")
+
+
+@subscribers.command("remove")
+@click.argument("email")
+@click.option("--sequence", "slug", required=True, help="The sequence to take them out of.")
+def subscribers_remove(email: str, slug: str) -> None:
+    """Remove EMAIL from one sequence; its unsent emails are cancelled."""
+    result = _subscriber_action(email, "remove", sequence=slug)
+    click.echo(f"removed from {slug}; {result['cancelled']} unsent emails cancelled")
+
+
+@subscribers.command("export-one")
+@click.argument("email")
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the JSON here instead of standard output.")  # fmt: skip
+def subscribers_export_one(email: str, out: Path | None) -> None:
+    """Everything held about EMAIL as JSON (profile, attributes, consent, enrollments, deliveries, events)."""
+    import json
+
+    from nurture import subscriber_admin
+    from nurture.db import transaction
+
+    _settings()
+    try:
+        with transaction() as session:
+            subscriber = subscriber_admin.find_by_email(session, email)
+            data = subscriber_admin.export_one(session, None, subscriber.id)
+    except subscriber_admin.ActionError as exc:
+        raise click.ClickException(exc.message) from None
+    text = json.dumps(data, indent=2, ensure_ascii=False)
+    if out is None:
+        click.echo(text)
+    else:
+        out.write_text(text + "\n", encoding="utf-8")
+        click.echo(f"wrote {out}", err=True)
 
 
 # --- staff users ----------------------------------------------------------------------------------------
@@ -390,6 +583,67 @@ def users_token(email: str) -> None:
         token = issue_token(session, user)
         audit(session, None, "user.token", f"user:{user.email}")
     click.echo(token)
+
+
+@users.command("list")
+def users_list() -> None:
+    """Every staff user with role and status."""
+    from nurture.db import transaction
+    from nurture.staff import list_users
+
+    _settings()
+    with transaction() as session:
+        for user in list_users(session):
+            last = f"{user.last_login_at:%Y-%m-%d %H:%M}" if user.last_login_at else "never"
+            status = "active" if user.active else "deactivated"
+            click.echo(f"{user.email}\t{user.role}\t{status}\tlast sign-in {last}")
+
+
+def _change_user(email: str, action: str, change) -> str:  # type: ignore[no-untyped-def]
+    from nurture.db import transaction
+    from nurture.staff import StaffError, audit, find_user, get_user, user_snapshot
+
+    _settings()
+    try:
+        with transaction() as session:
+            found = find_user(session, email)
+            if found is None:
+                raise StaffError(f"no staff user {email.strip().lower()}")
+            user = get_user(session, found.id, lock=True)
+            before = user_snapshot(user)
+            change(session, user)
+            audit(session, None, f"user.{action}", f"user:{user.email}", before, user_snapshot(user))
+            return f"{user.email}: {user.role}, {'active' if user.active else 'deactivated'}"
+    except StaffError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@users.command("role")
+@click.argument("email")
+@click.argument("role", type=click.Choice(["admin", "editor", "viewer"]))
+def users_role(email: str, role: str) -> None:
+    """Change EMAIL's role (the last active admin cannot be demoted)."""
+    from nurture.staff import set_role
+
+    click.echo(_change_user(email, "role", lambda session, user: set_role(session, user, role)))
+
+
+@users.command("deactivate")
+@click.argument("email")
+def users_deactivate(email: str) -> None:
+    """Deactivate EMAIL: their sessions and API tokens stop working at once."""
+    from nurture.staff import set_active
+
+    click.echo(_change_user(email, "deactivate", lambda session, user: set_active(session, user, False)))
+
+
+@users.command("reactivate")
+@click.argument("email")
+def users_reactivate(email: str) -> None:
+    """Reactivate EMAIL."""
+    from nurture.staff import set_active
+
+    click.echo(_change_user(email, "reactivate", lambda session, user: set_active(session, user, True)))
 
 
 # --- dispatch -------------------------------------------------------------------------------------------
@@ -607,7 +861,7 @@ def run(host: str, port: int) -> None:
     settings.var_dir.mkdir(parents=True, exist_ok=True)
     _upgrade()
     for line in _sync():
-        click.echo(line)
+        click.echo(line)  # a refused sequence is reported and keeps its live version; the rest start
     broker = "embedded (var/broker)" if settings.embedded_broker else settings.broker_url.split("@")[-1]
     click.echo(f"database: {settings.resolved_database_url.split('@')[-1]}; broker: {broker}")
     click.echo(f"mail: {settings.resolved_smtp_url.split('@')[-1]}; web: http://{host}:{port}/healthz")

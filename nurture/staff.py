@@ -42,7 +42,12 @@ def _dummy_hash() -> str:
 
 
 class StaffError(ValueError):
-    """Bad input for a staff operation; the message is fit to show to the person who gave it."""
+    """Bad input for a staff operation; the message is fit to show to the person who gave it. ``code`` is
+    invalid, not_found or conflict (the API maps it to 400, 404 or 409)."""
+
+    def __init__(self, message: str, code: str = "invalid") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class BadCredentials(Exception):
@@ -97,7 +102,7 @@ def create_user(session: Session, email: str, role: str, password: str) -> Staff
         raise StaffError(f"role must be one of {', '.join(r.value for r in StaffRole)}, got {role!r}")
     check_password(password)
     if find_user(session, address) is not None:
-        raise StaffError(f"a staff user {address} already exists")
+        raise StaffError(f"a staff user {address} already exists", "conflict")
     user = StaffUser(email=address, role=role, password_hash=hash_password(password), active=True)
     session.add(user)
     session.flush()
@@ -246,3 +251,71 @@ def audit(
             after=after,
         )
     )
+
+
+# --- user management (admins) ---------------------------------------------------------------------------
+
+
+def user_snapshot(user: StaffUser) -> dict[str, Any]:
+    """What the audit log keeps about an account: never the password hash."""
+    return {"email": user.email, "role": user.role, "active": user.active}
+
+
+def list_users(session: Session) -> list[StaffUser]:
+    return list(session.scalars(select(StaffUser).order_by(StaffUser.email)))
+
+
+def get_user(session: Session, user_id: int, *, lock: bool = False) -> StaffUser:
+    query = select(StaffUser).where(StaffUser.id == user_id)
+    user = session.scalar(query.with_for_update() if lock else query)
+    if user is None:
+        raise StaffError("there is no such staff user", "not_found")
+    return user
+
+
+def _keep_an_admin(session: Session, user: StaffUser) -> None:
+    """Refuse a change that would leave no active admin (nobody could manage users any more). The other
+    admins' rows are locked so two admins demoting each other at once cannot both succeed."""
+    others = session.scalars(
+        select(StaffUser.id)
+        .where(StaffUser.role == StaffRole.admin, StaffUser.active.is_(True), StaffUser.id != user.id)
+        .with_for_update()
+    ).all()
+    if not others:
+        raise StaffError(
+            f"{user.email} is the last active admin; make someone else an admin first", "conflict"
+        )
+
+
+def set_role(session: Session, user: StaffUser, role: str) -> None:
+    if role not in {r.value for r in StaffRole}:
+        raise StaffError(f"role must be one of {', '.join(r.value for r in StaffRole)}, got {role!r}")
+    if user.role == StaffRole.admin and role != StaffRole.admin and user.active:
+        _keep_an_admin(session, user)
+    user.role = role
+
+
+def set_active(session: Session, user: StaffUser, active: bool) -> None:
+    """Deactivating ends the account's sessions and API tokens at once (both check ``active``)."""
+    if not active and user.active and user.role == StaffRole.admin:
+        _keep_an_admin(session, user)
+    user.active = active
+
+
+def reset_password(session: Session, user: StaffUser, password: str) -> None:
+    """A new password; the session fingerprint changes with the hash, so every open session ends."""
+    check_password(password)
+    user.password_hash = hash_password(password)
+
+
+def tokens_of(session: Session, user: StaffUser) -> list[ApiToken]:
+    return list(session.scalars(select(ApiToken).where(ApiToken.user_id == user.id).order_by(ApiToken.id)))
+
+
+def revoke_token(session: Session, user: StaffUser, token_id: int) -> ApiToken:
+    token = session.scalar(select(ApiToken).where(ApiToken.id == token_id, ApiToken.user_id == user.id))
+    if token is None:
+        raise StaffError("that user has no such token", "not_found")
+    if token.revoked_at is None:
+        token.revoked_at = clock.now()
+    return token

@@ -297,6 +297,7 @@ def subscriber_summary(subscriber: Subscriber) -> dict[str, Any]:
         "created_at": _iso(subscriber.created_at),
         "confirmed_at": _iso(subscriber.confirmed_at),
         "unsubscribed_at": _iso(subscriber.unsubscribed_at),
+        "paused_until": _iso(subscriber.paused_until),
     }
 
 
@@ -402,3 +403,341 @@ def get_subscriber(request: Request, subscriber_id: str) -> JSONResponse:
         if subscriber is None:
             raise ApiError(404, "not_found", "no such subscriber")
         return JSONResponse(explain(session, subscriber))
+
+
+# --- per-subscriber actions -----------------------------------------------------------------------------
+
+
+def _subscriber_id(value: str) -> int:
+    if not value.isdigit() or len(value) > 18:
+        raise ApiError(404, "not_found", "no such subscriber")
+    return int(value)
+
+
+_ACTION_STATUS = {"invalid": 400, "not_found": 404, "conflict": 409}
+
+
+async def _subscriber_action(request: Request, subscriber_id: str, action: str) -> JSONResponse:
+    from nurture import subscriber_admin
+
+    actor = await run_in_threadpool(_actor, request, StaffRole.editor)
+    fields = await _json(request)
+    target = _subscriber_id(subscriber_id)
+    params: dict[str, Any] = {
+        "pause": {"until": fields.get("until")},
+        "resubscribe": {"consent_source": fields.get("consent_source"), "note": fields.get("note")},
+        "remove": {"sequence": fields.get("sequence")},
+    }.get(action, {})
+
+    def work() -> dict[str, Any]:
+        try:
+            with transaction() as session:
+                return subscriber_admin.act(session, actor, target, action, **params)
+        except subscriber_admin.ActionError as exc:
+            raise ApiError(_ACTION_STATUS.get(exc.code, 400), exc.code, exc.message) from None
+
+    return JSONResponse(await run_in_threadpool(work))
+
+
+@router.post(
+    "/subscribers/{subscriber_id}/pause",
+    summary='Pause one subscriber until a date: {"until": ISO 8601 with offset}; nothing is skipped',
+)
+async def pause_subscriber(request: Request, subscriber_id: str) -> JSONResponse:
+    return await _subscriber_action(request, subscriber_id, "pause")
+
+
+@router.post("/subscribers/{subscriber_id}/resume", summary="End a subscriber's pause now")
+async def resume_subscriber(request: Request, subscriber_id: str) -> JSONResponse:
+    return await _subscriber_action(request, subscriber_id, "resume")
+
+
+@router.post(
+    "/subscribers/{subscriber_id}/unsubscribe", summary="Unsubscribe: every unsent email is cancelled"
+)
+async def unsubscribe_subscriber(request: Request, subscriber_id: str) -> JSONResponse:
+    return await _subscriber_action(request, subscriber_id, "unsubscribe")
+
+
+@router.post(
+    "/subscribers/{subscriber_id}/resubscribe",
+    summary='Resubscribe with fresh consent: {"consent_source": "...", "note": "..."} (recorded)',
+)
+async def resubscribe_subscriber(request: Request, subscriber_id: str) -> JSONResponse:
+    return await _subscriber_action(request, subscriber_id, "resubscribe")
+
+
+@router.post(
+    "/subscribers/{subscriber_id}/remove",
+    summary='Remove from one sequence: {"sequence": slug}; its unsent emails are cancelled',
+)
+async def remove_subscriber(request: Request, subscriber_id: str) -> JSONResponse:
+    return await _subscriber_action(request, subscriber_id, "remove")
+
+
+@router.post(
+    "/subscribers/{subscriber_id}/erase",
+    summary="GDPR erasure: personal data deleted, an anonymous suppression hash kept",
+)
+async def erase_subscriber(request: Request, subscriber_id: str) -> JSONResponse:
+    return await _subscriber_action(request, subscriber_id, "erase")
+
+
+@router.get(
+    "/subscribers/{subscriber_id}/export",
+    summary="Everything held about one subscriber (profile, consent, enrollments, deliveries, events)",
+)
+def export_subscriber(request: Request, subscriber_id: str) -> JSONResponse:
+    from nurture import subscriber_admin
+
+    actor = _actor(request, StaffRole.editor)
+    target = _subscriber_id(subscriber_id)
+    try:
+        with transaction() as session:
+            data = subscriber_admin.export_one(session, actor, target)
+    except subscriber_admin.ActionError as exc:
+        raise ApiError(404, exc.code, exc.message) from None
+    return JSONResponse(
+        data, headers={"Content-Disposition": f'attachment; filename="subscriber-{target}.json"'}
+    )
+
+
+# --- import and export ----------------------------------------------------------------------------------
+
+MAX_IMPORT_BYTES = 64 * 1024 * 1024  # 100,000 rows with a few attributes are about 10 MB
+
+
+def import_report_dict(report: Any) -> dict[str, Any]:
+    return {
+        "imported": report.imported,
+        "enrolled_existing": report.enrolled_existing,
+        "already_enrolled": report.already_enrolled,
+        "skipped": dict(report.skipped),
+        "errors": [{"line": e.line, "email": e.email, "message": e.message} for e in report.errors],
+    }
+
+
+def run_import(actor: Actor, data: bytes, slug: str, consent_source: str) -> Any:
+    """Parse, import, audit; raises ImportError_ for a file that cannot be imported at all."""
+    from nurture.db import session_factory
+    from nurture.importer import ImportReport, import_rows, read_csv
+
+    rows, errors = read_csv(data)
+    report = ImportReport(errors=errors)
+    import_rows(session_factory(), rows, slug, consent_source, report)
+    with transaction() as session:
+        staff.audit(
+            session,
+            actor,
+            "subscribers.import",
+            f"sequence:{slug}",
+            None,
+            {**import_report_dict(report), "errors": len(report.errors), "consent_source": consent_source},
+        )
+    return report
+
+
+@router.post(
+    "/subscribers/import",
+    summary="Import a CSV body (text/csv) with ?sequence=SLUG&consent_source=TEXT; per-row errors returned",
+)
+async def import_subscribers(request: Request, sequence: str = "", consent_source: str = "") -> JSONResponse:
+    from nurture.importer import ImportError_
+
+    actor = await run_in_threadpool(_actor, request, StaffRole.editor)
+    kind = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if kind not in ("text/csv", "application/csv"):
+        raise ApiError(415, "bad_request", "send the CSV file as the body with Content-Type: text/csv")
+    if not sequence:
+        raise ApiError(400, "invalid", "give ?sequence=SLUG")
+    data = bytearray()
+    async for chunk in request.stream():
+        data += chunk
+        if len(data) > MAX_IMPORT_BYTES:
+            raise ApiError(413, "bad_request", f"the file must be at most {MAX_IMPORT_BYTES // 2**20} MB")
+
+    def work() -> dict[str, Any]:
+        try:
+            report = run_import(actor, bytes(data), sequence, consent_source)
+        except ImportError_ as exc:
+            raise ApiError(400, "invalid", str(exc)) from None
+        return import_report_dict(report)
+
+    return JSONResponse(await run_in_threadpool(work))
+
+
+@router.get("/subscribers.csv", summary="Every subscriber as CSV (attributes as one JSON column)")
+def export_subscribers(request: Request) -> Any:
+    import io
+
+    from fastapi.responses import Response
+
+    from nurture.importer import export_csv
+
+    actor = _actor(request, StaffRole.editor)
+    buffer = io.StringIO()
+    with transaction() as session:
+        count = export_csv(session, buffer)
+        staff.audit(session, actor, "subscribers.export", "subscribers", None, {"count": count})
+    return Response(
+        buffer.getvalue(),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": 'attachment; filename="subscribers.csv"'},
+    )
+
+
+# --- staff users (admins) -------------------------------------------------------------------------------
+
+
+def user_dict(user: Any, tokens: list[Any] | None = None) -> dict[str, Any]:
+    body = {
+        "id": user.id,
+        "email": user.email,
+        "role": user.role,
+        "active": user.active,
+        "created_at": _iso(user.created_at),
+        "last_login_at": _iso(user.last_login_at),
+    }
+    if tokens is not None:
+        body["tokens"] = [
+            {
+                "id": t.id,
+                "created_at": _iso(t.created_at),
+                "last_used_at": _iso(t.last_used_at),
+                "revoked_at": _iso(t.revoked_at),
+            }
+            for t in tokens
+        ]
+    return body
+
+
+def _user_id(value: str) -> int:
+    if not value.isdigit() or len(value) > 18:
+        raise ApiError(404, "not_found", "no such staff user")
+    return int(value)
+
+
+def user_change(actor: Actor, user_id: int, action: str, change: Any) -> dict[str, Any]:
+    """Lock the user, apply ``change(session, user) -> extra``, audit before/after; one transaction."""
+    try:
+        with transaction() as session:
+            user = staff.get_user(session, user_id, lock=True)
+            before = staff.user_snapshot(user)
+            extra = change(session, user) or {}
+            staff.audit(
+                session, actor, f"user.{action}", f"user:{user.email}", before, staff.user_snapshot(user)
+            )
+            return {**user_dict(user), **extra}
+    except staff.StaffError as exc:
+        raise ApiError(_ACTION_STATUS.get(exc.code, 400), exc.code, exc.args[0]) from None
+
+
+@router.get("/users", summary="Staff users (admins only)")
+def list_users(request: Request) -> JSONResponse:
+    _actor(request, StaffRole.admin)
+    with transaction() as session:
+        return JSONResponse(
+            {"users": [user_dict(u, staff.tokens_of(session, u)) for u in staff.list_users(session)]}
+        )
+
+
+@router.post("/users", summary='Create a staff user: {"email", "role", "password"} (admins only)')
+async def create_user(request: Request) -> JSONResponse:
+    actor = await run_in_threadpool(_actor, request, StaffRole.admin)
+    fields = await _json(request)
+    values = [fields.get(k) for k in ("email", "role", "password")]
+    if not all(isinstance(v, str) for v in values):
+        raise ApiError(400, "invalid", "email, role and password are required strings")
+    email, role, password = values
+
+    def work() -> dict[str, Any]:
+        try:
+            with transaction() as session:
+                user = staff.create_user(session, email, role, password)
+                staff.audit(
+                    session, actor, "user.create", f"user:{user.email}", None, staff.user_snapshot(user)
+                )
+                return user_dict(user)
+        except staff.StaffError as exc:
+            raise ApiError(_ACTION_STATUS.get(exc.code, 400), exc.code, exc.args[0]) from None
+
+    return JSONResponse(await run_in_threadpool(work), status_code=201)
+
+
+@router.post("/users/{user_id}/role", summary='Change a user\'s role: {"role": "admin|editor|viewer"}')
+async def change_role(request: Request, user_id: str) -> JSONResponse:
+    actor = await run_in_threadpool(_actor, request, StaffRole.admin)
+    role = (await _json(request)).get("role")
+    if not isinstance(role, str):
+        raise ApiError(400, "invalid", "role is required")
+    target = _user_id(user_id)
+    return JSONResponse(
+        await run_in_threadpool(user_change, actor, target, "role", lambda s, u: staff.set_role(s, u, role))
+    )
+
+
+@router.post("/users/{user_id}/deactivate", summary="Deactivate: sessions and tokens stop working at once")
+async def deactivate_user(request: Request, user_id: str) -> JSONResponse:
+    actor = await run_in_threadpool(_actor, request, StaffRole.admin)
+    await _json(request)
+    target = _user_id(user_id)
+    return JSONResponse(
+        await run_in_threadpool(
+            user_change, actor, target, "deactivate", lambda s, u: staff.set_active(s, u, False)
+        )
+    )
+
+
+@router.post("/users/{user_id}/reactivate", summary="Reactivate a deactivated user")
+async def reactivate_user(request: Request, user_id: str) -> JSONResponse:
+    actor = await run_in_threadpool(_actor, request, StaffRole.admin)
+    await _json(request)
+    target = _user_id(user_id)
+    return JSONResponse(
+        await run_in_threadpool(
+            user_change, actor, target, "reactivate", lambda s, u: staff.set_active(s, u, True)
+        )
+    )
+
+
+@router.post("/users/{user_id}/password", summary='Reset a password: {"password": ...}; ends their sessions')
+async def reset_password(request: Request, user_id: str) -> JSONResponse:
+    actor = await run_in_threadpool(_actor, request, StaffRole.admin)
+    password = (await _json(request)).get("password")
+    if not isinstance(password, str):
+        raise ApiError(400, "invalid", "password is required")
+    target = _user_id(user_id)
+    return JSONResponse(
+        await run_in_threadpool(
+            user_change, actor, target, "password", lambda s, u: staff.reset_password(s, u, password)
+        )
+    )
+
+
+@router.post("/users/{user_id}/tokens", summary="Issue an API token for a user; shown once in the answer")
+async def issue_user_token(request: Request, user_id: str) -> JSONResponse:
+    actor = await run_in_threadpool(_actor, request, StaffRole.admin)
+    await _json(request)
+    target = _user_id(user_id)
+
+    def issue(session: Any, user: Any) -> dict[str, Any]:
+        if not user.active:
+            raise staff.StaffError("the user is deactivated; reactivate them first", "conflict")
+        return {"token": staff.issue_token(session, user)}
+
+    return JSONResponse(await run_in_threadpool(user_change, actor, target, "token", issue), status_code=201)
+
+
+@router.post("/users/{user_id}/tokens/{token_id}/revoke", summary="Revoke one API token")
+async def revoke_user_token(request: Request, user_id: str, token_id: str) -> JSONResponse:
+    actor = await run_in_threadpool(_actor, request, StaffRole.admin)
+    await _json(request)
+    target = _user_id(user_id)
+    if not token_id.isdigit() or len(token_id) > 18:
+        raise ApiError(404, "not_found", "that user has no such token")
+
+    def revoke(session: Any, user: Any) -> dict[str, Any]:
+        token = staff.revoke_token(session, user, int(token_id))
+        return {"revoked_token": token.id}
+
+    return JSONResponse(await run_in_threadpool(user_change, actor, target, "revoke-token", revoke))

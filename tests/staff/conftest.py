@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -102,3 +103,41 @@ def api(client: TestClient, tokens: dict[str, str]) -> Callable[..., object]:
         return client.request(method, path, headers=headers, **kwargs)  # type: ignore[arg-type]
 
     return call
+
+
+# --- signing in to the web UI ---------------------------------------------------------------------------
+
+CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+
+
+def csrf_of(client: TestClient, path: str = "/admin/login") -> str:
+    response = client.get(path)
+    assert response.status_code == 200, response.text
+    match = CSRF.search(response.text)
+    assert match, "no CSRF field on the page"
+    return match.group(1)
+
+
+def login(client: TestClient, email: str, password: str = PASSWORD) -> object:
+    token = csrf_of(client)
+    return client.post(
+        "/admin/login", data={"email": email, "password": password, "csrf": token, "next": "/admin/sequences"}
+    )
+
+
+@pytest.fixture
+def signed_in(tokens, world):  # type: ignore[no-untyped-def]
+    """signed_in(role) -> a client with a session for that role."""
+    clients = []
+
+    def make(role: str) -> TestClient:
+        client = make_client()
+        client.__enter__()
+        clients.append(client)
+        response = login(client, f"{role}@staff.example.com")
+        assert response.status_code == 303, response.text
+        return client
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)

@@ -7,7 +7,6 @@ from datetime import UTC, datetime
 from email import message_from_bytes
 
 import pytest
-from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from nurture import clock
@@ -15,43 +14,9 @@ from nurture.db import transaction
 from nurture.enrollment import add_subscriber
 from nurture.mail.transports import MEMORY_OUTBOX
 from nurture.models import AuditLog, Delivery, LoginFailure, Sequence
-from tests.staff.conftest import PASSWORD, make_client
+from tests.staff.conftest import CSRF, PASSWORD, csrf_of, login, make_client
 
-CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 START = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)
-
-
-def csrf_of(client: TestClient, path: str = "/admin/login") -> str:
-    response = client.get(path)
-    assert response.status_code == 200, response.text
-    match = CSRF.search(response.text)
-    assert match, "no CSRF field on the page"
-    return match.group(1)
-
-
-def login(client: TestClient, email: str, password: str = PASSWORD) -> object:
-    token = csrf_of(client)
-    return client.post(
-        "/admin/login", data={"email": email, "password": password, "csrf": token, "next": "/admin/sequences"}
-    )
-
-
-@pytest.fixture
-def signed_in(tokens, world):  # type: ignore[no-untyped-def]
-    """signed_in(role) -> a client with a session for that role."""
-    clients = []
-
-    def make(role: str) -> TestClient:
-        client = make_client()
-        client.__enter__()
-        clients.append(client)
-        response = login(client, f"{role}@staff.example.com")
-        assert response.status_code == 303, response.text
-        return client
-
-    yield make
-    for client in clients:
-        client.__exit__(None, None, None)
 
 
 def test_pages_redirect_to_login_without_a_session(client) -> None:  # type: ignore[no-untyped-def]

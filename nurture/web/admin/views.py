@@ -7,6 +7,7 @@ input, and answers a bad input by re-rendering the page with the problem (4xx), 
 from __future__ import annotations
 
 import dataclasses
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
@@ -506,21 +507,15 @@ def subscribers_page(request: Request, q: str | None = None) -> HTMLResponse:
         found = search_subscribers(session, None, query) if query else []
         total = session.scalar(select(func.count()).select_from(Subscriber))
     return page(
-        request, "subscribers.html", csrf=current.csrf, actor=actor, q=query, found=found, total=total
+        request,
+        "subscribers.html",
+        csrf=current.csrf,
+        actor=actor,
+        q=query,
+        found=found,
+        total=total,
+        notice=request.query_params.get("done"),
     )
-
-
-@router.get("/subscribers/{subscriber_id}")
-def subscriber_page(request: Request, subscriber_id: str) -> HTMLResponse:
-    actor, current = require(request, StaffRole.viewer)
-    if not subscriber_id.isdigit() or len(subscriber_id) > 18:
-        raise NotFound("There is no such subscriber.")
-    with transaction() as session:
-        subscriber = session.get(Subscriber, int(subscriber_id))
-        if subscriber is None:
-            raise NotFound("There is no such subscriber.")
-        detail = explain(session, subscriber)
-    return page(request, "subscriber.html", csrf=current.csrf, actor=actor, s=detail)
 
 
 # --- audit ----------------------------------------------------------------------------------------------
@@ -532,6 +527,557 @@ def audit_page(request: Request) -> HTMLResponse:
     with transaction() as session:
         entries = list(session.scalars(select(AuditLog).order_by(AuditLog.id.desc()).limit(500)))
     return page(request, "audit.html", csrf=current.csrf, actor=actor, entries=entries)
+
+
+# --- per-subscriber actions -----------------------------------------------------------------------------
+
+
+def _subscriber_id(value: str) -> int:
+    if not value.isdigit() or len(value) > 18:
+        raise NotFound("There is no such subscriber.")
+    return int(value)
+
+
+def _subscriber_detail(
+    request: Request,
+    actor: staff.Actor,
+    current: StaffSession,
+    subscriber_id: int,
+    *,
+    status_code: int = 200,
+    error: str | None = None,
+) -> HTMLResponse:
+    with transaction() as session:
+        subscriber = session.get(Subscriber, subscriber_id)
+        if subscriber is None:
+            raise NotFound("There is no such subscriber.")
+        detail = explain(session, subscriber)
+        paused = subscriber.paused_until is not None and subscriber.paused_until > clock.now()
+        zone_name = resolve_zone(subscriber.timezone, None).key
+    return page(
+        request,
+        "subscriber.html",
+        status_code,
+        csrf=current.csrf,
+        actor=actor,
+        s=detail,
+        can_edit=actor.may(StaffRole.editor),
+        paused=paused,
+        zone_name=zone_name,
+        live=[e["sequence"] for e in detail["enrollments"] if e["status"] in ("active", "paused")],
+        error=error,
+        notice=request.query_params.get("done"),
+    )
+
+
+@router.get("/subscribers/{subscriber_id}")
+def subscriber_page(request: Request, subscriber_id: str) -> HTMLResponse:
+    actor, current = require(request, StaffRole.viewer)
+    return _subscriber_detail(request, actor, current, _subscriber_id(subscriber_id))
+
+
+_DONE = {
+    "pause": "Paused until {paused_until}; {moved} emails moved.",
+    "resume": "Pause ended; {moved} emails back on schedule.",
+    "unsubscribe": "Unsubscribed; {cancelled} unsent emails cancelled.",
+    "resubscribe": "Resubscribed with the consent recorded; {reopened} sequences continue.",
+    "remove": "Removed from {sequence}; {cancelled} unsent emails cancelled.",
+}
+
+
+def _pause_until(fields: dict[str, Any]) -> datetime:
+    """The form's local date and time, read in the zone given (default UTC)."""
+    from nurture.subscriber_admin import ActionError
+
+    value = fields.get("until")
+    tz_name = fields.get("tz")
+    if not isinstance(value, str) or not value.strip():
+        raise ActionError("invalid", "Give the date and time the pause ends.")
+    try:
+        raw = datetime.fromisoformat(value.strip())
+        tz = zone(tz_name.strip()) if isinstance(tz_name, str) and tz_name.strip() else zone("UTC")
+    except (ValueError, ScheduleError) as exc:
+        raise ActionError("invalid", f"Cannot read that date and time: {exc}") from None
+    return raw.astimezone(UTC) if raw.tzinfo else localize(raw, tz)
+
+
+@router.post("/subscribers/{subscriber_id}/{action}")
+async def subscriber_action(request: Request, subscriber_id: str, action: str) -> Response:
+    from nurture import subscriber_admin
+
+    if action not in subscriber_admin.ACTIONS:
+        raise NotFound("There is no such action.")
+    actor, current, fields = await _post(request, StaffRole.editor)
+    target = _subscriber_id(subscriber_id)
+
+    def work() -> tuple[dict[str, Any] | None, str | None, int]:
+        try:
+            if action == "erase":
+                return _erase(actor, target, fields)
+            params: dict[str, Any] = {}
+            if action == "pause":
+                params = {"until": _pause_until(fields)}
+            elif action == "resubscribe":
+                params = {"consent_source": fields.get("consent_source"), "note": fields.get("note")}
+            elif action == "remove":
+                params = {"sequence": fields.get("sequence")}
+            with transaction() as session:
+                return subscriber_admin.act(session, actor, target, action, **params), None, 200
+        except subscriber_admin.ActionError as exc:
+            message = exc.message[:1].upper() + exc.message[1:]
+            return None, message, {"not_found": 404, "conflict": 409}.get(exc.code, 400)
+
+    result, error, status = await run_in_threadpool(work)
+    if action == "erase":
+        if error is not None:
+            return await run_in_threadpool(
+                lambda: _erase_page(request, actor, current, target, status_code=status, error=error)
+            )
+        return RedirectResponse(
+            "/admin/subscribers?done="
+            + _q("Erased. An anonymous hash keeps the address from being re-added."),
+            status_code=303,
+        )
+    if error is not None:
+        return await run_in_threadpool(
+            lambda: _subscriber_detail(request, actor, current, target, status_code=status, error=error)
+        )
+    assert result is not None
+    return RedirectResponse(
+        f"/admin/subscribers/{target}?done={_q(_DONE[action].format(**result))}", status_code=303
+    )
+
+
+def _erase(actor: staff.Actor, target: int, fields: dict[str, Any]) -> tuple[dict[str, Any], None, int]:
+    """Erase only when the form repeats the address: the confirmation step of an irreversible action."""
+    from nurture import subscriber_admin
+
+    with transaction() as session:
+        subscriber = session.get(Subscriber, target)
+        if subscriber is None:
+            raise subscriber_admin.ActionError("not_found", "there is no such subscriber")
+        typed = fields.get("confirm")
+        if not isinstance(typed, str) or typed.strip().lower() != subscriber.email:
+            raise subscriber_admin.ActionError(
+                "invalid", "type the subscriber's email address exactly to confirm the erasure"
+            )
+        return subscriber_admin.act(session, actor, target, "erase"), None, 200
+
+
+def _erase_page(
+    request: Request,
+    actor: staff.Actor,
+    current: StaffSession,
+    target: int,
+    *,
+    status_code: int = 200,
+    error: str | None = None,
+) -> HTMLResponse:
+    with transaction() as session:
+        subscriber = session.get(Subscriber, target)
+        if subscriber is None:
+            raise NotFound("There is no such subscriber.")
+        email = subscriber.email
+    return page(
+        request,
+        "erase.html",
+        status_code,
+        csrf=current.csrf,
+        actor=actor,
+        id=target,
+        email=email,
+        error=error,
+    )
+
+
+@router.get("/subscribers/{subscriber_id}/erase")
+def erase_confirm_page(request: Request, subscriber_id: str) -> HTMLResponse:
+    actor, current = require(request, StaffRole.editor)
+    return _erase_page(request, actor, current, _subscriber_id(subscriber_id))
+
+
+@router.get("/subscribers/{subscriber_id}/export")
+def subscriber_export(request: Request, subscriber_id: str) -> Response:
+    from nurture import subscriber_admin
+
+    actor, _current = require(request, StaffRole.editor)
+    target = _subscriber_id(subscriber_id)
+    try:
+        with transaction() as session:
+            data = subscriber_admin.export_one(session, actor, target)
+    except subscriber_admin.ActionError:
+        raise NotFound("There is no such subscriber.") from None
+    return Response(
+        json.dumps(data, indent=2, ensure_ascii=False),
+        media_type="application/json",
+        headers={
+            "Content-Disposition": f'attachment; filename="subscriber-{target}.json"',
+            "Cache-Control": "no-store",
+        },
+    )
+
+
+# --- import and export ----------------------------------------------------------------------------------
+
+MAX_UPLOAD_BYTES = 64 * 1024 * 1024
+
+
+async def _upload(
+    request: Request, needed: StaffRole
+) -> tuple[staff.Actor, StaffSession, dict[str, Any], bytes | None]:
+    """A staff POST that may carry one file (multipart/form-data): signed in, CSRF checked, role high
+    enough; the file is read up to MAX_UPLOAD_BYTES."""
+    from starlette.datastructures import UploadFile
+
+    actor, current = await run_in_threadpool(require, request, needed)
+    kind = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if kind != "multipart/form-data":
+        return actor, current, await _form_checked(request, current), None
+    try:
+        form = await request.form(max_files=1, max_fields=20)
+    except Exception as exc:  # python-multipart's parse errors: a bad upload, never a 500
+        raise Forbidden(f"The upload could not be read: {exc}") from None
+    fields = {k: v for k, v in form.items() if isinstance(v, str)}
+    if not check_csrf(request, fields, current):
+        raise Forbidden("This form has expired or came from another site. Go back, reload and try again.")
+    upload = form.get("file")
+    data = None
+    if isinstance(upload, UploadFile):
+        data = await upload.read(MAX_UPLOAD_BYTES + 1)
+        if len(data) > MAX_UPLOAD_BYTES:
+            raise Forbidden(f"The file is larger than {MAX_UPLOAD_BYTES // 2**20} MB.")
+    return actor, current, fields, data or None
+
+
+async def _form_checked(request: Request, current: StaffSession) -> dict[str, Any]:
+    fields = await _form(request)
+    if not check_csrf(request, fields, current):
+        raise Forbidden("This form has expired or came from another site. Go back, reload and try again.")
+    return fields
+
+
+def _slugs() -> list[str]:
+    with transaction() as session:
+        return list(
+            session.scalars(
+                select(Sequence.slug).where(Sequence.status != "archived").order_by(Sequence.slug)
+            )
+        )
+
+
+@router.get("/import")
+def import_page(request: Request) -> HTMLResponse:
+    actor, current = require(request, StaffRole.editor)
+    return page(request, "import.html", csrf=current.csrf, actor=actor, slugs=_slugs(), report=None, form={})
+
+
+@router.post("/import")
+async def import_upload(request: Request) -> Response:
+    from nurture.importer import ImportError_
+    from nurture.web.api import run_import
+
+    actor, current, fields, data = await _upload(request, StaffRole.editor)
+    slug = fields.get("sequence", "")
+    source = fields.get("consent_source", "")
+
+    def work() -> tuple[Any, str | None]:
+        if data is None:
+            return None, "Choose a CSV file to import."
+        if not source.strip():
+            return None, "Say where these people gave their consent (consent source)."
+        try:
+            return run_import(actor, data, slug, source), None
+        except ImportError_ as exc:
+            return None, f"Nothing was imported: {exc}"
+
+    report, error = await run_in_threadpool(work)
+    return page(
+        request,
+        "import.html",
+        400 if error else 200,
+        csrf=current.csrf,
+        actor=actor,
+        slugs=await run_in_threadpool(_slugs),
+        report=report,
+        error=error,
+        form={"sequence": slug, "consent_source": source},
+    )
+
+
+@router.get("/subscribers.csv")
+def export_all(request: Request) -> Response:
+    import io
+
+    from nurture.importer import export_csv
+
+    actor, _current = require(request, StaffRole.editor)
+    buffer = io.StringIO()
+    with transaction() as session:
+        count = export_csv(session, buffer)
+        staff.audit(session, actor, "subscribers.export", "subscribers", None, {"count": count})
+    return Response(
+        buffer.getvalue(),
+        media_type="text/csv; charset=utf-8",
+        headers={
+            "Content-Disposition": 'attachment; filename="subscribers.csv"',
+            "Cache-Control": "no-store",
+        },
+    )
+
+
+# --- enroll existing subscribers ------------------------------------------------------------------------
+
+
+def _enroll_page(
+    request: Request,
+    actor: staff.Actor,
+    current: StaffSession,
+    slug: str,
+    *,
+    status_code: int = 200,
+    error: str | None = None,
+    result: dict[str, Any] | None = None,
+    form: dict[str, Any] | None = None,
+) -> HTMLResponse:
+    with transaction() as session:
+        sequence = _sequence_or_404(session, slug)
+        name, tz_default = (
+            sequence.name,
+            (sequence.current_version.timezone if sequence.current_version else None),
+        )
+    return page(
+        request,
+        "enroll.html",
+        status_code,
+        csrf=current.csrf,
+        actor=actor,
+        slug=slug,
+        name=name,
+        tz_default=tz_default or "UTC",
+        error=error,
+        result=result,
+        form=form or {},
+    )
+
+
+@router.get("/sequences/{slug}/enroll")
+def enroll_page(request: Request, slug: str) -> HTMLResponse:
+    actor, current = require(request, StaffRole.editor)
+    return _enroll_page(request, actor, current, slug)
+
+
+def _addresses(fields: dict[str, Any], data: bytes | None) -> list[str] | None:
+    """The addresses pasted or uploaded (CSV with an email column, or one address a line); None: all."""
+    from nurture.importer import ImportError_, read_csv
+
+    if fields.get("who") == "all":
+        return None
+    if data is not None:
+        try:
+            rows, errors = read_csv(data)
+        except ImportError_:
+            # Not a CSV with a header: read it as one address a line.
+            text = data.decode("utf-8-sig", errors="replace")
+            return [line.strip() for line in text.splitlines() if line.strip()]
+        return [r.email for r in rows] + [e.email for e in errors if e.email]
+    pasted = fields.get("emails") if isinstance(fields.get("emails"), str) else ""
+    return [a.strip() for a in pasted.replace(",", "\n").splitlines() if a.strip()]
+
+
+@router.post("/sequences/{slug}/enroll")
+async def enroll_form(request: Request, slug: str) -> Response:
+    from nurture.importer import enroll_existing
+
+    actor, current, fields, data = await _upload(request, StaffRole.editor)
+
+    def work() -> tuple[dict[str, Any] | None, str | None, int]:
+        emails = _addresses(fields, data)
+        if emails is not None and not emails:
+            return (
+                None,
+                "Give the addresses to enroll (paste them or upload a CSV), or choose all active.",
+                400,
+            )
+        if emails is not None and len(emails) > 100_000:
+            return None, "At most 100,000 addresses at a time.", 400
+        start_at = None
+        if fields.get("when") == "later":
+            try:
+                with transaction() as session:
+                    start_at = _local_instant(
+                        fields.get("start_at"), fields.get("tz"), _sequence_or_404(session, slug)
+                    )
+            except control.ControlError as exc:
+                return None, exc.message, 400
+            if start_at < clock.now():
+                return (
+                    None,
+                    "The start must not be in the past (every missed step would be due at once).",
+                    400,
+                )
+        with transaction() as session:
+            sequence = _sequence_or_404(session, slug)
+            try:
+                counts = enroll_existing(session, sequence, emails=emails, start_at=start_at)
+            except ValueError as exc:
+                return None, str(exc), 409
+            staff.audit(
+                session,
+                actor,
+                "sequence.enroll",
+                f"sequence:{slug}",
+                None,
+                {
+                    "all_active": emails is None,
+                    "start_at": start_at.isoformat() if start_at else None,
+                    **{k: v for k, v in counts.items() if k != "invalid"},
+                    "invalid": len(counts["invalid"]),  # type: ignore[arg-type]
+                },
+            )
+        return counts, None, 200
+
+    result, error, status = await run_in_threadpool(work)
+    form = {k: fields.get(k, "") for k in ("who", "emails", "when", "start_at", "tz")}
+    return await run_in_threadpool(
+        lambda: _enroll_page(
+            request, actor, current, slug, status_code=status, error=error, result=result, form=form
+        )
+    )
+
+
+# --- staff users (admins) -------------------------------------------------------------------------------
+
+
+def _users_page(
+    request: Request,
+    actor: staff.Actor,
+    current: StaffSession,
+    *,
+    status_code: int = 200,
+    error: str | None = None,
+    new_token: tuple[str, str] | None = None,
+    form: dict[str, Any] | None = None,
+) -> HTMLResponse:
+    with transaction() as session:
+        users = [
+            {"user": u, "tokens": [t for t in staff.tokens_of(session, u) if t.revoked_at is None]}
+            for u in staff.list_users(session)
+        ]
+        return page(
+            request,
+            "users.html",
+            status_code,
+            csrf=current.csrf,
+            actor=actor,
+            users=users,
+            roles=[r.value for r in StaffRole],
+            error=error,
+            notice=request.query_params.get("done"),
+            new_token=new_token,
+            form=form or {},
+        )
+
+
+@router.get("/users")
+def users_page(request: Request) -> HTMLResponse:
+    actor, current = require(request, StaffRole.admin)
+    return _users_page(request, actor, current)
+
+
+@router.post("/users")
+async def users_create(request: Request) -> Response:
+    actor, current, fields = await _post(request, StaffRole.admin)
+    email, role, password = (
+        fields.get(k) if isinstance(fields.get(k), str) else "" for k in ("email", "role", "password")
+    )
+
+    def work() -> str | None:
+        try:
+            with transaction() as session:
+                user = staff.create_user(session, email, role, password)
+                staff.audit(
+                    session, actor, "user.create", f"user:{user.email}", None, staff.user_snapshot(user)
+                )
+        except staff.StaffError as exc:
+            return str(exc)
+        return None
+
+    error = await run_in_threadpool(work)
+    if error:
+        return await run_in_threadpool(
+            lambda: _users_page(
+                request,
+                actor,
+                current,
+                status_code=400,
+                error=error[:1].upper() + error[1:],
+                form={"email": email, "role": role},
+            )
+        )
+    return RedirectResponse(
+        f"/admin/users?done={_q(f'Created {role} {email.strip().lower()}.')}", status_code=303
+    )
+
+
+USER_ACTIONS = ("role", "deactivate", "reactivate", "password", "token", "revoke")
+
+
+@router.post("/users/{user_id}/{action}")
+async def user_action(request: Request, user_id: str, action: str) -> Response:
+    if action not in USER_ACTIONS or not user_id.isdigit() or len(user_id) > 18:
+        raise NotFound("There is no such staff user or action.")
+    actor, current, fields = await _post(request, StaffRole.admin)
+
+    def change(session: Any, user: Any) -> tuple[str, str | None]:
+        if action == "role":
+            staff.set_role(session, user, str(fields.get("role", "")))
+            return f"{user.email} is now {user.role}.", None
+        if action in ("deactivate", "reactivate"):
+            staff.set_active(session, user, action == "reactivate")
+            return f"{user.email} is {'active' if user.active else 'deactivated'}.", None
+        if action == "password":
+            staff.reset_password(session, user, str(fields.get("password", "")))
+            return f"New password set for {user.email}; their sessions have ended.", None
+        if action == "token":
+            if not user.active:
+                raise staff.StaffError("the user is deactivated; reactivate them first")
+            return f"Token issued for {user.email}.", staff.issue_token(session, user)
+        token_id = str(fields.get("token_id", ""))
+        if not token_id.isdigit() or len(token_id) > 18:
+            raise staff.StaffError("that user has no such token")
+        staff.revoke_token(session, user, int(token_id))
+        return f"Token revoked for {user.email}.", None
+
+    def work() -> tuple[str | None, str | None, str | None, str]:
+        try:
+            with transaction() as session:
+                user = staff.get_user(session, int(user_id), lock=True)
+                before = staff.user_snapshot(user)
+                message, token = change(session, user)
+                audit_action = "revoke-token" if action == "revoke" else action
+                staff.audit(
+                    session,
+                    actor,
+                    f"user.{audit_action}",
+                    f"user:{user.email}",
+                    before,
+                    staff.user_snapshot(user),
+                )
+                return message, token, None, user.email
+        except staff.StaffError as exc:
+            text = str(exc)
+            return None, None, text[:1].upper() + text[1:], exc.code
+
+    message, token, error, extra = await run_in_threadpool(work)
+    if error is not None:
+        status = {"not_found": 404, "conflict": 409}.get(extra, 400)
+        return await run_in_threadpool(
+            lambda: _users_page(request, actor, current, status_code=status, error=error)
+        )
+    if token is not None:
+        # Shown once, on this page only (no redirect: the token must not travel in a URL).
+        return await run_in_threadpool(lambda: _users_page(request, actor, current, new_token=(extra, token)))
+    return RedirectResponse(f"/admin/users?done={_q(message or '')}", status_code=303)
 
 
 __all__ = ["NotFound", "router"]
