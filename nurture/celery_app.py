@@ -21,6 +21,8 @@ DISPATCH_TASK = "nurture.dispatch_due"
 HOUSEKEEPING_TASK = "nurture.housekeeping"
 SEND_TASK = "nurture.send_deliveries"
 OUTBOX_TASK = "nurture.drain_outbox"  # transactional email (signup confirmations), see nurture/outbox.py
+WEBHOOKS_TICK_TASK = "nurture.webhooks_tick"  # fan events out to webhook endpoints, claim due ones
+WEBHOOKS_SEND_TASK = "nurture.send_webhooks"  # POST a claimed batch (nurture/webhooks/sending.py)
 
 
 def broker_settings(settings: Settings) -> tuple[str, dict[str, Any]]:
@@ -67,6 +69,7 @@ def create_app(settings: Settings | None = None) -> Celery:
             # behind a campaign's send backlog (a tick sends at most a few of them).
             OUTBOX_TASK: {"queue": DISPATCH_QUEUE, "routing_key": DISPATCH_QUEUE},
             HOUSEKEEPING_TASK: {"queue": DISPATCH_QUEUE, "routing_key": DISPATCH_QUEUE},
+            WEBHOOKS_TICK_TASK: {"queue": DISPATCH_QUEUE, "routing_key": DISPATCH_QUEUE},
         },
         result_backend=None,
         # A message is acknowledged after the task ran, one at a time, so a crashed worker loses no claim
@@ -88,6 +91,11 @@ def create_app(settings: Settings | None = None) -> Celery:
             "housekeeping": {"task": HOUSEKEEPING_TASK, "schedule": 60.0, "options": {"expires": 120.0}},
             "drain-outbox": {
                 "task": OUTBOX_TASK,
+                "schedule": settings.dispatch_interval,
+                "options": {"expires": max(settings.dispatch_interval * 2, 2.0)},
+            },
+            "webhooks": {
+                "task": WEBHOOKS_TICK_TASK,
                 "schedule": settings.dispatch_interval,
                 "options": {"expires": max(settings.dispatch_interval * 2, 2.0)},
             },

@@ -906,6 +906,14 @@ def run(host: str, port: int) -> None:
     sys.exit(exit_code)
 
 
+# --- webhooks (nurture/webhooks/cli.py) -----------------------------------------------------------------
+
+from nurture.webhooks.cli import webhooks as _webhooks  # noqa: E402  (registered last, like the others)
+
+main.add_command(_webhooks)
+
+
+
 if __name__ == "__main__":
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     main()

@@ -107,6 +107,15 @@ class Settings(BaseSettings):
     # Resume "send_due": emails that fell due during a pause go out at most this many per minute per sequence.
     resume_rate_per_minute: int = Field(default=60, ge=1, le=100_000)
 
+    # Outbound webhooks (docs/webhooks.md).
+    webhook_retry_schedule: str = "30,120,600,3600,21600,43200,86400"  # seconds before each retry (+-10%)
+    webhook_disable_failures: int = Field(default=10, ge=1, le=10_000)  # consecutive failed attempts...
+    webhook_disable_hours: float = Field(default=24.0, ge=0, le=24 * 90)  # ...spanning at least this long
+    webhook_secret_grace_hours: float = Field(default=24.0, ge=0, le=24 * 30)  # old secret signs too
+    webhook_gap_seconds: int = Field(default=300, ge=5, le=86_400)  # event-id gap settles after this
+    webhook_connect_timeout: float = Field(default=3.0, gt=0, le=60)
+    webhook_timeout: float = Field(default=10.0, gt=0, le=120)  # whole request
+
     @field_validator("base_url", "contact_url")
     @classmethod
     def _absolute_url(cls, value: str) -> str:
@@ -130,6 +139,21 @@ class Settings(BaseSettings):
 
         parse_rate(value)
         return value
+
+    @field_validator("webhook_retry_schedule")
+    @classmethod
+    def _retry_schedule(cls, value: str) -> str:
+        try:
+            delays = [float(part) for part in value.split(",") if part.strip()]
+        except ValueError:
+            raise ValueError(f"must be comma-separated seconds like 30,120,600, got {value!r}") from None
+        if not delays or len(delays) > 30 or any(d <= 0 or d > 7 * 86_400 for d in delays):
+            raise ValueError("must list 1 to 30 delays, each more than 0 and at most 604800 seconds")
+        return value
+
+    @property
+    def webhook_retry_delays(self) -> list[float]:
+        return [float(part) for part in self.webhook_retry_schedule.split(",") if part.strip()]
 
     @field_validator("brand_color")
     @classmethod

@@ -6,7 +6,15 @@ import logging
 from functools import lru_cache
 from typing import Any
 
-from nurture.celery_app import DISPATCH_TASK, HOUSEKEEPING_TASK, OUTBOX_TASK, SEND_TASK, app
+from nurture.celery_app import (
+    DISPATCH_TASK,
+    HOUSEKEEPING_TASK,
+    OUTBOX_TASK,
+    SEND_TASK,
+    WEBHOOKS_SEND_TASK,
+    WEBHOOKS_TICK_TASK,
+    app,
+)
 from nurture.config import get_settings
 from nurture.db import session_factory
 from nurture.dispatch import dispatch_once
@@ -91,3 +99,33 @@ def housekeeping() -> dict[str, int]:
         activated = activate_due(session)
         purged = purge_login_failures(session)
     return {"activated": activated, "purged": purged}
+
+
+# --- outbound webhooks (nurture/webhooks/) -----------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def process_webhook_sender() -> Any:
+    """One per worker process, so HTTP connections to endpoints are reused."""
+    from nurture.webhooks.sending import WebhookSender
+
+    return WebhookSender(get_settings(), session_factory())
+
+
+@app.task(name=WEBHOOKS_TICK_TASK, ignore_result=True)
+def webhooks_tick() -> dict[str, int]:
+    """Fan new events out to endpoints, then claim due deliveries and hand them to the send queue in small
+    batches (a slow endpoint holds one batch, not the tick)."""
+    sender = process_webhook_sender()
+    created = sender.pump()
+    token, ids = sender.claim(limit=200)
+    for start in range(0, len(ids), 10):
+        send_webhooks.apply_async((token, ids[start : start + 10]))
+    if created or ids:
+        log.info("webhooks: %d new deliveries, %d claimed", created, len(ids))
+    return {"created": created, "claimed": len(ids)}
+
+
+@app.task(name=WEBHOOKS_SEND_TASK, ignore_result=True, acks_late=True)
+def send_webhooks(claim_token: str, delivery_ids: list[int]) -> dict[str, int]:
+    return dict(process_webhook_sender().send_claimed(claim_token, delivery_ids))

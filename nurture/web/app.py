@@ -6,7 +6,8 @@ from fastapi import FastAPI
 
 from nurture.config import get_settings
 from nurture.logs import RequestIdMiddleware
-from nurture.web import admin, api, bounces, health, metrics, public
+from nurture.web import admin, api, api_webhooks, bounces, health, metrics, public
+from nurture.web.admin import webhooks as admin_webhooks
 from nurture.web.pages import page_templates
 
 
@@ -22,4 +23,6 @@ def create_app() -> FastAPI:
     app.include_router(bounces.router)
     admin.install(app)  # staff UI under /admin
     api.install(app)  # staff JSON API under /api/v1
+    app.include_router(api_webhooks.router)  # /api/v1/webhooks (outbound webhooks)
+    app.include_router(admin_webhooks.router)  # /admin/webhooks
     return app

@@ -1,0 +1,371 @@
+"""Send webhook deliveries: claim with a lease, POST signed, record every attempt, retry, auto-disable.
+
+The claim follows the outbox (nurture/outbox.py): one conditional UPDATE (``FOR UPDATE SKIP LOCKED`` on
+PostgreSQL) moves due rows of enabled endpoints ``pending -> queued`` under a token and a lease; the
+outcome is written only while the row still carries that token; the reaper returns rows whose lease ran
+out. Webhooks are at-least-once: a worker that dies after the POST leaves the row to be sent again, and
+receivers drop repeats by ``webhook-id``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import secrets
+import time
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import httpx2
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from nurture import clock, events
+from nurture.config import Settings
+from nurture.db import transaction
+from nurture.models import (
+    AuditLog,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookDeliveryStatus,
+    WebhookEndpoint,
+)
+from nurture.webhooks import fanout, signing
+from nurture.webhooks.secrets import unseal
+from nurture.webhooks.urls import UnsafeUrl, guarded_client
+
+log = logging.getLogger(__name__)
+
+SNIPPET_CHARS = 300
+JITTER = 0.1  # each retry delay varies by up to this fraction, so endpoints that failed together spread out
+
+
+@dataclass(frozen=True)
+class Outcome:
+    ok: bool
+    status_code: int | None
+    snippet: str | None
+    error: str | None
+    duration_ms: int
+
+    def describe(self) -> str:
+        if self.ok:
+            return f"{self.status_code} in {self.duration_ms} ms"
+        return self.error or f"HTTP {self.status_code}"
+
+
+def retry_delay(settings: Settings, attempts: int, rng: random.Random | None = None) -> float | None:
+    """Seconds until the next try after ``attempts`` failed tries; None when the schedule is spent."""
+    delays = settings.webhook_retry_delays
+    if attempts > len(delays):
+        return None
+    base = delays[attempts - 1]
+    return base * (1 + (rng or random).uniform(-JITTER, JITTER))
+
+
+def signing_secrets(endpoint: WebhookEndpoint, settings: Settings, now: datetime) -> list[str]:
+    """The current secret, and the previous one while its grace period lasts."""
+    current = [unseal(endpoint.secret, settings)]
+    if endpoint.previous_secret and endpoint.previous_secret_until and endpoint.previous_secret_until > now:
+        current.append(unseal(endpoint.previous_secret, settings))
+    return current
+
+
+class WebhookSender:
+    def __init__(
+        self, settings: Settings, factory: sessionmaker[Session], client: httpx2.Client | None = None
+    ) -> None:
+        self.settings = settings
+        self.factory = factory
+        self.client = client or guarded_client(settings)
+
+    def close(self) -> None:
+        self.client.close()
+
+    # --- the beat's work ----------------------------------------------------------------------------------
+
+    def pump(self, max_batches: int = 10) -> int:
+        """Fan out new events; several batches per call when there is a backlog."""
+        created = 0
+        for _ in range(max_batches):
+            with transaction(self.factory) as session:
+                result = fanout.pump(session, self.settings)
+            created += result.deliveries
+            if result.caught_up:
+                break
+        return created
+
+    def claim(self, limit: int = 50) -> tuple[str, list[int]]:
+        with transaction(self.factory) as session:
+            reap_expired(session)
+            return claim_due(session, limit=limit, lease_seconds=self.settings.lease_seconds)
+
+    def send_claimed(self, token: str, ids: list[int]) -> Counter[str]:
+        outcomes: Counter[str] = Counter()
+        for delivery_id in ids:
+            try:
+                outcomes[self.send_one(token, delivery_id)] += 1
+            except Exception:  # one broken row must not strand the rest; its lease brings it back
+                log.exception("webhook delivery %s failed unexpectedly", delivery_id)
+                outcomes["error"] += 1
+        return outcomes
+
+    def tick(self, limit: int = 50) -> Counter[str]:
+        """Fan out, then claim and send due deliveries here (the CLI's ``webhooks pump``)."""
+        self.pump()
+        token, ids = self.claim(limit)
+        return self.send_claimed(token, ids)
+
+    # --- one scheduled attempt ----------------------------------------------------------------------------
+
+    def send_one(self, token: str, delivery_id: int) -> str:
+        with transaction(self.factory) as session:
+            delivery = session.get(WebhookDelivery, delivery_id)
+            if delivery is None:
+                return "gone"
+            if delivery.status != WebhookDeliveryStatus.queued or delivery.claim_token != token:
+                return "not-claimed"
+            endpoint = delivery.endpoint
+            if not endpoint.enabled:
+                # Disabled after the claim: back to pending, it goes when the endpoint is enabled again.
+                _finish(session, token, delivery_id, status=WebhookDeliveryStatus.pending, claim_token=None)
+                return "endpoint-disabled"
+            request = _Request(
+                endpoint.url,
+                delivery.message_id,
+                delivery.body,
+                signing_secrets(endpoint, self.settings, clock.now()),
+            )
+        started = clock.now()
+        outcome = self.post(request)
+        with transaction(self.factory) as session:
+            session.add(_attempt_row(delivery_id, "scheduled", started, outcome))
+            delivery = session.get(WebhookDelivery, delivery_id)
+            if delivery is None:
+                return "gone"
+            attempts = delivery.attempts + 1
+            if outcome.ok:
+                done = _finish(
+                    session,
+                    token,
+                    delivery_id,
+                    status=WebhookDeliveryStatus.succeeded,
+                    attempts=attempts,
+                    delivered_at=clock.now(),
+                    last_status_code=outcome.status_code,
+                    last_error=None,
+                    claim_token=None,
+                )
+                if done:
+                    _endpoint_succeeded(session, delivery.endpoint_id)
+                return "succeeded" if done else "not-claimed"
+            delay = retry_delay(self.settings, attempts)
+            values: dict[str, object] = {
+                "attempts": attempts,
+                "last_status_code": outcome.status_code,
+                "last_error": outcome.describe()[:500],
+                "claim_token": None,
+            }
+            if delay is None:
+                done = _finish(session, token, delivery_id, status=WebhookDeliveryStatus.failed, **values)
+            else:
+                due = clock.now() + timedelta(seconds=delay)
+                done = _finish(
+                    session, token, delivery_id, status=WebhookDeliveryStatus.pending, due_at=due, **values
+                )
+            if done:
+                _endpoint_failed(session, delivery.endpoint_id, self.settings)
+            return ("failed" if delay is None else "retry") if done else "not-claimed"
+
+    # --- staff-triggered attempts -------------------------------------------------------------------------
+
+    def attempt_now(self, delivery_id: int, trigger: str) -> Outcome:
+        """Send one delivery right now with a fresh timestamp (replay, test), outside the schedule: it
+        never changes the endpoint's failure count, and a success marks the delivery succeeded."""
+        with transaction(self.factory) as session:
+            delivery = session.get(WebhookDelivery, delivery_id)
+            if delivery is None:
+                raise LookupError("no such delivery")
+            endpoint = delivery.endpoint
+            request = _Request(
+                endpoint.url,
+                delivery.message_id,
+                delivery.body,
+                signing_secrets(endpoint, self.settings, clock.now()),
+            )
+        started = clock.now()
+        outcome = self.post(request)
+        with transaction(self.factory) as session:
+            session.add(_attempt_row(delivery_id, trigger, started, outcome))
+            values: dict[str, object] = {"last_status_code": outcome.status_code}
+            if outcome.ok:
+                values |= {"status": WebhookDeliveryStatus.succeeded, "delivered_at": clock.now()}
+                values |= {"last_error": None}
+            else:
+                values["last_error"] = outcome.describe()[:500]
+            # A replay of a row a tick holds right now leaves that tick's outcome alone.
+            session.execute(
+                update(WebhookDelivery)
+                .where(
+                    WebhookDelivery.id == delivery_id,
+                    WebhookDelivery.status != WebhookDeliveryStatus.queued,
+                )
+                .values(**values)
+                .execution_options(synchronize_session=False)
+            )
+        return outcome
+
+    # --- HTTP ---------------------------------------------------------------------------------------------
+
+    def post(self, request: _Request) -> Outcome:
+        timestamp = int(clock.now().timestamp())
+        headers = signing.headers(request.secrets, request.message_id, timestamp, request.body)
+        began = time.monotonic()
+        deadline = began + self.settings.webhook_timeout
+        try:
+            with self.client.stream(
+                "POST", request.url, content=request.body.encode(), headers=headers
+            ) as response:
+                snippet = b""
+                for chunk in response.iter_bytes():
+                    snippet += chunk
+                    # Only the start is kept; and a receiver that drips bytes does not hold the worker.
+                    if len(snippet) >= SNIPPET_CHARS or time.monotonic() > deadline:
+                        break
+                code = response.status_code
+        except UnsafeUrl as exc:
+            return Outcome(False, None, None, f"refused: {exc}", _ms(began))
+        except httpx2.TimeoutException as exc:
+            return Outcome(False, None, None, f"timeout: {type(exc).__name__}", _ms(began))
+        except httpx2.HTTPError as exc:
+            return Outcome(False, None, None, f"connection failed: {exc}"[:300], _ms(began))
+        text = snippet[:SNIPPET_CHARS].decode("utf-8", "replace")
+        ok = 200 <= code < 300  # a redirect is a failure: it is never followed
+        return Outcome(ok, code, text, None if ok else f"HTTP {code}", _ms(began))
+
+
+@dataclass(frozen=True)
+class _Request:
+    url: str
+    message_id: str
+    body: str
+    secrets: list[str]
+
+
+def _ms(began: float) -> int:
+    return int((time.monotonic() - began) * 1000)
+
+
+def _attempt_row(delivery_id: int, trigger: str, started: datetime, outcome: Outcome) -> WebhookAttempt:
+    return WebhookAttempt(
+        delivery_id=delivery_id,
+        trigger=trigger,
+        attempted_at=started,
+        status_code=outcome.status_code,
+        response_snippet=outcome.snippet,
+        error=outcome.error[:500] if outcome.error else None,
+        duration_ms=outcome.duration_ms,
+    )
+
+
+def _finish(session: Session, token: str, delivery_id: int, **values: object) -> bool:
+    """Record an outcome only while the row is still ours (the reaper may have handed it on)."""
+    result = session.execute(
+        update(WebhookDelivery)
+        .where(
+            WebhookDelivery.id == delivery_id,
+            WebhookDelivery.claim_token == token,
+            WebhookDelivery.status == WebhookDeliveryStatus.queued,
+        )
+        .values(lease_until=None, **values)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
+def _endpoint_succeeded(session: Session, endpoint_id: int) -> None:
+    session.execute(
+        update(WebhookEndpoint)
+        .where(WebhookEndpoint.id == endpoint_id)
+        .values(consecutive_failures=0, failing_since=None, last_success_at=clock.now())
+        .execution_options(synchronize_session=False)
+    )
+
+
+def _endpoint_failed(session: Session, endpoint_id: int, settings: Settings) -> None:
+    """Count the failure; disable the endpoint once it failed N times in a row over at least M hours (both:
+    a burst of failures during a short outage must not disable, nor one failure a day for a week)."""
+    now = clock.now()
+    endpoint = session.scalar(
+        select(WebhookEndpoint)
+        .where(WebhookEndpoint.id == endpoint_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    if endpoint is None:
+        return
+    endpoint.consecutive_failures += 1
+    endpoint.failing_since = endpoint.failing_since or now
+    sustained = now - endpoint.failing_since >= timedelta(hours=settings.webhook_disable_hours)
+    if endpoint.enabled and endpoint.consecutive_failures >= settings.webhook_disable_failures and sustained:
+        endpoint.enabled = False
+        endpoint.disabled_at = now
+        endpoint.disabled_reason = (
+            f"automatically: {endpoint.consecutive_failures} failed attempts in a row since "
+            f"{endpoint.failing_since:%Y-%m-%d %H:%M} UTC"
+        )
+        events.record(session, "webhook-disabled", endpoint=endpoint.id, reason=endpoint.disabled_reason)
+        session.add(
+            AuditLog(
+                user_id=None,
+                actor="system",
+                action="webhook.auto_disable",
+                target=f"webhook:{endpoint.id}",
+                before={"enabled": True},
+                after={"enabled": False, "reason": endpoint.disabled_reason},
+            )
+        )
+        log.warning("webhook endpoint %s disabled: %s", endpoint.id, endpoint.disabled_reason)
+
+
+def claim_due(session: Session, *, limit: int, lease_seconds: int) -> tuple[str, list[int]]:
+    now = clock.now()
+    token = secrets.token_hex(16)
+    enabled = select(WebhookEndpoint.id).where(WebhookEndpoint.enabled.is_(True))
+    due = (
+        select(WebhookDelivery.id)
+        .where(
+            WebhookDelivery.status == WebhookDeliveryStatus.pending,
+            WebhookDelivery.due_at <= now,
+            WebhookDelivery.endpoint_id.in_(enabled),
+        )
+        .order_by(WebhookDelivery.due_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .cte("due_webhooks")
+    )
+    rows = session.execute(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.id == due.c.id, WebhookDelivery.status == WebhookDeliveryStatus.pending)
+        .values(
+            status=WebhookDeliveryStatus.queued,
+            claim_token=token,
+            lease_until=now + timedelta(seconds=lease_seconds),
+        )
+        .returning(WebhookDelivery.id)
+        .execution_options(synchronize_session=False)
+    )
+    return token, sorted(rows.scalars())
+
+
+def reap_expired(session: Session) -> int:
+    result = session.execute(
+        update(WebhookDelivery)
+        .where(
+            WebhookDelivery.status == WebhookDeliveryStatus.queued, WebhookDelivery.lease_until < clock.now()
+        )
+        .values(status=WebhookDeliveryStatus.pending, claim_token=None, lease_until=None)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount or 0
