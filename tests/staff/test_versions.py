@@ -18,7 +18,6 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from nurture import clock, versions
-from nurture.catalog import sync_definition
 from nurture.cli import main
 from nurture.config import get_settings
 from nurture.control import MIN_GAP
@@ -69,12 +68,21 @@ def _definition(course: Path):  # type: ignore[no-untyped-def]
     return find(course.parent, "course", EmailTemplates(settings.templates_dir))
 
 
-def _state(factory: sessionmaker[Session]) -> dict[int, list[tuple[str, str, datetime, datetime | None, int]]]:
+def _state(
+    factory: sessionmaker[Session],
+) -> dict[int, list[tuple[str, str, datetime, datetime | None, int]]]:
     """Per enrollment: (key, status, due_at, sent_at, delivery id) of each delivery, in due order."""
     result: dict[int, list[tuple[str, str, datetime, datetime | None, int]]] = defaultdict(list)
     with transaction(factory) as session:
         for row in session.execute(
-            select(Delivery.enrollment_id, Step.key, Delivery.status, Delivery.due_at, Delivery.sent_at, Delivery.id)
+            select(
+                Delivery.enrollment_id,
+                Step.key,
+                Delivery.status,
+                Delivery.due_at,
+                Delivery.sent_at,
+                Delivery.id,
+            )
             .join(Step, Step.id == Delivery.step_id)
             .order_by(Delivery.enrollment_id, Delivery.due_at, Delivery.id)
         ):
@@ -86,7 +94,9 @@ def _populate(world: sessionmaker[Session], run: Run, count: int = 50) -> None:
     for i in range(count):
         run.until(START + timedelta(minutes=90 * i))  # joining over three days: they stand at every step
         with transaction(world) as session:
-            add_subscriber(session, f"s{i}@example.com", timezone=ZONES[i % len(ZONES)], sequence_slug="course")
+            add_subscriber(
+                session, f"s{i}@example.com", timezone=ZONES[i % len(ZONES)], sequence_slug="course"
+            )
 
 
 @pytest.mark.parametrize("choice", [versions.Migrate.stay, versions.Migrate.move])
@@ -141,12 +151,8 @@ def test_edit_with_50_in_flight_plan_matches_what_happens(world, course, set_env
     counts = planned.counts()
     with transaction(world) as session:
         enrollments = {e.id: e for e in session.scalars(select(Enrollment))}
-        zones = {
-            e.id: resolve_zone(e.subscriber.timezone, "America/New_York") for e in enrollments.values()
-        }
-        summary = {
-            e.id: (e.version.number, e.status, e.end_reason) for e in enrollments.values()
-        }
+        zones = {e.id: resolve_zone(e.subscriber.timezone, "America/New_York") for e in enrollments.values()}
+        summary = {e.id: (e.version.number, e.status, e.end_reason) for e in enrollments.values()}
     new_keys = ["hello", "middle", "extra", "goodbye"]
     for enrollment_id, rows in final.items():
         sent = [r for r in rows if r[1] == "sent"]
@@ -230,7 +236,7 @@ def test_rows_a_worker_holds_are_left_alone_and_count_as_sent(world, course) -> 
                 .where(Delivery.id != hello_id, Delivery.status == "pending")
                 .order_by(Delivery.due_at)
             ).all()
-        # It continues after the email being sent: the new version's steps from `middle` on, not `hello` again.
+        # It continues after the email being sent: the new steps from `middle` on, not `hello` again.
         assert [(r[0], r[2]) for r in rows] == [("middle", 2), ("extra", 2), ("goodbye", 2)]
 
 
@@ -255,7 +261,10 @@ def test_draft_sequence_refuses_enrollment_until_published(sequences_dir, factor
         assert sequence.status == SequenceStatus.active and sequence.current_version.published_at
         audit = session.scalars(select(AuditLog.action).where(AuditLog.target == "sequence:fresh")).all()
     assert "sequence.publish" in audit
-    assert cli("sequences", "publish", "fresh") == (1, "error: sequence 'fresh' has no draft version to publish\n")
+    assert cli("sequences", "publish", "fresh") == (
+        1,
+        "error: sequence 'fresh' has no draft version to publish\n",
+    )
 
 
 def test_archive_lets_in_flight_finish_or_stops_them(world) -> None:  # type: ignore[no-untyped-def]
@@ -277,7 +286,9 @@ def test_archive_lets_in_flight_finish_or_stops_them(world) -> None:  # type: ig
         code, output = cli("sequences", "archive", "course", "--stop")
         assert code == 0 and "4 emails cancelled" in output
         with transaction(world) as session:
-            again = session.scalar(select(Enrollment).join(Subscriber).where(Subscriber.email == "again@example.com"))
+            again = session.scalar(
+                select(Enrollment).join(Subscriber).where(Subscriber.email == "again@example.com")
+            )
             assert (again.status, again.end_reason) == ("cancelled", "sequence-archived")
             actions = session.scalars(select(AuditLog.action).order_by(AuditLog.id)).all()
         assert actions.count("sequence.archive") == 2 and "sequence.restore" in actions
@@ -296,7 +307,9 @@ def test_sync_does_not_overwrite_a_version_published_from_the_ui(world, course) 
     assert code == 0 and output == "course: unchanged (version 1)\n"  # the file is what is live
     assert cli("sequences", "publish", "course")[0] == 0
     code, output = cli("sequences", "sync")
-    assert code == 1 and "refused" in output and "published from the staff UI by ed@staff.example.com" in output
+    assert (
+        code == 1 and "refused" in output and "published from the staff UI by ed@staff.example.com" in output
+    )
     with transaction(world) as session:
         assert session.scalar(select(Sequence).where(Sequence.slug == "course")).current_version.number == 2
     # Export writes the live version as a file; after that sync has nothing to do.
