@@ -676,6 +676,9 @@ def dispatch(once: bool, inline: bool) -> None:
     )
     if outcomes:
         click.echo("outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())))
+    from nurture.webhooks.cli import dispatch_webhooks
+
+    click.echo(dispatch_webhooks(inline))
 
 
 # --- bounces --------------------------------------------------------------------------------------------

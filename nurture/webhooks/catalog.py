@@ -26,7 +26,18 @@ TEST_TYPE = "test"  # the "send test event" button; never from the event log
 # Event detail keys that may leave the system. Everything else stays in: error texts can quote mail servers
 # and addresses, and request details (IP, user agent) are nobody else's business.
 SAFE_DETAIL_KEYS = frozenset(
-    {"sequence", "version", "step", "goal", "reason", "source", "url", "link_id", "cancelled", "message_id"}
+    {
+        "sequence",
+        "version",
+        "step_key",
+        "goal",
+        "reason",
+        "source",
+        "url",
+        "enrollment_id",
+        "cancelled",
+        "message_id",
+    }
 )
 
 

@@ -165,3 +165,18 @@ def webhooks_pump() -> None:
     finally:
         sender.close()
     click.echo(", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())) or "nothing due")
+
+
+def dispatch_webhooks(inline: bool) -> str:
+    """The webhook half of ``nurture dispatch --once``: fan out, then send here (--inline) or enqueue."""
+    if inline:
+        sender = _sender()
+        try:
+            outcomes = sender.tick(limit=500)
+        finally:
+            sender.close()
+        return "webhooks: " + (", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())) or "nothing due")
+    from nurture.tasks import webhooks_tick
+
+    result = webhooks_tick()
+    return f"webhooks: {result['created']} new deliveries, {result['claimed']} handed to workers"
