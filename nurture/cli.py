@@ -108,8 +108,10 @@ MIGRATE_HELP = (
 
 
 @sequences.command("sync")
-@click.option("--migrate", type=click.Choice(["stay", "move"]), default="stay", show_default=True, help=MIGRATE_HELP)
-@click.option("--draft", is_flag=True, help="Store changed files as drafts, unpublished (publish them later).")
+@click.option(
+    "--migrate", type=click.Choice(["stay", "move"]), default="stay", show_default=True, help=MIGRATE_HELP
+)
+@click.option("--draft", is_flag=True, help="Store changed files as unpublished drafts (publish them later).")
 @click.option("--force", is_flag=True, help="Publish files over versions (or drafts) made in the staff UI.")
 def sequences_sync(migrate: str, draft: bool, force: bool) -> None:
     """Store the sequence files in the database; a new version only where a definition changed."""
@@ -156,7 +158,7 @@ def sequences_plan(slug: str) -> None:
     with transaction() as session:
         sequence = get_sequence(session, slug)
         if sequence is None:
-            click.echo(f"{slug}: not in the database yet; `nurture sequences sync` creates it (nobody in flight)")
+            click.echo(f"{slug}: not in the database yet; sync creates it (nobody is in flight)")
             return
         shape = versions.shape_of_definition(definition)
         plan = versions.compute_plan(
@@ -170,7 +172,9 @@ def sequences_plan(slug: str) -> None:
 
 @sequences.command("publish")
 @click.argument("slug")
-@click.option("--migrate", type=click.Choice(["stay", "move"]), default="stay", show_default=True, help=MIGRATE_HELP)
+@click.option(
+    "--migrate", type=click.Choice(["stay", "move"]), default="stay", show_default=True, help=MIGRATE_HELP
+)
 def sequences_publish(slug: str, migrate: str) -> None:
     """Publish the sequence's draft version (or restore an archived sequence)."""
     from nurture import versions
@@ -203,7 +207,8 @@ def sequences_archive(slug: str, stop: bool) -> None:
             cancelled = versions.archive_action(session, slug, stop=stop, actor=None)
     except versions.VersionError as exc:
         _version_error(exc)
-    click.echo(f"{slug}: archived" + (f"; {cancelled} emails cancelled" if stop else "; in-flight enrollments finish"))
+    outcome = f"{cancelled} emails cancelled" if stop else "in-flight enrollments finish"
+    click.echo(f"{slug}: archived; {outcome}")
 
 
 @sequences.command("export")
@@ -221,7 +226,8 @@ def sequences_export(slug: str, draft: bool) -> None:
         if sequence is not None:
             version = versions.pending_draft(session, sequence) if draft else sequence.current_version
         if version is None:
-            _version_error(versions.VersionError("not_found", f"no {'draft' if draft else 'live'} version of {slug!r}"))
+            which = "draft" if draft else "live"
+            _version_error(versions.VersionError("not_found", f"no {which} version of {slug!r}"))
         click.echo(versions.to_yaml(version), nl=False)
 
 
@@ -327,6 +333,7 @@ def _render_step(slug: str, step_ref: str, name: str | None, to_email: str):  # 
         step_count=len(definition.steps),
         delivery_id=0,
         date=clock.now(),
+        subject=step.subject,
     )
     return rendered, data
 

@@ -128,8 +128,8 @@ def pause(session: Session, sequence: Sequence, now: datetime | None = None) -> 
     now = now or clock.now()
     if effective_status(sequence, now) == SequenceStatus.paused:
         raise ControlError("conflict", f"sequence {sequence.slug!r} is already paused")
-    if sequence.status == SequenceStatus.archived:
-        raise ControlError("conflict", f"sequence {sequence.slug!r} is archived")
+    if sequence.status in (SequenceStatus.archived, SequenceStatus.draft):
+        raise ControlError("conflict", f"sequence {sequence.slug!r} is {sequence.status}")
     sequence.status = SequenceStatus.paused
     sequence.paused_at = now
     sequence.activate_at = None
@@ -342,8 +342,9 @@ def schedule(session: Session, sequence: Sequence, activate_at: datetime, now: d
         raise ControlError("invalid", "activate_at needs a time zone offset (e.g. 2026-12-01T09:00:00Z)")
     if activate_at <= now:
         raise ControlError("invalid", "activate_at must be in the future; resume to start now")
-    if sequence.status == SequenceStatus.archived:
-        raise ControlError("conflict", f"sequence {sequence.slug!r} is archived")
+    if sequence.status in (SequenceStatus.archived, SequenceStatus.draft):
+        # A draft has no published version to start: publish it (nurture.versions) first.
+        raise ControlError("conflict", f"sequence {sequence.slug!r} is {sequence.status}")
     sequence.status = SequenceStatus.scheduled
     sequence.activate_at = activate_at.astimezone(UTC)
     sequence.paused_at = None

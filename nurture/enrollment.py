@@ -49,6 +49,8 @@ def enroll(
     existing = session.scalar(
         select(Enrollment).where(
             Enrollment.subscriber_id == subscriber.id, Enrollment.sequence_id == sequence.id
+    if sequence.status == SequenceStatus.draft:
+        raise EnrollmentError(f"sequence {sequence.slug!r} is a draft: publish it first")
         )
     )
     if existing is not None:

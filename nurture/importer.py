@@ -69,8 +69,8 @@ def enroll_existing(
     start_at: datetime | None = None,
 ) -> dict[str, object]:
     """Enroll the given addresses (or, with ``emails=None``, every active subscriber) in ``sequence``."""
-    if sequence.status == SequenceStatus.archived:
-        raise ValueError(f"sequence {sequence.slug!r} is archived")
+    if sequence.status in (SequenceStatus.archived, SequenceStatus.draft):
+        raise ValueError(f"sequence {sequence.slug!r} is {sequence.status}")
     counts: Counter[str] = Counter()
     invalid: list[str] = []
     if emails is None:

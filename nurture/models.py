@@ -47,6 +47,7 @@ class DeliveryStatus(StrEnum):
 
 
 class SequenceStatus(StrEnum):
+    draft = "draft"  # defined but never published: no signups, no enrollments (nurture.versions)
     active = "active"
     scheduled = "scheduled"  # starts at activate_at; enrollments made before then start at activation
     paused = "paused"
@@ -117,6 +118,11 @@ class SequenceVersion(Base):
     window_start: Mapped[str | None] = mapped_column(String(5))  # "09:00" local
     window_end: Mapped[str | None] = mapped_column(String(5))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=clock.now)
+    # Versions (nurture.versions): where the definition came from ("file": YAML + sync, "ui": the staff
+    # editor), who made it, and when it went live; NULL published_at is a draft nobody is enrolled in.
+    origin: Mapped[str] = mapped_column(String(8), default="file", server_default="file")
+    author: Mapped[str | None] = mapped_column(String(320))
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     sequence: Mapped[Sequence] = relationship(back_populates="versions", foreign_keys=[sequence_id])
     steps: Mapped[list[Step]] = relationship(back_populates="version", order_by="Step.position")
@@ -132,6 +138,8 @@ class Step(Base):
     position: Mapped[int] = mapped_column(Integer)  # 1-based
     delay_seconds: Mapped[int] = mapped_column(Integer)  # after the previous step
     template: Mapped[str] = mapped_column(String(200))
+    # A subject line (Jinja, like subject.txt) that replaces the template's own; NULL: the template's.
+    subject: Mapped[str | None] = mapped_column(String(300))
 
     version: Mapped[SequenceVersion] = relationship(back_populates="steps")
 

@@ -210,7 +210,7 @@ def _signup(session: Session, form: SignupForm, origin: consent.Origin, settings
     )
     if form.sequence is not None:
         sequence = get_sequence(session, form.sequence)
-        if sequence is None or sequence.status == SequenceStatus.archived:
+        if sequence is None or sequence.status in (SequenceStatus.archived, SequenceStatus.draft):
             raise FieldErrors({"sequence": NO_SUCH_COURSE})
     subscriber = session.scalar(select(Subscriber).where(Subscriber.email == form.email).with_for_update())
     if subscriber is None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import css_inline
-from jinja2 import BaseLoader, Environment, FileSystemLoader, StrictUndefined, TemplateNotFound
+from jinja2 import BaseLoader, Environment, FileSystemLoader, StrictUndefined, Template, TemplateNotFound
 
 EMAIL_DIR = "email"
 PARTS = ("subject.txt", "body.txt", "body.html")
@@ -85,6 +85,7 @@ class EmailTemplates:
             auto_reload=False,
             keep_trailing_newline=True,
         )
+        self._subjects: dict[str, Template] = {}
 
     def exists(self, template_dir: str) -> list[str]:
         """The parts missing from ``template_dir`` (empty when the step's templates are complete)."""
@@ -97,8 +98,22 @@ class EmailTemplates:
             env = self._html if part.endswith(".html") else self._text
             env.get_template(f"{template_dir}/{part}")
 
-    def render(self, template_dir: str, context: Mapping[str, Any]) -> RenderedEmail:
-        subject = self._text.get_template(f"{template_dir}/subject.txt").render(context)
+    def compile_subject(self, source: str) -> Template:
+        """A step's subject override (Jinja, rendered like ``subject.txt``); compiled once per text."""
+        compiled = self._subjects.get(source)
+        if compiled is None:
+            compiled = self._subjects[source] = self._text.from_string(source)
+        return compiled
+
+    def render(
+        self, template_dir: str, context: Mapping[str, Any], subject: str | None = None
+    ) -> RenderedEmail:
+        subject_template = (
+            self.compile_subject(subject)
+            if subject
+            else self._text.get_template(f"{template_dir}/subject.txt")
+        )
+        subject = subject_template.render(context)
         text = self._text.get_template(f"{template_dir}/body.txt").render(context)
         html = self._html.get_template(f"{template_dir}/body.html").render(context)
         return RenderedEmail(subject=one_line(subject), text=tidy_text(text), html=html)

@@ -56,7 +56,7 @@ def _course(slug: str | None, settings: Settings) -> tuple[str | None, bool]:
     """(course name, offered) for a slug from a form or link; None means the default course."""
     with transaction() as session:
         sequence = get_sequence(session, slug or settings.default_sequence)
-        if sequence is None or sequence.status == SequenceStatus.archived:
+        if sequence is None or sequence.status in (SequenceStatus.archived, SequenceStatus.draft):
             return None, slug is None
         return sequence.name, True
 

@@ -7,6 +7,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from nurture.web.admin.auth import Forbidden, LoginRequired, login_url
+from nurture.web.admin import editor
 from nurture.web.admin.views import NotFound, page, router
 
 
@@ -32,3 +33,4 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(Forbidden, on_forbidden)
     app.add_exception_handler(NotFound, on_not_found)
     app.include_router(router)
+    app.include_router(editor.router)  # edit a sequence, its versions and plan (nurture.versions)

@@ -390,7 +390,9 @@ def _render_step(
         step_number=step.position,
         step_count=len(version.steps),
     )
-    rendered = EmailTemplates(settings.templates_dir).render(step.template, context)
+    templates = EmailTemplates(settings.templates_dir)
+    # A step's subject override (nurture.versions) is what subscribers see, so the preview shows it too.
+    rendered = templates.render(step.template, context, step.subject or None)
     # When would this subscriber (or a sample signing up now) get it, on their own clock?
     tz = resolve_zone(subscriber.timezone if subscriber else None, version.timezone)
     due = None
