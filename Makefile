@@ -57,9 +57,8 @@ fmt: $(STAMP) ## Format and auto-fix with ruff
 migrate: $(STAMP) ## Apply database migrations (NURTURE_DATABASE_URL, default SQLite under var/)
 	$(BIN)/nurture db upgrade
 
-bench: $(STAMP) services ## Run the benchmarks in bench/ and print their numbers
-	$(BIN)/python bench/send_throughput.py
-	$(BIN)/python bench/dispatch_scale.py
+bench: $(STAMP) services ## Run the six benchmarks one by one and write docs/benchmarks.md (BENCH_QUICK=1: smoke run)
+	$(BIN)/python bench/run_all.py
 
 clean: ## Remove the virtualenv and local state under var/
 	rm -rf $(VENV) var

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
 import subprocess
+import time
+from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine, create_engine, text
 
@@ -72,6 +76,118 @@ def machine() -> str:
     except OSError:
         pass
     return f"{platform.machine()}, {os.cpu_count()} cores ({cpu}), Python {platform.python_version()}"
+
+
+def load_average() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} {five:.2f} {fifteen:.2f}"
+
+
+def banner(title: str, **parameters: object) -> None:
+    """What every benchmark prints first: which one, the machine, how busy it is, and its parameters."""
+    print(f"== {title}")
+    print(f"machine: {machine()}")
+    print(f"load average at start (1/5/15 min): {load_average()}")
+    print(f"date: {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}")
+    for name, value in parameters.items():
+        print(f"  {name} = {value}")
+
+
+def verdict(passed: bool) -> str:
+    return "PASS" if passed else "FAIL"
+
+
+def save_result(name: str, result: dict[str, Any]) -> None:
+    """Write the figures as JSON for bench/run_all.py (only when it asked, via NURTURE_BENCH_OUT)."""
+    folder = os.environ.get("NURTURE_BENCH_OUT")
+    if not folder:
+        return
+    result = {"machine": machine(), "load_average": load_average(), **result}
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    (Path(folder) / f"{name}.json").write_text(json.dumps(result, indent=2, default=str))
+
+
+def sync_sequence(slug: str = "ketamine-therapy") -> None:
+    """Load one sequence definition into the database named by NURTURE_DATABASE_URL."""
+    from nurture.catalog import sync_definition
+    from nurture.config import get_settings
+    from nurture.db import transaction
+    from nurture.mail.templates import EmailTemplates
+    from nurture.sequences.loader import find
+
+    settings = get_settings()
+    with transaction() as session:
+        sync_definition(session, find(settings.sequences_dir, slug, EmailTemplates(settings.templates_dir)))
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants, from /proc (no psutil needed)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, []))
+    return found
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes so far (exited ones count as 0)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / tick
+
+
+def rss_mb(pid: int) -> float:
+    """Resident set size of one process, in MB (VmRSS from /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def start_nurture(role: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """``nurture <role...>`` as a child process in its own session, output to ``log_path``."""
+    import sys
+
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = log_path.open("ab")
+    return subprocess.Popen(
+        [sys.executable, "-m", "nurture.cli", *role],
+        env={**os.environ, **env},
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+    )
+
+
+def stop_all(processes: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM (Celery's warm shutdown), then SIGKILL the whole session of any that hangs."""
+    import signal
+
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    for process in processes:
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)
 
 
 def percentile(values: list[float], pct: float) -> float:

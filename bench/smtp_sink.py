@@ -12,9 +12,12 @@ import time
 
 
 class SmtpSink:
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, keep_times: bool = False) -> None:
         self.host = host
         self.port = port
+        self.keep_times = keep_times
+        # (first recipient, wall-clock time the message was accepted), when keep_times: for lag figures.
+        self.accepted: list[tuple[bytes, float]] = []
         self.count = 0
         self.first_at: float | None = None
         self.last_at: float | None = None
@@ -40,6 +43,7 @@ class SmtpSink:
 
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"220 sink ESMTP\r\n")
+        recipient = b""
         try:
             while True:
                 line = await reader.readline()
@@ -56,12 +60,16 @@ class SmtpSink:
                     self.count += 1
                     self.first_at = self.first_at or now
                     self.last_at = now
+                    if self.keep_times:
+                        self.accepted.append((recipient, time.time()))
                     writer.write(b"250 OK\r\n")
                 elif verb == b"QUIT":
                     writer.write(b"221 bye\r\n")
                     await writer.drain()
                     break
                 else:  # MAIL, RCPT, RSET, NOOP
+                    if verb == b"RCPT":
+                        recipient = line[line.find(b"<") + 1 : line.rfind(b">")]
                     writer.write(b"250 OK\r\n")
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):

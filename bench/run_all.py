@@ -1,0 +1,211 @@
+"""Run the six benchmarks one after another and write docs/benchmarks.md (``make bench``).
+
+    .venv/bin/python bench/run_all.py            # full run, writes docs/benchmarks.md
+    BENCH_QUICK=1 .venv/bin/python bench/run_all.py   # smoke run, small sizes, writes var/bench/benchmarks.md
+    .venv/bin/python bench/run_all.py --only lag,memory
+
+One at a time, never in parallel: they share two cores and would measure each other. Every benchmark makes
+its own fresh database and flushes its own Redis database, so a run can be interrupted and started again
+with no clean-up. Each prints its figures; this runner keeps the output (var/bench/<name>.txt), the JSON
+figures the benchmark saved (NURTURE_BENCH_OUT), and assembles the report: machine, date, load average,
+every figure against its target, the command to reproduce it, and bench/analysis.md (profiles and
+explanations for the targets missed, written by hand from bench/profile_send.py and EXPLAIN output).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.common import load_average, machine  # noqa: E402
+
+PYTHON = ".venv/bin/python"
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    name: str  # also the name of the JSON file the script saves
+    number: int
+    title: str
+    script: str
+    full: tuple[str, ...]
+    quick: tuple[str, ...]
+    target: str
+
+
+BENCHMARKS = (
+    Benchmark(
+        "send_throughput", 1, "Throughput", "bench/send_throughput.py",
+        ("--count", "20000"), ("--count", "2000"), "ratio to the raw smtplib limit >= 0.5",
+    ),
+    Benchmark(
+        "dispatch_scale", 2, "Dispatch at scale", "bench/dispatch_scale.py",
+        ("--sizes", "1000000,5000000"), ("--sizes", "100000", "--rounds", "10"),
+        "claim 1,000 due rows <= 20 ms, flat from 1M to 5M rows",
+    ),
+    Benchmark(
+        "signup_load", 3, "Signup under load", "bench/signup_load.py",
+        ("--rate", "200", "--duration", "60"), ("--rate", "200", "--duration", "10", "--warmup", "2"),
+        "p99 <= 25 ms, 0 errors, confirmation queued (not sent in-request)",
+    ),
+    Benchmark(
+        "lag", 4, "Lag", "bench/lag.py", ("--duration", "60"), ("--duration", "15"),
+        "p99 (SMTP accepted - due) <= dispatch interval + 2 s",
+    ),
+    Benchmark(
+        "import_enroll", 5, "Import and enrollment", "bench/import_enroll.py",
+        ("--rows", "100000"), ("--rows", "10000"), "100,000 subscribers (800,000 deliveries) <= 30 s",
+    ),
+    Benchmark(
+        "memory", 6, "Worker memory", "bench/memory.py", ("--count", "100000"), ("--count", "3000"),
+        "RSS growth <= 10%, peak <= 200 MB per process",
+    ),
+)  # fmt: skip
+
+
+@dataclass
+class Outcome:
+    benchmark: Benchmark
+    command: str
+    exit_code: int | None  # None: not run (script missing)
+    seconds: float
+    output: str
+    result: dict[str, object] | None
+    load_before: str
+
+
+def run(benchmark: Benchmark, quick: bool, out: Path, timeout: float) -> Outcome:
+    args = benchmark.quick if quick else benchmark.full
+    command = shlex.join([PYTHON, benchmark.script, *args])
+    if not (ROOT / benchmark.script).exists():
+        return Outcome(benchmark, command, None, 0.0, "(script not present)", None, load_average())
+    (out / f"{benchmark.name}.json").unlink(missing_ok=True)
+    print(f"\n### {benchmark.number}. {benchmark.title}: {command}", flush=True)
+    load_before = load_average()
+    started = time.monotonic()
+    lines: list[str] = []
+    process = subprocess.Popen(
+        [sys.executable, benchmark.script, *args],
+        cwd=ROOT,
+        env={**os.environ, "NURTURE_BENCH_OUT": str(out), "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    assert process.stdout is not None
+    deadline = started + timeout
+    for line in process.stdout:
+        print(line, end="", flush=True)
+        lines.append(line)
+        if time.monotonic() > deadline:
+            process.kill()
+            lines.append(f"\n(killed after {timeout:.0f} s)\n")
+            break
+    exit_code = process.wait()
+    output = "".join(lines)
+    (out / f"{benchmark.name}.txt").write_text(output)
+    result_file = out / f"{benchmark.name}.json"
+    result = json.loads(result_file.read_text()) if result_file.exists() else None
+    return Outcome(benchmark, command, exit_code, time.monotonic() - started, output, result, load_before)
+
+
+def status(outcome: Outcome) -> str:
+    if outcome.exit_code is None:
+        return "not run (script absent)"
+    if outcome.result is not None:
+        return "**pass**" if outcome.result.get("passed") else "**FAIL**"
+    tail = outcome.output[-2000:]
+    if "PASS" in tail:
+        return "**pass**"
+    if "FAIL" in tail or outcome.exit_code != 0:
+        return f"**FAIL** (exit {outcome.exit_code})"
+    return "see output"
+
+
+def figure(outcome: Outcome) -> str:
+    if outcome.result is not None:
+        return str(outcome.result.get("figure", ""))
+    # A benchmark that saves no JSON (bench/import_enroll.py): its last lines that carry numbers.
+    numeric = [line.strip() for line in outcome.output.splitlines() if any(c.isdigit() for c in line)]
+    return "; ".join(numeric[-2:]).replace("|", "/") if numeric else "-"
+
+
+def report(outcomes: list[Outcome], quick: bool, total_seconds: float) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    mode = "BENCH_QUICK=1 (smoke sizes: not the figures of record)" if quick else "full"
+    lines = [
+        "# Benchmarks",
+        "",
+        "Written by `make bench` (bench/run_all.py); do not edit by hand, edit bench/analysis.md instead.",
+        "Issue 7 defines the six benchmarks and their targets; every script prints the machine, the load",
+        "average and its parameters first, and can be run on its own with the command shown.",
+        "",
+        f"* machine: {machine()}",
+        f"* date: {when}; run: {mode}; {total_seconds / 60:.0f} minutes in all",
+        f"* load average (1/5/15 min) when the run ended: {load_average()}",
+        "* reproduce everything: `make bench` (or `BENCH_QUICK=1 make bench` for a smoke run)",
+        "",
+        "| # | benchmark | figure | target | result | load average before | command |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for outcome in outcomes:
+        b = outcome.benchmark
+        lines.append(
+            f"| {b.number} | {b.title} | {figure(outcome)} | {b.target} | {status(outcome)} | "
+            f"{outcome.load_before} | `{outcome.command}` |"
+        )
+    lines += ["", "## Output of each benchmark", ""]
+    for outcome in outcomes:
+        b = outcome.benchmark
+        lines += [
+            f"### {b.number}. {b.title}",
+            "",
+            f"`{outcome.command}` ({outcome.seconds:.0f} s, exit {outcome.exit_code})",
+            "",
+            "```",
+            outcome.output.rstrip()[-12000:],
+            "```",
+            "",
+        ]
+    analysis = ROOT / "bench" / "analysis.md"
+    if analysis.exists():
+        lines += [analysis.read_text().rstrip(), ""]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--only", default="", help="comma-separated names, e.g. lag,memory")
+    parser.add_argument("--timeout", type=float, default=3 * 3600, help="seconds per benchmark")
+    args = parser.parse_args()
+    quick = os.environ.get("BENCH_QUICK", "") not in ("", "0")
+    wanted = {name.strip() for name in args.only.split(",") if name.strip()}
+    out = ROOT / "var" / "bench" / ("quick" if quick else "full")
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    outcomes = [
+        run(benchmark, quick, out, args.timeout)
+        for benchmark in BENCHMARKS
+        if not wanted or benchmark.name in wanted
+    ]
+    target = ROOT / "var" / "bench" / "benchmarks.md" if quick or wanted else ROOT / "docs" / "benchmarks.md"
+    target.write_text(report(outcomes, quick, time.monotonic() - started))
+    print(f"\nwrote {target.relative_to(ROOT)}")
+    for outcome in outcomes:
+        benchmark = outcome.benchmark
+        print(f"  {benchmark.number}. {benchmark.title}: {status(outcome)}  {figure(outcome)}")
+
+
+if __name__ == "__main__":
+    main()
