@@ -348,3 +348,46 @@ def test_stale_claims_cannot_take_a_row_the_publish_moved(world, course) -> None
     ]
     assert [r[0] for r in rows if r[2] == "cancelled"] == ["later"]
     assert moved == 4
+
+
+def test_a_dispatcher_cannot_claim_an_email_while_a_publish_moves_it(pg_factory, course) -> None:  # type: ignore[no-untyped-def]
+    """PostgreSQL: the publish holds the rows it migrates; a dispatch tick in between claims nothing (it does
+    not wait either), and the tick after the commit sends the email once, as the new version wrote it."""
+    import threading
+
+    from nurture.dispatch import dispatch_once
+    from nurture.mail.transports import MemoryTransport
+    from tests.helpers import dispatch_inline, make_sender, sync_sequences
+
+    sync_sequences(pg_factory)
+    with clock.frozen(START + timedelta(hours=1, minutes=1)):  # 09:01 in New York: `hello` is due now
+        with transaction(pg_factory) as session:
+            add_subscriber(session, "due@example.com", sequence_slug="course")
+        course.write_text(
+            COURSE.replace("template: demo/hello}", 'template: demo/hello, subject: "New hello"}')
+        )
+        publishing = pg_factory()
+        try:
+            sequence = versions.lock(publishing, "course")
+            version = versions.store_version(
+                publishing, sequence, _definition(course), origin="file", author=None, published=False
+            )
+            plan = versions.publish_version(
+                publishing, sequence, version, versions.Migrate.move, per_minute=60
+            )
+            assert plan.counts()["move"] == 1
+            claimed: list[int] = []
+            tick = threading.Thread(
+                target=lambda: dispatch_once(lambda _t, ids: claimed.extend(ids), factory=pg_factory)
+            )
+            tick.start()
+            tick.join(timeout=60)
+            assert not tick.is_alive(), "the dispatcher must skip locked rows, not wait for the publish"
+            assert claimed == [], "nothing of a half-migrated enrollment may be claimed"
+            publishing.commit()
+        finally:
+            publishing.close()
+        transport = MemoryTransport()
+        outcomes = dispatch_inline(pg_factory, make_sender(pg_factory, transport))
+    assert sum(outcomes.values()) == 1 and len(transport.outbox) == 1
+    assert message_from_bytes(transport.outbox[0].data)["Subject"] == "New hello"
