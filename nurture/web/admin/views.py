@@ -854,7 +854,7 @@ def _enroll_page(
         csrf=current.csrf,
         actor=actor,
         slug=slug,
-        name=name,
+        sequence_name=name,
         tz_default=tz_default or "UTC",
         error=error,
         result=result,
