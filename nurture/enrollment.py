@@ -33,27 +33,34 @@ class EnrollmentError(ValueError):
 
 
 def enroll(
-    session: Session, subscriber: Subscriber, sequence: Sequence, at: datetime | None = None
+    session: Session,
+    subscriber: Subscriber,
+    sequence: Sequence,
+    at: datetime | None = None,
+    *,
+    fresh: bool = False,
 ) -> Enrollment:
     """Enroll in the sequence's current version, starting at ``at`` (default now).
 
-    Re-entry policy for now is "once": an existing enrollment in the same sequence is returned unchanged.
+    Without ``fresh`` an existing enrollment in the same sequence is returned unchanged (staff and import
+    paths enroll once); :mod:`nurture.reentry` decides when a signup may start a ``fresh`` one.
     """
     if subscriber.status != SubscriberStatus.active:
         raise EnrollmentError(f"subscriber is {subscriber.status}, not active")
     if sequence.status == SequenceStatus.archived:
         raise EnrollmentError(f"sequence {sequence.slug!r} is archived")
+    if sequence.status == SequenceStatus.draft:
+        raise EnrollmentError(f"sequence {sequence.slug!r} is a draft: publish it first")
     version = sequence.current_version
     if version is None:
         raise EnrollmentError(f"sequence {sequence.slug!r} has no version: run `nurture sequences sync`")
     existing = session.scalar(
-        select(Enrollment).where(
-            Enrollment.subscriber_id == subscriber.id, Enrollment.sequence_id == sequence.id
-    if sequence.status == SequenceStatus.draft:
-        raise EnrollmentError(f"sequence {sequence.slug!r} is a draft: publish it first")
-        )
+        select(Enrollment)
+        .where(Enrollment.subscriber_id == subscriber.id, Enrollment.sequence_id == sequence.id)
+        .order_by(Enrollment.id.desc())
+        .limit(1)
     )
-    if existing is not None:
+    if existing is not None and not fresh:
         return existing
     anchor = at or clock.now()
     if sequence.status == SequenceStatus.scheduled and sequence.activate_at and anchor < sequence.activate_at:
@@ -82,7 +89,12 @@ def enroll(
         for step, due in zip(steps, due_times, strict=True)
     )
     events.record(
-        session, "enrolled", subscriber_id=subscriber.id, sequence=sequence.slug, version=version.number
+        session,
+        "enrolled",
+        subscriber_id=subscriber.id,
+        sequence=sequence.slug,
+        version=version.number,
+        enrollment_id=enrollment.id,
     )
     session.flush()
     return enrollment
@@ -143,7 +155,10 @@ def add_subscriber(
 
 def cancel_open_deliveries(session: Session, subscriber_id: int, reason: str) -> int:
     """Withdraw every delivery that has not started sending (held ones too: a paused sequence must not
-    keep someone who left waiting to be mailed on resume); returns how many."""
+    keep someone who left waiting to be mailed on resume), and end every live enrollment with ``reason``
+    (unsubscribed, suppressed), so the reason shows on the enrollment and in the explain log; returns how
+    many deliveries."""
+    end_live_enrollments(session, subscriber_id, reason)
     result = session.execute(
         update(Delivery)
         .where(
@@ -163,14 +178,37 @@ def unsubscribe(session: Session, subscriber: Subscriber, source: str) -> int:
         subscriber.status = SubscriberStatus.unsubscribed
         subscriber.unsubscribed_at = now
         events.record(session, "unsubscribed", subscriber_id=subscriber.id, source=source)
-    cancelled = cancel_open_deliveries(session, subscriber.id, "unsubscribed")
-    session.execute(
-        update(Enrollment)
+    return cancel_open_deliveries(session, subscriber.id, "unsubscribed")
+
+
+def end_live_enrollments(session: Session, subscriber_id: int, reason: str) -> list[int]:
+    """Every active or paused enrollment of the subscriber -> cancelled with ``reason``, each with an
+    ``enrollment_exited`` event; the caller cancels their deliveries. Returns the enrollment ids."""
+    live = session.execute(
+        select(Enrollment.id, Sequence.slug)
+        .join(Sequence, Sequence.id == Enrollment.sequence_id)
         .where(
-            Enrollment.subscriber_id == subscriber.id,
+            Enrollment.subscriber_id == subscriber_id,
             Enrollment.status.in_([EnrollmentStatus.active, EnrollmentStatus.paused]),
         )
-        .values(status=EnrollmentStatus.cancelled, ended_at=now, end_reason="unsubscribed")
-        .execution_options(synchronize_session=False)
+        .order_by(Enrollment.id)
+    ).all()
+    if not live:
+        return []
+    ids = [enrollment_id for enrollment_id, _ in live]
+    session.execute(
+        update(Enrollment)
+        .where(Enrollment.id.in_(ids))
+        .values(status=EnrollmentStatus.cancelled, ended_at=clock.now(), end_reason=reason)
+        .execution_options(synchronize_session="fetch")
     )
-    return cancelled
+    for enrollment_id, slug in live:
+        events.record(
+            session,
+            "enrollment_exited",
+            subscriber_id=subscriber_id,
+            reason=reason,
+            sequence=slug,
+            enrollment_id=enrollment_id,
+        )
+    return ids

@@ -50,7 +50,9 @@ from nurture.models import (
     Suppression,
 )
 from nurture.schedule import next_open, resolve_zone
+from nurture.sequences.policy import Policy
 from nurture.throttle import RateLimiter, Unlimited
+from nurture.tracking import LinkRewriter, store_links
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,9 @@ class Prepared:
     step_number: int
     step_count: int
     subject: str | None = None  # the step's subject override (nurture.versions)
+    # Click/open tracking for the sequence version (nurture.tracking); clicks on unless turned off.
+    track_clicks: bool = True
+    track_opens: bool = False
 
 
 @dataclass(frozen=True)
@@ -167,6 +172,9 @@ class Sender:
 
     def _send(self, claim_token: str, delivery_id: int, prepared: Prepared, accepted: list[_Accepted]) -> str:
         try:
+            links = LinkRewriter(
+                self.settings, delivery_id, clicks=prepared.track_clicks, opens=prepared.track_opens
+            )
             _rendered, data, message_id = step_message(
                 self.settings,
                 self.templates,
@@ -178,6 +186,7 @@ class Sender:
                 subject=prepared.subject,
                 delivery_id=delivery_id,
                 date=clock.now(),
+                links=links,
             )
         except Exception as exc:  # a template that fails for this subscriber will fail next time too
             log.exception("delivery=%s rendering failed", delivery_id)
@@ -197,7 +206,10 @@ class Sender:
 
         def record_then_begin(session: Session) -> str | None:
             self._record_accepted(session, accepted)
-            return self._begin_sending(session, claim_token, sending_token, delivery_id)
+            outcome = self._begin_sending(session, claim_token, sending_token, delivery_id)
+            if outcome is None:  # the tracked links exist before the email that carries them
+                store_links(session, delivery_id, list(links.rows.values()))
+            return outcome
 
         outcome = retrying(record_then_begin, self.factory)
         accepted.clear()  # committed with the transaction above
@@ -273,6 +285,7 @@ class Sender:
             if reason is not None:
                 result[delivery_id] = self._skip(session, delivery_id, subscriber.id, claim_token, reason)
                 continue
+            policy = Policy.of(enrollment.version.definition)
             result[delivery_id] = Prepared(
                 recipient=Recipient(subscriber.email, subscriber.first_name, subscriber.public_id),
                 subscriber_id=subscriber.id,
@@ -282,6 +295,8 @@ class Sender:
                 step_number=delivery.step.position,
                 step_count=len(enrollment.version.steps),
                 subject=delivery.step.subject,
+                track_clicks=policy.clicks,
+                track_opens=policy.opens,
             )
         return result
 

@@ -28,7 +28,8 @@ from nurture.config import Settings
 from nurture.db import transaction
 from nurture.enrollment import EnrollmentError
 from nurture.models import ConsentRecord, SequenceStatus, Subscriber, SubscriberStatus
-from nurture.preferences import enroll_or_reopen, reactivate, update_profile
+from nurture.preferences import reactivate, update_profile
+from nurture.reentry import enroll_on_signup
 
 # Raw size caps, checked before anything else looks at a value.
 CAPS = {
@@ -279,7 +280,8 @@ def confirm(session: Session, public_id: str, origin: consent.Origin) -> Confirm
     else:
         try:
             with session.begin_nested():
-                enroll_or_reopen(session, subscriber, sequence)
+                # The sequence's re-entry policy decides (and logs) what a repeat signup does.
+                enroll_on_signup(session, subscriber, sequence)
         except EnrollmentError as exc:  # archived or never synced: confirmed all the same
             events.record(session, "enroll-skipped", subscriber_id=subscriber.id, reason=str(exc))
     return Confirmation(False, subscriber.public_id, name)

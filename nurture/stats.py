@@ -20,6 +20,8 @@ from nurture.models import (
     Enrollment,
     EnrollmentStatus,
     Event,
+    GoalCompletion,
+    LinkClick,
     Sequence,
     SequenceVersion,
     Step,
@@ -43,6 +45,12 @@ class StepStats:
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> count
     unsubscribed_after: int = 0  # left after this was the last step they were sent
     current: int = 0  # live enrollments whose next email is this step
+    clicks: int = 0  # tracked link clicks on this step's emails, every click counted
+    clickers: int = 0  # distinct subscribers who clicked
+    opens: int = 0  # pixel loads (opt-in; unreliable, see docs/goals.md)
+    openers: int = 0
+    goals: int = 0  # goal completions whose last email before the goal was this step
+    conversion_rate: float | None = None  # goals / sent (None before anything was sent)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -55,6 +63,8 @@ class SequenceStats:
     enrollments: dict[str, int]
     unsubscribed_before_first: int
     steps: list[StepStats]
+    goals: int = 0  # every goal completion in the sequence
+    goals_before_first: int = 0  # goals met before any email had been sent
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -62,6 +72,8 @@ class SequenceStats:
             "enrolled": self.enrolled,
             "enrollments": self.enrollments,
             "unsubscribed_before_first": self.unsubscribed_before_first,
+            "goals": self.goals,
+            "goals_before_first": self.goals_before_first,
             "steps": [s.as_dict() for s in self.steps],
         }
 
@@ -177,13 +189,55 @@ def sequence_stats(session: Session, sequence: Sequence) -> SequenceStats:
         .group_by(Enrollment.status)
     ):
         enrollments[status] = count
+    goals_total, goals_before_first = _tracking_and_goals(session, sequence, steps, by_id)
     return SequenceStats(
         slug=sequence.slug,
         enrolled=sum(enrollments.values()),
         enrollments=dict(enrollments),
         unsubscribed_before_first=before_first,
         steps=list(steps.values()),
+        goals=goals_total,
+        goals_before_first=goals_before_first,
     )
+
+
+def _tracking_and_goals(
+    session: Session, sequence: Sequence, steps: dict[str, StepStats], by_id: dict[int, str]
+) -> tuple[int, int]:
+    """Fill clicks, opens, goals and conversion per step; returns (goals in all, goals before any email)."""
+    # One grouped scan of ix_link_clicks_step_kind_subscriber.
+    for step_id, kind, total, unique in session.execute(
+        select(
+            LinkClick.step_id,
+            LinkClick.kind,
+            func.count(),
+            func.count(func.distinct(LinkClick.subscriber_id)),
+        )
+        .where(LinkClick.step_id.in_(list(by_id)))
+        .group_by(LinkClick.step_id, LinkClick.kind)
+    ):
+        item = steps[by_id[step_id]]
+        if kind == "click":
+            item.clicks += total
+            item.clickers += unique
+        elif kind == "open":
+            item.opens += total
+            item.openers += unique
+    # One grouped scan of ix_goal_completions_sequence_step: each goal counts for the last email before it.
+    total_goals = before_first = 0
+    for step_id, count in session.execute(
+        select(GoalCompletion.step_id, func.count())
+        .where(GoalCompletion.sequence_id == sequence.id)
+        .group_by(GoalCompletion.step_id)
+    ):
+        total_goals += count
+        if step_id is None or step_id not in by_id:
+            before_first += count
+        else:
+            steps[by_id[step_id]].goals += count
+    for item in steps.values():
+        item.conversion_rate = round(item.goals / item.sent, 4) if item.sent else None
+    return total_goals, before_first
 
 
 def standing_counts(session: Session) -> dict[int, dict[int, int]]:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nurture import tokens
 from nurture.config import Settings
 from nurture.mail.compose import Envelope, compose, message_id_for
 from nurture.mail.templates import EmailTemplates, RenderedEmail
+
+if TYPE_CHECKING:
+    from nurture.tracking import LinkRewriter
 
 
 @dataclass(frozen=True)
@@ -55,12 +58,23 @@ def step_message(
     step_count: int,
     delivery_id: int,
     date: datetime,
+    subject: str | None = None,
+    links: LinkRewriter | None = None,
 ) -> tuple[RenderedEmail, bytes, str]:
-    """Render and compose one step for one subscriber: (rendered parts, RFC 5322 bytes, Message-ID)."""
+    """Render and compose one step for one subscriber: (rendered parts, RFC 5322 bytes, Message-ID).
+
+    With ``links``, the rendered parts' links are rewritten for click/open tracking before composing; the
+    caller stores ``links.rows`` before sending."""
     context = template_context(
         settings, recipient, sequence_name=sequence_name, step_number=step_number, step_count=step_count
     )
-    rendered = templates.render(template, context)
+    # A step's subject override (nurture.versions) replaces the template's own subject.txt.
+    if subject:
+        rendered = templates.render(template, context, subject)
+    else:
+        rendered = templates.render(template, context)
+    if links is not None:
+        rendered = links.rewrite(rendered)
     message_id = message_id_for(delivery_id, settings.secret_key, settings.from_domain)
     envelope = Envelope(
         from_address=settings.from_address,

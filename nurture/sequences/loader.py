@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -19,10 +19,11 @@ from jinja2 import TemplateError
 
 from nurture.mail.templates import EmailTemplates
 from nurture.schedule import ScheduleError, SendWindow, format_delay, parse_delay, zone
+from nurture.sequences.policy import POLICY_KEYS, parse_policy
 
 SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 STEP_KEY = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-TOP_LEVEL_KEYS = {"slug", "name", "description", "timezone", "window", "steps"}
+TOP_LEVEL_KEYS = {"slug", "name", "description", "timezone", "window", "steps"} | POLICY_KEYS
 STEP_KEYS = {"key", "delay", "template"}
 WINDOW_KEYS = {"days", "start", "end"}
 
@@ -44,6 +45,8 @@ class SequenceDefinition:
     window: SendWindow | None
     steps: tuple[StepDefinition, ...]
     source: Path
+    # Goals, exits, re-entry, tracking (nurture.sequences.policy): only the keys the file sets.
+    policy: dict[str, Any] = field(default_factory=dict)
 
     def canonical(self) -> dict[str, Any]:
         """The definition as plain data: what is stored with a version and hashed to detect changes."""
@@ -63,6 +66,7 @@ class SequenceDefinition:
             "steps": [
                 {"key": s.key, "delay": format_delay(s.delay), "template": s.template} for s in self.steps
             ],
+            **self.policy,
         }
 
     def digest(self) -> str:
@@ -138,6 +142,7 @@ def load_file(path: Path, templates: EmailTemplates) -> SequenceDefinition:
 
     window = _window(raw.get("window"), problem)
     steps = _steps(raw.get("steps"), templates, problem)
+    policy = parse_policy(raw, problem)
 
     if problems:
         raise SequenceValidationError(problems)
@@ -149,6 +154,7 @@ def load_file(path: Path, templates: EmailTemplates) -> SequenceDefinition:
         window=window,
         steps=tuple(steps),
         source=path,
+        policy=policy,
     )
 
 

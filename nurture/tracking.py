@@ -1,0 +1,179 @@
+"""Click and open tracking: rewrite an email's links to ``/l/{token}``, and record what the tokens name.
+
+Rewriting is one regular-expression pass over each rendered part (no HTML parsing, no re-inlining): every
+``http(s)`` link in the HTML ``href`` attributes and in the text part becomes ``{base_url}/l/{token}``. The
+token is an HMAC of the delivery and the URL with the secret key, so rendering the same email again (a resend
+after an ambiguous send) yields the same tokens, and nobody without the key can make one up; the URL itself
+is stored in a ``tracked_links`` row, never put in the link. Unsubscribe, preferences and ``mailto:`` links
+are left alone. ``data-goal="name"`` on an ``<a>`` marks a link whose click also reports the goal ``name``
+(the attribute is removed from the email).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import html
+import re
+from dataclasses import dataclass, field, replace
+
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from nurture import events, goals
+from nurture.config import Settings
+from nurture.mail.templates import RenderedEmail
+from nurture.models import Delivery, ExternalEvent, LinkClick, Step, TrackedLink
+
+CLICK = "click"
+OPEN = "open"
+TOKEN = re.compile(r"^[A-Za-z0-9_-]{22}$")
+_ANCHOR = re.compile(r"<a\b[^>]*>", re.IGNORECASE)
+_HREF = re.compile(r"""(\shref\s*=\s*)(["'])(https?://.*?)\2""", re.IGNORECASE | re.DOTALL)
+_GOAL_ATTR = re.compile(r"""\sdata-goal\s*=\s*(["'])([^"']*)\1""", re.IGNORECASE)
+# In plain text a URL runs to the next space or bracket; trailing sentence punctuation is not part of it.
+_TEXT_URL = re.compile(r"""https?://[^\s<>"']+""")
+_TRAILING = ".,;:!?)]}"
+# A transparent 1x1 GIF.
+PIXEL = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
+
+
+@dataclass(frozen=True)
+class LinkRow:
+    token: str
+    kind: str
+    url: str | None
+    goal: str | None
+
+
+def link_token(secret: str, delivery_id: int, kind: str, url: str | None) -> str:
+    digest = hmac.new(secret.encode(), f"{kind}:{delivery_id}:{url or ''}".encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest[:16]).decode().rstrip("=")
+
+
+@dataclass
+class LinkRewriter:
+    """Rewrites one delivery's email; ``rows`` are the links to store before the email is sent."""
+
+    settings: Settings
+    delivery_id: int
+    clicks: bool = True
+    opens: bool = False
+    rows: dict[str, LinkRow] = field(default_factory=dict)  # url (or "" for the pixel) -> row
+
+    def __post_init__(self) -> None:
+        base = self.settings.base_url.rstrip("/")
+        self._base = base
+        self._untracked = (f"{base}/unsubscribe/", f"{base}/preferences/", f"{base}/l/", f"{base}/o/")
+
+    def rewrite(self, rendered: RenderedEmail) -> RenderedEmail:
+        html_part, text_part = rendered.html, rendered.text
+        if self.clicks:
+            html_part = _ANCHOR.sub(self._anchor, html_part)
+            text_part = _TEXT_URL.sub(self._text_url, text_part)
+        if self.opens:
+            html_part = self._add_pixel(html_part)
+        return replace(rendered, html=html_part, text=text_part)
+
+    def _tracked(self, url: str, goal: str | None = None) -> str | None:
+        if url.startswith(self._untracked):
+            return None
+        row = self.rows.get(url)
+        if row is None:
+            token = link_token(self.settings.secret_key, self.delivery_id, CLICK, url)
+            row = self.rows[url] = LinkRow(token, CLICK, url, goal)
+        elif goal and row.goal is None:
+            row = self.rows[url] = replace(row, goal=goal)
+        return f"{self._base}/l/{row.token}"
+
+    def _anchor(self, match: re.Match[str]) -> str:
+        tag = match.group(0)
+        goal_match = _GOAL_ATTR.search(tag)
+        goal = html.unescape(goal_match.group(2)).strip() if goal_match else None
+        if goal_match:
+            tag = tag[: goal_match.start()] + tag[goal_match.end() :]
+        href = _HREF.search(tag)
+        if href is None:
+            return tag
+        tracked = self._tracked(html.unescape(href.group(3)).strip(), goal or None)
+        if tracked is None:
+            return tag
+        return tag[: href.start(3)] + tracked + tag[href.end(3) :]
+
+    def _text_url(self, match: re.Match[str]) -> str:
+        url = match.group(0)
+        stripped = url.rstrip(_TRAILING)
+        tracked = self._tracked(stripped)
+        return url if tracked is None else tracked + url[len(stripped) :]
+
+    def _add_pixel(self, html_part: str) -> str:
+        token = link_token(self.settings.secret_key, self.delivery_id, OPEN, None)
+        self.rows[""] = LinkRow(token, OPEN, None, None)
+        pixel = (
+            f'<img src="{self._base}/o/{token}" width="1" height="1" alt="" '
+            'style="display:block; width:1px; height:1px; border:0;">'
+        )
+        position = html_part.lower().rfind("</body>")
+        return html_part + pixel if position < 0 else html_part[:position] + pixel + html_part[position:]
+
+
+def store_links(session: Session, delivery_id: int, rows: list[LinkRow]) -> None:
+    """Insert the delivery's link rows; rows stored by an earlier render of the same email are kept."""
+    if not rows:
+        return
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = insert(TrackedLink).values(
+        [
+            {"token": r.token, "delivery_id": delivery_id, "kind": r.kind, "url": r.url, "goal": r.goal}
+            for r in rows
+        ]
+    )
+    session.execute(statement.on_conflict_do_nothing(index_elements=[TrackedLink.token]))
+
+
+def record_hit(session: Session, token: str, kind: str) -> str | None:
+    """Record a click (or an open) on ``token``: the stored URL (or "" for the pixel), or None when the
+    token names nothing. A click on a goal link also reports that goal for the subscriber."""
+    if not TOKEN.match(token):
+        return None
+    row = session.execute(
+        select(TrackedLink, Delivery.subscriber_id, Delivery.step_id, Step.key)
+        .join(Delivery, Delivery.id == TrackedLink.delivery_id)
+        .join(Step, Step.id == Delivery.step_id)
+        .where(TrackedLink.token == token, TrackedLink.kind == kind)
+    ).first()
+    if row is None:
+        return None
+    link, subscriber_id, step_id, step_key = row
+    session.add(LinkClick(link_id=link.id, subscriber_id=subscriber_id, step_id=step_id, kind=kind))
+    if kind == CLICK:
+        events.record(
+            session,
+            "clicked",
+            subscriber_id=subscriber_id,
+            delivery_id=link.delivery_id,
+            url=link.url,
+            step_key=step_key,
+        )
+    else:
+        events.record(
+            session, "opened", subscriber_id=subscriber_id, delivery_id=link.delivery_id, step_key=step_key
+        )
+    if link.goal:
+        subscriber = goals.lock_subscriber(session, subscriber_id)
+        if subscriber is not None:
+            result = goals.apply_event(session, subscriber, link.goal, source="click")
+            session.add(
+                ExternalEvent(
+                    idempotency_key=None,
+                    subscriber_id=subscriber_id,
+                    event=link.goal,
+                    source="click",
+                    properties={"step_key": step_key},
+                    result=result,
+                )
+            )
+    return link.url or ""

@@ -1,0 +1,45 @@
+"""``/l/{token}`` (a tracked link: record the click, then 302 to the stored URL) and ``/o/{token}`` (the open
+pixel). The destination is only ever the URL stored for the token: query strings are ignored, and an unknown,
+malformed or tampered token is a 404 with no ``Location``, so these routes can never be an open redirect."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from nurture import tracking
+from nurture.db import transaction
+
+router = APIRouter(include_in_schema=False)
+# Neither the answer nor the click may be cached: each visit is counted, and no referrer leaks the token.
+NO_STORE = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+NOT_FOUND = (
+    '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Link not found</title></head>'
+    "<body><h1>This link is not valid</h1><p>It may have been mistyped or cut short.</p></body></html>"
+)
+
+
+def _not_found() -> HTMLResponse:
+    return HTMLResponse(NOT_FOUND, status_code=404, headers=NO_STORE)
+
+
+@router.get("/l/{token}")
+def follow_link(token: str) -> Response:
+    if not tracking.TOKEN.match(token):  # malformed: no database round trip
+        return _not_found()
+    with transaction() as session:
+        url = tracking.record_hit(session, token, tracking.CLICK)
+    if not url:
+        return _not_found()
+    return RedirectResponse(url, status_code=302, headers=NO_STORE)
+
+
+@router.get("/o/{token}")
+def open_pixel(token: str) -> Response:
+    if not tracking.TOKEN.match(token):
+        return _not_found()
+    with transaction() as session:
+        found = tracking.record_hit(session, token, tracking.OPEN)
+    if found is None:
+        return _not_found()
+    return Response(tracking.PIXEL, media_type="image/gif", headers=NO_STORE)
