@@ -414,6 +414,20 @@ def subscribers_import(csv_file: Path, slug: str, consent_source: str) -> None:
             import_rows(session_factory(), rows, slug, consent_source, report)
     except ImportError_ as exc:
         raise click.ClickException(str(exc)) from None
+    from nurture.db import transaction
+    from nurture.staff import audit
+
+    with transaction() as session:
+        audit(
+            session,
+            None,
+            "subscribers.import",
+            f"sequence:{slug}",
+            None,
+            {"imported": report.imported, "enrolled_existing": report.enrolled_existing,
+             "already_enrolled": report.already_enrolled, "skipped": dict(report.skipped),
+             "errors": len(report.errors), "file": csv_file.name, "consent_source": consent_source},
+        )  # fmt: skip
     for error in report.errors:
         click.echo(f"line {error.line}: {error.email or '-'}: {error.message}", err=True)
     skipped = ", ".join(f"{reason} {count}" for reason, count in sorted(report.skipped.items())) or "none"

@@ -12,9 +12,9 @@ import io
 import json
 import re
 import secrets
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -308,19 +308,29 @@ def import_rows(
             _import_chunk(session, sequence, chunk, source, part)
         return part
 
-    chunks = [rows[start : start + IMPORT_CHUNK] for start in range(0, len(rows), IMPORT_CHUNK)]
-    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(chunks)))) as pool:
-        try:
-            for chunk, part in zip(chunks, pool.map(one, chunks), strict=True):
-                report.imported += part.imported
-                report.enrolled_existing += part.enrolled_existing
-                report.already_enrolled += part.already_enrolled
-                report.skipped.update(part.skipped)
-                if progress is not None:
-                    progress(len(chunk))
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)  # no new chunk starts after a failure
-            raise
+    chunks = iter([rows[start : start + IMPORT_CHUNK] for start in range(0, len(rows), IMPORT_CHUNK)])
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        # At most ``workers`` chunks in flight, so a failure stops the import at once: nothing after it
+        # starts, and what is running finishes whole (each chunk is its own transaction).
+        in_flight: deque[tuple[list[_Good], Future[ImportReport]]] = deque()
+
+        def submit_next() -> None:
+            chunk = next(chunks, None)
+            if chunk is not None:
+                in_flight.append((chunk, pool.submit(one, chunk)))
+
+        for _ in range(workers):
+            submit_next()
+        while in_flight:
+            chunk, future = in_flight.popleft()
+            part = future.result()
+            report.imported += part.imported
+            report.enrolled_existing += part.enrolled_existing
+            report.already_enrolled += part.already_enrolled
+            report.skipped.update(part.skipped)
+            if progress is not None:
+                progress(len(chunk))
+            submit_next()
     return report
 
 
