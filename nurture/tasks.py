@@ -90,15 +90,20 @@ def drain_outbox() -> dict[str, int]:
 @app.task(name=HOUSEKEEPING_TASK, ignore_result=True)
 def housekeeping() -> dict[str, int]:
     """Once a minute: flip scheduled sequences whose time has come to active (nothing waits on this: no
-    delivery is due before activation), and forget old login failures."""
+    delivery is due before activation), forget old login failures and signups never confirmed."""
     from nurture.control import activate_due
     from nurture.db import transaction
+    from nurture.retention import purge_unconfirmed
     from nurture.staff import purge_login_failures
 
     with transaction() as session:
         activated = activate_due(session)
         purged = purge_login_failures(session)
-    return {"activated": activated, "purged": purged}
+    with transaction() as session:
+        forgotten = purge_unconfirmed(session, older_than_days=get_settings().unconfirmed_retention_days)
+    if forgotten:
+        log.info("housekeeping: deleted %d signups never confirmed", forgotten)
+    return {"activated": activated, "purged": purged, "forgotten": forgotten}
 
 
 # --- outbound webhooks (nurture/webhooks/) -----------------------------------------------------------------

@@ -18,7 +18,7 @@ def test_housekeeping_activates_a_scheduled_sequence_only_once_its_time_has_come
     with clock.frozen(start) as advance:
         with transaction(factory) as session:
             schedule(session, get_sequence(session, "three-step"), start + timedelta(hours=1))
-        assert housekeeping.run() == {"activated": 0, "purged": 0}
+        assert housekeeping.run() == {"activated": 0, "purged": 0, "forgotten": 0}
         with transaction(factory) as session:
             assert get_sequence(session, "three-step").status == "scheduled"
         advance(timedelta(hours=1))
