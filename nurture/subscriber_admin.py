@@ -202,6 +202,8 @@ def remove_from_sequence(
         select(Enrollment)
         .join(Sequence, Sequence.id == Enrollment.sequence_id)
         .where(Enrollment.subscriber_id == subscriber.id, Sequence.slug == sequence.strip())
+        .order_by(Enrollment.id.desc())  # re-entry (nurture.reentry) can leave several: the latest counts
+        .limit(1)
     )
     if enrollment is None:
         raise ActionError("not_found", f"the subscriber is not enrolled in {sequence.strip()!r}")
@@ -220,6 +222,16 @@ def remove_from_sequence(
         or 0
     )
     events.record(session, "removed-from-sequence", subscriber_id=subscriber.id, sequence=sequence, by=by)
+    # The exit as integrations see it (docs/goals.md, docs/webhooks.md).
+    events.record(
+        session,
+        "enrollment_exited",
+        subscriber_id=subscriber.id,
+        reason=REMOVED,
+        sequence=sequence.strip(),
+        enrollment_id=enrollment.id,
+        cancelled=cancelled,
+    )
     return {"sequence": sequence.strip(), "cancelled": cancelled}
 
 

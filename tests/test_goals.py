@@ -1,4 +1,4 @@
-"""Goals and exits end enrollments and cancel their unsent mail, in one transaction, on SQLite and PostgreSQL."""
+"""Goals and exits end enrollments and cancel their unsent mail in one transaction (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from nurture.enrollment import cancel_open_deliveries, unsubscribe
 from nurture.mail.transports import MemoryTransport
 from nurture.models import Enrollment, Event, ExternalEvent, GoalCompletion, Subscriber
 from nurture.sequences.loader import SequenceValidationError, load_file
+from nurture.subscriber_admin import remove_from_sequence
 from tests.helpers import deliveries, dispatch_inline, make_sender, statuses, subscribe, sync_sequences
 
 START = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)
@@ -172,6 +173,10 @@ def test_an_event_only_touches_sequences_that_list_it(world) -> None:  # type: i
     [
         (lambda s, sub: unsubscribe(s, sub, "test"), "unsubscribed"),
         (lambda s, sub: cancel_open_deliveries(s, sub.id, "suppressed"), "suppressed"),
+        (
+            lambda s, sub: remove_from_sequence(s, sub, by="staff@example.com", sequence="course"),
+            "removed-by-staff",
+        ),
     ],
 )
 def test_unsubscribe_and_suppression_end_enrollments_with_a_visible_reason(
@@ -184,7 +189,12 @@ def test_unsubscribe_and_suppression_end_enrollments_with_a_visible_reason(
     enrollment = enrollment_of(world)
     assert (enrollment.status, enrollment.end_reason) == ("cancelled", reason)
     [exited] = events_of(world, "enrollment_exited")
-    assert exited.detail == {"reason": reason, "sequence": "course", "enrollment_id": 1}
+    assert {k: exited.detail[k] for k in ("reason", "sequence", "enrollment_id")} == {
+        "reason": reason,
+        "sequence": "course",
+        "enrollment_id": 1,
+    }
+    assert statuses(world) == ["cancelled", "cancelled", "cancelled"]
     assert exited.subscriber_id == enrollment.subscriber_id
 
 

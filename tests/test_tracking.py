@@ -1,4 +1,4 @@
-"""Click and open tracking: rewritten emails, /l and /o, goals from a marked link, erasure, per-step figures."""
+"""Click and open tracking: rewritten emails, /l and /o, goal links, erasure, per-step figures."""
 
 from __future__ import annotations
 
