@@ -302,14 +302,20 @@ def test_sync_does_not_overwrite_a_version_published_from_the_ui(world, course) 
         definition = _definition(course)
         versions.save_draft(session, sequence, definition, origin="ui", author="ed@staff.example.com")
     course.write_text(COURSE)
-    # A UI draft waits: a sync of a different file is refused, not silently replacing it.
     code, output = cli("sequences", "sync")
     assert code == 0 and output == "course: unchanged (version 1)\n"  # the file is what is live
+    # A UI draft waits: a sync of a different file is refused, not silently replacing it.
+    course.write_text(
+        COURSE.replace("delay: 1d, template: demo/goodbye", "delay: 5d, template: demo/goodbye")
+    )
+    code, output = cli("sequences", "sync")
+    assert code == 0 and "warning: course: refused" in output and "saved in the staff UI" in output
+    course.write_text(COURSE)
     assert cli("sequences", "publish", "course")[0] == 0
     code, output = cli("sequences", "sync")
-    assert (
-        code == 1 and "refused" in output and "published from the staff UI by ed@staff.example.com" in output
-    )
+    assert code == 0 and "warning: course: refused" in output
+    assert "published from the staff UI by ed@staff.example.com" in output
+    assert cli("sequences", "sync", "--strict")[0] == 1
     with transaction(world) as session:
         assert session.scalar(select(Sequence).where(Sequence.slug == "course")).current_version.number == 2
     # Export writes the live version as a file; after that sync has nothing to do.
