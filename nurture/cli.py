@@ -113,8 +113,13 @@ MIGRATE_HELP = (
 )
 @click.option("--draft", is_flag=True, help="Store changed files as unpublished drafts (publish them later).")
 @click.option("--force", is_flag=True, help="Publish files over versions (or drafts) made in the staff UI.")
-def sequences_sync(migrate: str, draft: bool, force: bool) -> None:
-    """Store the sequence files in the database; a new version only where a definition changed."""
+@click.option("--strict", is_flag=True, help="Exit 1 when a file was refused (for CI checks).")
+def sequences_sync(migrate: str, draft: bool, force: bool, strict: bool) -> None:
+    """Store the sequence files in the database; a new version only where a definition changed.
+
+    A file is refused, and its sequence keeps the version staff published in the UI, when that version (or a
+    UI draft) differs from it; the exit status stays 0 so a deploy's migrate step does not stop everything
+    over a safe outcome, unless --strict."""
     lines = _sync(migrate=migrate, draft=draft, force=force)
     refused = False
     for line in lines:
