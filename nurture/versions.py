@@ -27,7 +27,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from nurture import clock, events, staff
@@ -579,8 +579,14 @@ def publish_version(
 
 
 def _apply(session: Session, plan: Plan, version: SequenceVersion, now: datetime) -> None:
+    """Write the plan: a few batched statements, whatever the number of enrollments."""
     step_ids = {s.key: s.id for s in version.steps}
     table = Delivery.__table__
+    moves: list[dict[str, Any]] = []
+    inserts: list[dict[str, Any]] = []
+    moved: list[int] = []
+    stopped: list[int] = []
+    cancels: dict[str, list[int]] = defaultdict(list)
     for entry in plan.enrollments:
         if entry.outcome is Outcome.stay:
             continue
@@ -590,45 +596,60 @@ def _apply(session: Session, plan: Plan, version: SequenceVersion, now: datetime
                 existing = entry.open_ids.get(new.key)
                 if existing is not None:
                     # The same key's waiting row now names the new version's step: one row per email.
-                    session.execute(
-                        update(table)
-                        .where(table.c.id == existing, table.c.status.in_(OPEN))
-                        .values(step_id=step_ids[new.key], due_at=new.due_at, status=new.status)
-                    )
+                    moves.append(
+                        {"row_id": existing, "new_step": step_ids[new.key], "new_due": new.due_at,
+                         "new_status": new.status}
+                    )  # fmt: skip
                     reused.add(existing)
                 else:
-                    session.add(
-                        Delivery(
-                            enrollment_id=entry.enrollment_id,
-                            step_id=step_ids[new.key],
-                            subscriber_id=entry.subscriber_id,
-                            due_at=new.due_at,
-                            status=new.status,
-                        )
-                    )
-            session.execute(
-                update(Enrollment)
-                .where(Enrollment.id == entry.enrollment_id)
-                .values(version_id=version.id)
-                .execution_options(synchronize_session=False)
-            )
+                    inserts.append(
+                        {"enrollment_id": entry.enrollment_id, "step_id": step_ids[new.key],
+                         "subscriber_id": entry.subscriber_id, "due_at": new.due_at, "status": new.status}
+                    )  # fmt: skip
+            moved.append(entry.enrollment_id)
             reason = f"not-in-v{version.number}"
         else:
-            session.execute(
-                update(Enrollment)
-                .where(Enrollment.id == entry.enrollment_id)
-                .values(status=EnrollmentStatus.cancelled, ended_at=now, end_reason=STOP_REASON)
-                .execution_options(synchronize_session=False)
-            )
+            stopped.append(entry.enrollment_id)
             reason = STOP_REASON
-        leftover = [i for i in entry.open_ids.values() if i not in reused]
-        if leftover:
+        cancels[reason].extend(i for i in entry.open_ids.values() if i not in reused)
+    if moves:
+        session.execute(
+            update(table)
+            # (an OR, not IN: an expanding IN cannot be part of an executemany)
+            .where(table.c.id == bindparam("row_id"), or_(*(table.c.status == status for status in OPEN)))
+            .values(
+                step_id=bindparam("new_step"), due_at=bindparam("new_due"), status=bindparam("new_status")
+            ),
+            moves,
+        )
+    if inserts:
+        session.execute(insert(table), inserts)
+    for ids in _chunks(moved):
+        session.execute(
+            update(Enrollment)
+            .where(Enrollment.id.in_(ids))
+            .values(version_id=version.id)
+            .execution_options(synchronize_session=False)
+        )
+    for ids in _chunks(stopped):
+        session.execute(
+            update(Enrollment)
+            .where(Enrollment.id.in_(ids))
+            .values(status=EnrollmentStatus.cancelled, ended_at=now, end_reason=STOP_REASON)
+            .execution_options(synchronize_session=False)
+        )
+    for reason, row_ids in cancels.items():
+        for ids in _chunks(row_ids):
             session.execute(
                 update(table)
-                .where(table.c.id.in_(leftover), table.c.status.in_(OPEN))
+                .where(table.c.id.in_(ids), table.c.status.in_(OPEN))
                 .values(status=DeliveryStatus.cancelled, skip_reason=reason)
             )
     session.flush()
+
+
+def _chunks(ids: list[int], size: int = 1000) -> list[list[int]]:
+    return [ids[i : i + size] for i in range(0, len(ids), size)]
 
 
 def archive(session: Session, sequence: Sequence, *, stop: bool, now: datetime | None = None) -> int:

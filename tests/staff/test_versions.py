@@ -59,7 +59,7 @@ steps:
 
 
 def cli(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(main, list(args))
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
     return result.exit_code, result.output
 
 
