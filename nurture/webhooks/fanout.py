@@ -148,13 +148,14 @@ def fan_out(session: Session, events: list[Event]) -> int:
             )
     if not rows:
         return 0
+    # One statement executed with many parameter sets: SQLAlchemy batches it ("insertmanyvalues") and the
+    # compiled form is cached, where a single VALUES list of a new length would be compiled every time.
     statement = (
         _insert(session, WebhookDelivery)
-        .values(rows)
         .on_conflict_do_nothing(index_elements=["endpoint_id", "event_id"])
         .returning(WebhookDelivery.id)
     )
-    return len(session.execute(statement).all())
+    return len(session.execute(statement, rows).all())
 
 
 def payload_data(event: Event, subscriber: Subscriber | None, facts: dict[str, Any] | None) -> dict[str, Any]:
