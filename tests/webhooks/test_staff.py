@@ -199,3 +199,23 @@ def test_ui_roles_create_and_replay(signed_in, world, receiver) -> None:  # type
         "webhook.disable",
         "webhook.rotate_secret",
     ]
+
+
+def test_an_auto_disabled_endpoint_shows_why_in_the_ui_and_api(  # type: ignore[no-untyped-def]
+    api, signed_in, world, failing_receiver, set_env
+) -> None:
+    set_env(webhook_disable_failures="2", webhook_disable_hours="0")
+    endpoint_id = make_endpoint(api, failing_receiver.url)["endpoint"]["id"]
+    with transaction(world) as session:
+        add_subscriber(session, "ana@example.com")
+        add_subscriber(session, "ben@example.com")
+    sender = WebhookSender(get_settings(), world)
+    try:
+        assert sender.tick() == {"retry": 2}
+    finally:
+        sender.close()
+    shown = api("viewer", "GET", f"/api/v1/webhooks/{endpoint_id}").json()
+    assert shown["enabled"] is False and shown["disabled_reason"].startswith("automatically: 2 failed")
+    assert shown["failure_rate_24h"] == 1.0 and shown["attempts_24h"] == 2
+    page = signed_in("viewer").get("/admin/webhooks")
+    assert "automatically: 2 failed attempts in a row" in page.text and "100% failed" in page.text
