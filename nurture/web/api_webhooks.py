@@ -24,6 +24,7 @@ from nurture.webhooks.sending import WebhookSender
 
 router = APIRouter(prefix="/api/v1/webhooks", tags=["webhooks"])
 EDITABLE = {"url", "event_types", "description", "enabled"}
+NO_STORE = {"Cache-Control": "no-store"}  # answers that carry a signing secret
 
 
 def _settings(request: Request) -> Settings:
@@ -87,7 +88,7 @@ async def create_webhook(request: Request) -> JSONResponse:
         )
         return {"endpoint": endpoints.summary(endpoint, {}), "secret": secret}
 
-    return JSONResponse(await run_in_threadpool(_in_transaction, work), status_code=201)
+    return JSONResponse(await run_in_threadpool(_in_transaction, work), status_code=201, headers=NO_STORE)
 
 
 @router.get("/{endpoint_id}", summary="One endpoint")
@@ -136,7 +137,7 @@ async def rotate_webhook_secret(request: Request, endpoint_id: str) -> JSONRespo
         assert endpoint.previous_secret_until is not None
         return {"secret": secret, "previous_valid_until": endpoint.previous_secret_until.isoformat()}
 
-    return JSONResponse(await run_in_threadpool(_in_transaction, work))
+    return JSONResponse(await run_in_threadpool(_in_transaction, work), headers=NO_STORE)
 
 
 @router.post("/{endpoint_id}/test", summary="Send a signed test event now; answers with the outcome")

@@ -22,6 +22,7 @@ BODY = {"url": "http://127.0.0.1:9/hooks", "event_types": ["subscribed"], "descr
 def make_endpoint(api, url: str = BODY["url"]) -> dict:  # type: ignore[no-untyped-def, type-arg]
     response = api("admin", "POST", "/api/v1/webhooks", json={**BODY, "url": url})
     assert response.status_code == 201, response.text
+    assert response.headers["cache-control"] == "no-store"  # it carries the secret
     return response.json()
 
 
