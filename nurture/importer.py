@@ -26,7 +26,6 @@ from nurture import clock
 from nurture.addresses import MAX_EMAIL_LENGTH, InvalidInput, clean_name, normalise_email
 from nurture.catalog import window_of
 from nurture.db import transaction
-from nurture.enrollment import enroll
 from nurture.models import (
     ConsentRecord,
     Delivery,
@@ -109,18 +108,18 @@ def enroll_existing(
             counts["not_found"] += sum(1 for address in chunk if address not in found)
             candidates.extend(found[address] for address in chunk if address in found)
     suppressed = suppressed_among(session, [s.email for s in candidates])
-    enrolled_ids = (
-        set(
-            session.scalars(
-                select(Enrollment.subscriber_id).where(
-                    Enrollment.sequence_id == sequence.id,
-                    Enrollment.subscriber_id.in_([s.id for s in candidates]),
+    enrolled_ids: set[int] = set()
+    if emails is not None:  # (everyone active who is not enrolled was the query above)
+        for start in range(0, len(candidates), CHUNK):
+            enrolled_ids.update(
+                session.scalars(
+                    select(Enrollment.subscriber_id).where(
+                        Enrollment.sequence_id == sequence.id,
+                        Enrollment.subscriber_id.in_([s.id for s in candidates[start : start + CHUNK]]),
+                    )
                 )
             )
-        )
-        if candidates
-        else set()
-    )
+    to_enroll: list[tuple[int, str | None]] = []
     for subscriber in candidates:
         if subscriber.status == SubscriberStatus.unsubscribed:
             counts["unsubscribed"] += 1
@@ -131,8 +130,12 @@ def enroll_existing(
         elif subscriber.id in enrolled_ids:
             counts["already_enrolled"] += 1
         else:
-            enroll(session, subscriber, sequence, at=start_at)
+            to_enroll.append((subscriber.id, subscriber.timezone))
             counts["enrolled"] += 1
+    for start in range(0, len(to_enroll), IMPORT_CHUNK):  # bounded lookups, whatever the count
+        _bulk_enroll(
+            session, sequence, to_enroll[start : start + IMPORT_CHUNK], at=start_at, record_events=True
+        )
     keys = ("enrolled", "already_enrolled", "unsubscribed", "suppressed", "not_confirmed", "not_found")
     return {**{key: counts[key] for key in keys}, "invalid": invalid}
 
@@ -356,6 +359,7 @@ def _import_chunk(
         else set()
     )
     new_rows: list[_Good] = []
+    existing_to_enroll: list[tuple[int, str | None]] = []
     for row in chunk:
         if row.email in suppressed:
             report.skipped["suppressed"] += 1
@@ -367,12 +371,12 @@ def _import_chunk(
             report.skipped["unsubscribed"] += 1  # they left: only they can sign up again
         elif subscriber.status != SubscriberStatus.active:
             report.skipped["not-confirmed"] += 1
+        elif subscriber.id in enrolled:
+            report.already_enrolled += 1
         else:
-            if subscriber.id in enrolled:
-                report.already_enrolled += 1
-            else:
-                enroll(session, subscriber, sequence)
-                report.enrolled_existing += 1
+            existing_to_enroll.append((subscriber.id, subscriber.timezone))
+            report.enrolled_existing += 1
+    _bulk_enroll(session, sequence, existing_to_enroll, record_events=True)
     if not new_rows:
         return
     now = clock.now()
@@ -453,11 +457,14 @@ def _among(session: Session, column: Any, values: list[Any]) -> Any:
     return column.in_(values)
 
 
-def _version_and_anchor(sequence: Sequence) -> tuple[SequenceVersion, datetime, str]:
+def _version_and_anchor(
+    sequence: Sequence, at: datetime | None = None
+) -> tuple[SequenceVersion, datetime, str]:
+    """The version to pin, when the timetable starts (``at``, default now), the deliveries' first status."""
     version = sequence.current_version
     if version is None:
         raise ImportError_(f"sequence {sequence.slug!r} has no version: run `nurture sequences sync`")
-    anchor = clock.now()
+    anchor = at or clock.now()
     if sequence.status == SequenceStatus.scheduled and sequence.activate_at and anchor < sequence.activate_at:
         anchor = sequence.activate_at  # signups before a scheduled start begin at activation
     initial = str(DeliveryStatus.held if sequence.status == SequenceStatus.paused else DeliveryStatus.pending)
@@ -531,7 +538,7 @@ def _dependents_in_database(
             )
             INSERT INTO deliveries
                 (enrollment_id, step_id, subscriber_id, due_at, status, attempts, created_at)
-            SELECT e.id, tt.step_id, e.subscriber_id, tt.due_at, :status, 0, :anchor
+            SELECT e.id, tt.step_id, e.subscriber_id, tt.due_at, :status, 0, :now
             FROM e
             JOIN unnest(CAST(:ids AS integer[]), CAST(:zones AS integer[])) AS p(s, z)
                 ON p.s = e.subscriber_id
@@ -544,6 +551,7 @@ def _dependents_in_database(
             "sequence_id": sequence.id,
             "version_id": version.id,
             "anchor": anchor,
+            "now": now,
             "status": initial,
             "ids": ids,
             "zones": people,
@@ -577,17 +585,27 @@ def _write_rows(
             copy.write_row(row)
 
 
-def _bulk_enroll(session: Session, sequence: Sequence, people: list[tuple[int, str | None]]) -> None:
-    """enroll() for many new subscribers at once (SQLite and others): the same due times, a few executemany
-    statements instead of thousands of ORM objects."""
-    version, anchor, initial = _version_and_anchor(sequence)
+def _bulk_enroll(
+    session: Session,
+    sequence: Sequence,
+    people: list[tuple[int, str | None]],
+    *,
+    at: datetime | None = None,
+    record_events: bool = False,
+) -> None:
+    """enroll() for many subscribers (none of them in this sequence yet) at once: the same due times and
+    events, a few bulk writes instead of thousands of ORM objects."""
+    if not people:
+        return
+    version, anchor, initial = _version_and_anchor(sequence, at)
+    now = clock.now()
     _write_rows(
         session,
         Enrollment.__table__,
         ("subscriber_id", "sequence_id", "version_id", "status", "enrolled_at"),
         [(sid, sequence.id, version.id, "active", anchor) for sid, _ in people],
     )
-    # New subscribers have exactly one enrollment: this one.
+    # Nobody had an enrollment in this sequence before: the one found is the one just written.
     enrolled = dict(
         session.execute(
             select(Enrollment.subscriber_id, Enrollment.id).where(
@@ -605,11 +623,20 @@ def _bulk_enroll(session: Session, sequence: Sequence, people: list[tuple[int, s
         Delivery.__table__,
         ("enrollment_id", "step_id", "subscriber_id", "due_at", "status", "attempts", "created_at"),
         [
-            (enrolled[sid], step_id, sid, due, initial, 0, anchor)
+            (enrolled[sid], step_id, sid, due, initial, 0, now)
             for (sid, _), number in zip(people, zones, strict=True)
             for step_id, due in by_zone[number]
         ],
     )
+    if record_events:
+        # The same event enroll() records, so the explain log reads alike however someone was enrolled.
+        detail = {"sequence": sequence.slug, "version": version.number}
+        _write_rows(
+            session,
+            Event.__table__,
+            ("kind", "subscriber_id", "detail", "created_at"),
+            [("enrolled", sid, {**detail, "enrollment_id": enrolled[sid]}, now) for sid, _ in people],
+        )
 
 
 # --- export and erasure ---------------------------------------------------------------------------------

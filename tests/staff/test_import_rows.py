@@ -75,3 +75,42 @@ def test_cli_import_has_no_progress_bar_when_piped_and_is_audited(world, tmp_pat
     with transaction(world) as session:
         entry = session.scalar(select(AuditLog))
     assert (entry.action, entry.actor, entry.after["imported"]) == ("subscribers.import", "cli", 1)
+
+
+def test_enrolling_existing_in_bulk_matches_enrolling_one_by_one(world) -> None:  # type: ignore[no-untyped-def]
+    """The bulk path (import, enroll existing) writes the same due times and event as enroll()."""
+    from datetime import UTC, datetime
+
+    from nurture import clock
+    from nurture.enrollment import add_subscriber, enroll
+    from nurture.models import Sequence
+
+    start = datetime(2026, 3, 6, 22, 30, tzinfo=UTC)  # a Friday evening: the window pushes to Monday
+    with clock.frozen(datetime(2026, 3, 2, 15, 0, tzinfo=UTC)), transaction(world) as session:
+        one, _ = add_subscriber(session, "one@example.com", timezone="America/Chicago")
+        add_subscriber(session, "bulk@example.com", timezone="America/Chicago")
+        course = session.scalar(select(Sequence).where(Sequence.slug == "course"))
+        enroll(session, one, course, at=start)
+        counts = importer.enroll_existing(session, course, emails=["bulk@example.com"], start_at=start)
+    assert counts["enrolled"] == 1
+    with transaction(world) as session:
+        due = {
+            email: session.scalars(
+                select(Delivery.due_at)
+                .join(Subscriber)
+                .where(Subscriber.email == email)
+                .order_by(Delivery.due_at)
+            ).all()
+            for email in ("one@example.com", "bulk@example.com")
+        }
+        enrolled_events = session.execute(
+            select(Subscriber.email, Event.detail).join(Subscriber).where(Event.kind == "enrolled")
+        ).all()
+    assert due["bulk@example.com"] == due["one@example.com"] and len(due["one@example.com"]) == 4
+    assert sorted((email, detail["sequence"], detail["version"]) for email, detail in enrolled_events) == [
+        ("bulk@example.com", "course", 1),
+        ("one@example.com", "course", 1),
+    ]
+    assert {tuple(sorted(detail)) for _, detail in enrolled_events} == {
+        ("enrollment_id", "sequence", "version")
+    }
