@@ -124,8 +124,8 @@ def sequences_sync(migrate: str, draft: bool, force: bool, strict: bool) -> None
     refused = False
     for line in lines:
         refused = refused or ": refused " in line
-        click.echo(line, err=": refused " in line)
-    if refused:
+        click.echo(("warning: " if ": refused " in line else "") + line, err=": refused " in line)
+    if refused and strict:
         raise SystemExit(1)
 
 

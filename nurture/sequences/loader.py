@@ -24,7 +24,11 @@ from nurture.sequences.policy import POLICY_KEYS, parse_policy
 SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 STEP_KEY = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 TOP_LEVEL_KEYS = {"slug", "name", "description", "timezone", "window", "steps"} | POLICY_KEYS
-STEP_KEYS = {"key", "delay", "template"}
+TOP_LEVEL_KEYS |= {"status"}
+STEP_KEYS = {"key", "delay", "template", "subject"}
+# `status: draft` stores a new sequence (or a new version of one) without publishing it (nurture.versions).
+FILE_STATUSES = ("active", "draft")
+MAX_SUBJECT = 300
 WINDOW_KEYS = {"days", "start", "end"}
 
 
@@ -34,6 +38,7 @@ class StepDefinition:
     position: int  # 1-based
     delay: timedelta
     template: str
+    subject: str | None = None  # replaces the template's subject.txt when set
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,7 @@ class SequenceDefinition:
     source: Path
     # Goals, exits, re-entry, tracking (nurture.sequences.policy): only the keys the file sets.
     policy: dict[str, Any] = field(default_factory=dict)
+    status: str = "active"  # not part of the digest: publishing a draft is not a new definition
 
     def canonical(self) -> dict[str, Any]:
         """The definition as plain data: what is stored with a version and hashed to detect changes."""
@@ -63,8 +69,11 @@ class SequenceDefinition:
             "description": self.description,
             "timezone": self.timezone,
             "window": window,
+            # "subject" only when set, so definitions written before overrides existed keep their digest.
             "steps": [
-                {"key": s.key, "delay": format_delay(s.delay), "template": s.template} for s in self.steps
+                {"key": s.key, "delay": format_delay(s.delay), "template": s.template}
+                | ({"subject": s.subject} if s.subject is not None else {})
+                for s in self.steps
             ],
             **self.policy,
         }
@@ -103,18 +112,25 @@ class SequenceValidationError(Exception):
 
 def load_file(path: Path, templates: EmailTemplates) -> SequenceDefinition:
     """One validated definition, or :class:`SequenceValidationError` listing every problem in the file."""
-    problems: list[Problem] = []
     name = path.name
-
-    def problem(message: str, step: str | None = None) -> None:
-        problems.append(Problem(name, step, message))
-
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
         raise SequenceValidationError([Problem(name, None, f"cannot read: {exc}")]) from None
     except yaml.YAMLError as exc:
         raise SequenceValidationError([Problem(name, None, f"not valid YAML: {exc}")]) from None
+    return definition_from(raw, path, templates)
+
+
+def definition_from(raw: Any, path: Path, templates: EmailTemplates) -> SequenceDefinition:
+    """Validate plain data shaped like a sequence file (the staff editor builds the same mapping), so a
+    definition from the UI passes exactly the checks a YAML file does; ``path`` names it in messages."""
+    problems: list[Problem] = []
+    name = path.name
+
+    def problem(message: str, step: str | None = None) -> None:
+        problems.append(Problem(name, step, message))
+
     if not isinstance(raw, dict):
         raise SequenceValidationError([Problem(name, None, "must be a mapping with slug, name and steps")])
 
@@ -142,6 +158,9 @@ def load_file(path: Path, templates: EmailTemplates) -> SequenceDefinition:
 
     window = _window(raw.get("window"), problem)
     steps = _steps(raw.get("steps"), templates, problem)
+    status = raw.get("status", "active")
+    if status not in FILE_STATUSES:
+        problem(f"status {status!r} must be one of {', '.join(FILE_STATUSES)}")
     policy = parse_policy(raw, problem)
 
     if problems:
@@ -155,6 +174,7 @@ def load_file(path: Path, templates: EmailTemplates) -> SequenceDefinition:
         steps=tuple(steps),
         source=path,
         policy=policy,
+        status=str(status),
     )
 
 
@@ -213,8 +233,30 @@ def _steps(raw: Any, templates: EmailTemplates, problem: Any) -> list[StepDefini
         except TemplateError as exc:
             problem(f"template {template!r} does not compile: {exc}", label)
             continue
-        steps.append(StepDefinition(key=key, position=position, delay=delay, template=template))
+        subject = _subject(item.get("subject"), templates, label, problem)
+        if subject is False:
+            continue
+        steps.append(StepDefinition(key, position, delay, template, subject=subject or None))
     return steps
+
+
+def _subject(raw: Any, templates: EmailTemplates, label: str, problem: Any) -> str | bool | None:
+    """A step's subject override folded to one line, None when absent, False when it is bad."""
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or not raw.strip():
+        problem("subject must be non-empty text when given", label)
+        return False
+    subject = " ".join(raw.split())
+    if len(subject) > MAX_SUBJECT:
+        problem(f"subject is longer than {MAX_SUBJECT} characters", label)
+        return False
+    try:
+        templates.compile_subject(subject)
+    except TemplateError as exc:
+        problem(f"subject does not compile: {exc}", label)
+        return False
+    return subject
 
 
 def load_all(directory: Path, templates: EmailTemplates) -> list[SequenceDefinition]:

@@ -6,7 +6,18 @@ from fastapi import FastAPI
 
 from nurture.config import get_settings
 from nurture.logs import RequestIdMiddleware
-from nurture.web import admin, api, api_events, api_webhooks, bounces, health, metrics, public, tracking
+from nurture.web import (
+    admin,
+    api,
+    api_events,
+    api_versions,
+    api_webhooks,
+    bounces,
+    health,
+    metrics,
+    public,
+    tracking,
+)
 from nurture.web.admin import webhooks as admin_webhooks
 from nurture.web.pages import page_templates
 
@@ -23,8 +34,9 @@ def create_app() -> FastAPI:
     app.include_router(bounces.router)
     admin.install(app)  # staff UI under /admin
     api.install(app)  # staff JSON API under /api/v1
-    app.include_router(api_events.router)  # POST /api/v1/events (goals and exit events)
-    app.include_router(tracking.router)  # /l/{token} clicks, /o/{token} opens
     app.include_router(api_webhooks.router)  # /api/v1/webhooks (outbound webhooks)
     app.include_router(admin_webhooks.router)  # /admin/webhooks
+    app.include_router(api_versions.router)  # /api/v1/sequences/{slug}/plan|publish|archive
+    app.include_router(api_events.router)  # POST /api/v1/events (goals and exit events)
+    app.include_router(tracking.router)  # /l/{token} clicks, /o/{token} opens
     return app
