@@ -251,7 +251,9 @@ def main() -> None:
             ).all()
         )
     queued = sum(n for status, n in outbox.items() if status != "sent")
-    in_outbox_ok = queued == accepted and outbox.get("sent", 0) == 0 and sent_during_run == 0
+    # Every 202 left an unsent confirmation; a request the generator gave up on (timeout) may still have
+    # completed on the server, so the outbox can hold more rows than there were 202s, never fewer.
+    in_outbox_ok = queued >= accepted and outbox.get("sent", 0) == 0 and sent_during_run == 0
     passed = errors == 0 and p99 <= TARGET_P99_MS and in_outbox_ok
     gen_cpu = result["cpu_s"] / result["elapsed_s"] * 100
     print(f"requests: {count} in {result['elapsed_s']:.1f} s, statuses {statuses}")
