@@ -194,7 +194,7 @@ def _edit_page(
             existing=existing,
             new_rows=range(NEW_ROWS),
             templates=available_templates(settings.templates_dir),
-            error=error,
+            form_error=error,  # shown above the form (the base template would show `error` at the top)
         )
 
 
