@@ -246,3 +246,40 @@ def test_sequence_files_validate_goal_and_policy_keys(tmp_path: Path) -> None:
     )
     with pytest.raises(SequenceValidationError, match="needs a reentry_cooldown"):
         load_file(path, templates)
+
+
+def test_concurrent_reports_with_one_key_apply_once_on_postgres(pg_factory, sequences_dir) -> None:  # type: ignore[no-untyped-def]
+    """Two requests with the same key at the same moment: the unique key, not a look-up, decides."""
+    import threading
+
+    (sequences_dir / "course.yaml").write_text(COURSE)
+    (sequences_dir / "other.yaml").write_text(OTHER)
+    sync_sequences(pg_factory)
+    subscribe(pg_factory, "ana@example.com", "course")
+    subscribe(pg_factory, "bob@example.com", "course")
+    barrier = threading.Barrier(4)
+    results: list[goals.Reported | Exception] = []
+
+    def send(who: str) -> None:
+        barrier.wait()
+        try:
+            results.append(report("contacted", "one-key", email=who))
+        except Exception as exc:  # collected: the assertion below says which
+            results.append(exc)
+
+    # Two for the same subscriber (serialised by the row lock) and two for another one (only the unique
+    # key stops the second effect).
+    threads = [
+        threading.Thread(target=send, args=(who,))
+        for who in ("ana@example.com",) * 2 + ("bob@example.com",) * 2
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    applied = [r for r in results if isinstance(r, goals.Reported) and not r.replayed]
+    assert len(applied) == 1, results
+    assert all(isinstance(r, goals.Reported | goals.EventError) for r in results), results
+    with transaction(pg_factory) as session:
+        assert session.scalar(select(func.count()).select_from(ExternalEvent)) == 1
+        assert session.scalar(select(func.count()).select_from(GoalCompletion)) == 1
