@@ -116,7 +116,8 @@ class Settings(BaseSettings):
     webhook_secret_grace_hours: float = Field(default=24.0, ge=0, le=24 * 30)  # old secret signs too
     webhook_gap_seconds: int = Field(default=300, ge=5, le=86_400)  # event-id gap settles after this
     webhook_connect_timeout: float = Field(default=3.0, gt=0, le=60)
-    webhook_timeout: float = Field(default=10.0, gt=0, le=120)  # whole request
+    webhook_timeout: float = Field(default=10.0, gt=0, le=120)  # each read or write
+    webhook_retention_days: int = Field(default=30, ge=1, le=3650)  # finished deliveries kept this long
 
     @field_validator("base_url", "contact_url")
     @classmethod

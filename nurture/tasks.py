@@ -122,6 +122,7 @@ def webhooks_tick() -> dict[str, int]:
     """Fan new events out to endpoints, then claim due deliveries and hand them to the send queue in small
     batches (a slow endpoint holds one batch, not the tick)."""
     sender = process_webhook_sender()
+    sender.purge()
     created = sender.pump()
     token, ids = sender.claim(limit=200)
     for start in range(0, len(ids), 10):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import httpx2
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, joinedload, sessionmaker
 
 from nurture import clock, events
@@ -79,6 +79,7 @@ class WebhookSender:
         self.settings = settings
         self.factory = factory
         self.client = client or guarded_client(settings)
+        self._last_purge = -float("inf")
 
     def close(self) -> None:
         self.client.close()
@@ -95,6 +96,16 @@ class WebhookSender:
             if result.caught_up:
                 break
         return created
+
+    def purge(self, every_seconds: float = 600) -> int:
+        """Forget finished deliveries (and their attempts) older than NURTURE_WEBHOOK_RETENTION_DAYS: their
+        bodies name subscribers, and a log of old successes helps nobody. At most every ``every_seconds``."""
+        now = time.monotonic()
+        if now - self._last_purge < every_seconds:
+            return 0
+        self._last_purge = now
+        with transaction(self.factory) as session:
+            return purge_finished(session, timedelta(days=self.settings.webhook_retention_days))
 
     def claim(self, limit: int = 50) -> tuple[str, list[int]]:
         with transaction(self.factory) as session:
@@ -120,6 +131,7 @@ class WebhookSender:
 
     def tick(self, limit: int = 50) -> Counter[str]:
         """Fan out, then claim and send due deliveries here (the CLI's ``webhooks pump``)."""
+        self.purge()
         self.pump()
         token, ids = self.claim(limit)
         return self.send_claimed(token, ids)
@@ -439,3 +451,22 @@ def reap_expired(session: Session) -> int:
         .execution_options(synchronize_session=False)
     )
     return result.rowcount or 0
+
+
+def purge_finished(session: Session, older_than: timedelta) -> int:
+    """Delete succeeded and failed deliveries made before ``now - older_than``, endpoint by endpoint (the
+    (endpoint, created_at) index serves each); attempts go with them (ON DELETE CASCADE)."""
+    cutoff = clock.now() - older_than
+    removed = 0
+    for endpoint_id in list(session.scalars(select(WebhookEndpoint.id))):
+        result = session.execute(
+            delete(WebhookDelivery)
+            .where(
+                WebhookDelivery.endpoint_id == endpoint_id,
+                WebhookDelivery.created_at < cutoff,
+                WebhookDelivery.status.in_([WebhookDeliveryStatus.succeeded, WebhookDeliveryStatus.failed]),
+            )
+            .execution_options(synchronize_session=False)
+        )
+        removed += result.rowcount or 0
+    return removed

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from nurture import clock
 from nurture.config import get_settings
 from nurture.db import transaction
 from nurture.enrollment import add_subscriber
-from nurture.models import WebhookDelivery
+from nurture.models import WebhookAttempt, WebhookDelivery
 from nurture.webhooks import endpoints
 from nurture.webhooks.sending import WebhookSender, claim_due
 
@@ -78,3 +78,27 @@ def test_the_celery_tick_fans_out_claims_and_sends(factory, receiver) -> None:  
     assert len(receiver.received) == 12
     with transaction(factory) as session:
         assert set(session.scalars(select(WebhookDelivery.status))) == {"succeeded"}
+
+
+def test_finished_deliveries_are_forgotten_after_the_retention_period(factory, receiver, set_env) -> None:  # type: ignore[no-untyped-def]
+    set_env(webhook_retention_days="30", webhook_retry_schedule="3600")
+    with clock.frozen(START) as advance:
+        setup_deliveries(factory, receiver.url, 1)
+        receiver.script.statuses = [200, 500]
+        sender = WebhookSender(get_settings(), factory)
+        try:
+            assert sender.tick() == {"succeeded": 1}
+            with transaction(factory) as session:
+                add_subscriber(session, "later@example.com")
+            assert sender.tick() == {"retry": 1}  # still pending: kept whatever its age
+            advance(timedelta(days=31))
+            with transaction(factory) as session:
+                add_subscriber(session, "new@example.com")
+            sender._last_purge = float("-inf")  # the purge runs at most every 10 minutes
+            assert sender.tick() == {"succeeded": 2}
+        finally:
+            sender.close()
+    with transaction(factory) as session:
+        left = list(session.scalars(select(WebhookDelivery.event_type).order_by(WebhookDelivery.id)))
+        assert len(left) == 2  # the old success went; the old retry (now sent again) and the new one stay
+        assert session.scalar(select(func.count()).select_from(WebhookAttempt)) == 3
