@@ -52,7 +52,7 @@ def wants_json(request: Request) -> bool:
     return kind == JSON or kind.endswith("+json")
 
 
-async def read_body(request: Request, *, allow_json: bool = True) -> Body:
+async def read_body(request: Request, *, allow_json: bool = True, max_bytes: int = MAX_BODY_BYTES) -> Body:
     kind, charset = media_type(request)
     kind = kind or FORM  # a bare POST (a button with no fields, curl -X POST) is an empty form
     is_json = wants_json(request)
@@ -63,8 +63,8 @@ async def read_body(request: Request, *, allow_json: bool = True) -> Body:
     data = bytearray()
     async for chunk in request.stream():
         data += chunk
-        if len(data) > MAX_BODY_BYTES:
-            raise BadBody(413, f"the body must be at most {MAX_BODY_BYTES} bytes")
+        if len(data) > max_bytes:
+            raise BadBody(413, f"the body must be at most {max_bytes} bytes")
     try:
         text = bytes(data).decode("utf-8")
     except UnicodeDecodeError:

@@ -217,3 +217,29 @@ def test_enroll_existing_from_the_sequence_page(signed_in, people, three_step) -
         actions = list(session.scalars(select(AuditLog.action).order_by(AuditLog.id)))
     assert started == datetime(2026, 3, 9, 14, 0, tzinfo=UTC)  # 09:00 CDT
     assert actions == ["sequence.enroll"] * 3
+
+
+def test_a_long_pasted_list_is_read_and_an_oversized_form_is_a_clear_413(signed_in, people, three_step) -> None:  # type: ignore[no-untyped-def]
+    from tests.helpers import sync_sequences
+
+    sync_sequences(people)
+    editor = signed_in("editor")
+    token = csrf_of(editor, "/admin/sequences/three-step/enroll")
+    # 5,000 addresses (about 120 KB): well past the public forms' 32 KB limit, still a staff form.
+    pasted = "\n".join(f"person{i}@example.com" for i in range(5000))
+    listed = editor.post(
+        "/admin/sequences/three-step/enroll", data={"csrf": token, "who": "list", "emails": pasted}
+    )
+    assert listed.status_code == 200 and "Not found: 5000" in listed.text
+    huge = editor.post(
+        "/admin/sequences/three-step/enroll",
+        data={"csrf": token, "who": "list", "emails": "x" * (3 * 1024 * 1024)},
+    )
+    assert huge.status_code == 413 and "at most" in huge.text
+    broken = editor.post(
+        "/admin/sequences/three-step/enroll",
+        content=b"--nope\r\nnot multipart at all",
+        headers={"content-type": "multipart/form-data; boundary=zzz"},
+    )
+    assert broken.status_code in (400, 403) and "Internal" not in broken.text
+    assert count(people, Enrollment) == 0

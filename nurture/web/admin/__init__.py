@@ -6,8 +6,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from nurture.web.admin.auth import Forbidden, LoginRequired, login_url
 from nurture.web.admin import editor
+from nurture.web.admin.auth import BadRequest, Forbidden, LoginRequired, login_url
 from nurture.web.admin.views import NotFound, page, router
 
 
@@ -25,6 +25,10 @@ def install(app: FastAPI) -> None:
         assert isinstance(exc, Forbidden)
         return page(request, "error.html", 403, title="Not allowed", message=exc.message)
 
+    async def on_bad_request(request: Request, exc: Exception) -> HTMLResponse:
+        assert isinstance(exc, BadRequest)
+        return page(request, "error.html", exc.status_code, title="Cannot read that", message=exc.message)
+
     async def on_not_found(request: Request, exc: Exception) -> HTMLResponse:
         assert isinstance(exc, NotFound)
         return page(request, "error.html", 404, title="Not found", message=exc.message)
@@ -32,5 +36,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(LoginRequired, on_login_required)
     app.add_exception_handler(Forbidden, on_forbidden)
     app.add_exception_handler(NotFound, on_not_found)
+    app.add_exception_handler(BadRequest, on_bad_request)
     app.include_router(router)
     app.include_router(editor.router)  # edit a sequence, its versions and plan (nurture.versions)

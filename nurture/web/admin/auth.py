@@ -39,6 +39,15 @@ class Forbidden(Exception):
         self.message = message
 
 
+class BadRequest(Exception):
+    """A staff form or upload that cannot be read (too large, not UTF-8, malformed): 400/413/415."""
+
+    def __init__(self, status_code: int, message: str) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.message = message
+
+
 @dataclass(frozen=True)
 class StaffSession:
     user_id: int | None

@@ -25,6 +25,7 @@ from nurture.models import AuditLog, Delivery, Enrollment, Sequence, StaffRole, 
 from nurture.schedule import ScheduleError, format_delay, localize, resolve_zone, schedule_steps, zone
 from nurture.stats import sequence_stats, standing_counts
 from nurture.web.admin.auth import (
+    BadRequest,
     Forbidden,
     StaffSession,
     check_csrf,
@@ -58,11 +59,15 @@ def _settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
+# Staff forms may carry a pasted list of addresses; the public forms' 32 KB limit would refuse ~1,500.
+MAX_STAFF_FORM_BYTES = 2 * 1024 * 1024
+
+
 async def _form(request: Request) -> dict[str, Any]:
     try:
-        return (await read_body(request, allow_json=False)).fields
+        return (await read_body(request, allow_json=False, max_bytes=MAX_STAFF_FORM_BYTES)).fields
     except BadBody as exc:
-        raise Forbidden(exc.message) from None
+        raise BadRequest(exc.status_code, exc.message) from None
 
 
 async def _post(request: Request, needed: StaffRole) -> tuple[staff.Actor, StaffSession, dict[str, Any]]:
@@ -738,7 +743,7 @@ async def _upload(
     try:
         form = await request.form(max_files=1, max_fields=20)
     except Exception as exc:  # python-multipart's parse errors: a bad upload, never a 500
-        raise Forbidden(f"The upload could not be read: {exc}") from None
+        raise BadRequest(400, f"The upload could not be read: {exc}") from None
     fields = {k: v for k, v in form.items() if isinstance(v, str)}
     if not check_csrf(request, fields, current):
         raise Forbidden("This form has expired or came from another site. Go back, reload and try again.")
@@ -747,7 +752,7 @@ async def _upload(
     if isinstance(upload, UploadFile):
         data = await upload.read(MAX_UPLOAD_BYTES + 1)
         if len(data) > MAX_UPLOAD_BYTES:
-            raise Forbidden(f"The file is larger than {MAX_UPLOAD_BYTES // 2**20} MB.")
+            raise BadRequest(413, f"The file is larger than {MAX_UPLOAD_BYTES // 2**20} MB.")
     return actor, current, fields, data or None
 
 
