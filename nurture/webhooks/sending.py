@@ -129,12 +129,19 @@ class WebhookSender:
             outcomes.update(self._record(session, token, results))
         return outcomes
 
-    def tick(self, limit: int = 50) -> Counter[str]:
-        """Fan out, then claim and send due deliveries here (the CLI's ``webhooks pump``)."""
+    def tick(self, limit: int = 50, batch: int = 20) -> Counter[str]:
+        """Fan out, then claim and send up to ``limit`` due deliveries here (the CLI's ``webhooks pump``),
+        ``batch`` at a time, so a slow endpoint cannot outlast the lease of rows still waiting their turn."""
         self.purge()
         self.pump()
-        token, ids = self.claim(limit)
-        return self.send_claimed(token, ids)
+        outcomes: Counter[str] = Counter()
+        while limit > 0:
+            token, ids = self.claim(min(batch, limit))
+            if not ids:
+                break
+            outcomes.update(self.send_claimed(token, ids))
+            limit -= len(ids)
+        return outcomes
 
     # --- scheduled attempts, in batches -------------------------------------------------------------------
 
