@@ -7,7 +7,7 @@ from typing import Any
 
 # Internal event kind (nurture/events.py callers) -> public event type. Anything not listed is never sent.
 PUBLIC_TYPES: dict[str, str] = {
-    "subscribed": "subscribed",  # added by staff, import or API (consent already on record)
+    "subscribed": "subscribed",  # added directly by staff (consent vouched for)
     "confirmed": "confirmed",  # double opt-in confirmed: the usual way someone becomes active
     "sent": "delivered",  # an email of a sequence was accepted by the mail server
     "failed": "delivery_failed",  # an email could not be delivered (permanent failure)
