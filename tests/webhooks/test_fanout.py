@@ -133,3 +133,35 @@ def test_a_gap_from_a_rolled_back_transaction_is_forgotten_after_the_settle_time
     with transaction(factory) as session:
         assert session.get(WebhookCursor, 1).gaps == {}
     assert len(delivered_events(factory)) == 2
+
+
+def test_goal_met_payload_names_the_email_before_the_goal(factory, three_step) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from nurture.models import Delivery
+    from tests.helpers import sync_sequences
+
+    sync_sequences(factory)
+    add_endpoint(factory, ["goal_met"])
+    with transaction(factory) as session:
+        subscriber, enrollment = add_subscriber(session, "ana@example.com", sequence_slug="three-step")
+        delivery = session.scalars(select(Delivery).where(Delivery.enrollment_id == enrollment.id)).first()
+        # As nurture/goals.py records it.
+        events.record(
+            session,
+            "goal_met",
+            subscriber_id=subscriber.id,
+            delivery_id=delivery.id,
+            goal="contacted",
+            sequence="three-step",
+            step_key="hello",
+            enrollment_id=enrollment.id,
+        )
+    assert pump(factory).deliveries == 1
+    with transaction(factory) as session:
+        body = json.loads(session.scalars(select(WebhookDelivery.body)).one())
+    assert body["type"] == "goal_met"
+    data = body["data"]
+    assert data["goal"] == "contacted" and data["step_key"] == "hello" and data["sequence"] == "three-step"
+    assert data["delivery"] == {"id": delivery.id, "sequence": "three-step", "step": "hello", "position": 1}
+    assert data["subscriber"]["email"] == "ana@example.com"
