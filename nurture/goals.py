@@ -12,6 +12,7 @@ cancelled and the sender finds it no longer claimed) or after that email is on i
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload, sessionmaker
 
 from nurture import clock, events
+from nurture.addresses import InvalidInput, normalise_email
 from nurture.db import transaction
 from nurture.models import (
     Delivery,
@@ -190,9 +192,6 @@ class EventReport:
 
 def parse_report(body: Mapping[str, Any]) -> EventReport:
     """Validate a reported event's body, raising :class:`EventError` (400) naming the first problem."""
-    import json
-
-    from nurture.addresses import InvalidInput, normalise_email
 
     def invalid(message: str) -> EventError:
         return EventError(400, "invalid", message)
