@@ -54,11 +54,12 @@ def service_missing(name: str, error: Exception) -> None:
 def reset_caches() -> None:
     from nurture.config import get_settings
     from nurture.db import dispose_engines
-    from nurture.tasks import process_sender
+    from nurture.tasks import process_sender, process_webhook_sender
 
     dispose_engines()
     get_settings.cache_clear()
     process_sender.cache_clear()
+    process_webhook_sender.cache_clear()
 
 
 @pytest.fixture(autouse=True)
