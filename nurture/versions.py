@@ -27,7 +27,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import bindparam, delete, func, insert, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from nurture import clock, events, staff
@@ -612,7 +612,9 @@ def _apply(session: Session, plan: Plan, version: SequenceVersion, now: datetime
             stopped.append(entry.enrollment_id)
             reason = STOP_REASON
         cancels[reason].extend(i for i in entry.open_ids.values() if i not in reused)
-    if moves:
+    if moves and session.get_bind().dialect.name == "postgresql":
+        _move_rows_postgresql(session, moves)
+    elif moves:
         session.execute(
             update(table)
             # (an OR, not IN: an expanding IN cannot be part of an executemany)
@@ -646,6 +648,25 @@ def _apply(session: Session, plan: Plan, version: SequenceVersion, now: datetime
                 .values(status=DeliveryStatus.cancelled, skip_reason=reason)
             )
     session.flush()
+
+
+def _move_rows_postgresql(session: Session, moves: list[dict[str, Any]]) -> None:
+    """One ``UPDATE ... FROM unnest(arrays)``: four array parameters however many rows. A row-by-row
+    executemany, or a compiled VALUES list, costs seconds per 10,000 rows while the publish holds locks."""
+    session.execute(
+        text(
+            "UPDATE deliveries AS d SET step_id = m.step_id, due_at = m.due_at, status = m.status "
+            "FROM unnest(CAST(:ids AS integer[]), CAST(:steps AS integer[]), CAST(:dues AS timestamptz[]), "
+            "CAST(:statuses AS text[])) AS m(id, step_id, due_at, status) "
+            "WHERE d.id = m.id AND d.status IN ('pending', 'held')"
+        ),
+        {
+            "ids": [m["row_id"] for m in moves],
+            "steps": [m["new_step"] for m in moves],
+            "dues": [m["new_due"] for m in moves],
+            "statuses": [str(m["new_status"]) for m in moves],
+        },
+    )
 
 
 def _chunks(ids: list[int], size: int = 1000) -> list[list[int]]:
