@@ -397,3 +397,22 @@ def test_a_dispatcher_cannot_claim_an_email_while_a_publish_moves_it(pg_factory,
         outcomes = dispatch_inline(pg_factory, make_sender(pg_factory, transport))
     assert sum(outcomes.values()) == 1 and len(transport.outbox) == 1
     assert message_from_bytes(transport.outbox[0].data)["Subject"] == "New hello"
+
+
+def test_moving_while_paused_keeps_the_emails_held_until_resume(world, course) -> None:  # type: ignore[no-untyped-def]
+    from nurture.control import ResumePolicy, lock, pause, resume
+
+    with clock.frozen(START):
+        with transaction(world) as session:
+            add_subscriber(session, "p@example.com", sequence_slug="course")
+            pause(session, lock(session, "course"))
+        course.write_text(COURSE_V2)
+        code, output = cli("sequences", "sync", "--migrate", "move")
+        assert code == 0, output
+        assert {r[1] for r in _state(world)[1] if r[0] != "later"} == {"held"}, (
+            "nothing may go out while paused"
+        )
+        with transaction(world) as session:
+            resume(session, lock(session, "course"), ResumePolicy.shift, per_minute=60)
+        rows = _state(world)[1]
+    assert [r[0] for r in rows if r[1] == "pending"] == ["hello", "middle", "extra", "goodbye"]
