@@ -416,3 +416,23 @@ def test_moving_while_paused_keeps_the_emails_held_until_resume(world, course) -
             resume(session, lock(session, "course"), ResumePolicy.shift, per_minute=60)
         rows = _state(world)[1]
     assert [r[0] for r in rows if r[1] == "pending"] == ["hello", "middle", "extra", "goodbye"]
+
+
+def test_a_signup_confirmed_after_archiving_is_confirmed_without_enrolling(world) -> None:  # type: ignore[no-untyped-def]
+    from nurture.consent import Origin
+    from nurture.models import ConsentRecord, Event
+    from nurture.signup import confirm, parse_signup, signup
+
+    form = parse_signup(
+        {"email": "late@example.com", "consent": True, "sequence": "course"}, default_source="hosted-form"
+    )
+    signup(world, form, Origin("198.51.100.7", "test"), get_settings())
+    assert cli("sequences", "archive", "course")[0] == 0
+    with transaction(world) as session:
+        record = session.scalar(select(ConsentRecord))
+        assert confirm(session, record.public_id, Origin("198.51.100.7", "test")) is not None
+    with transaction(world) as session:
+        subscriber = session.scalar(select(Subscriber).where(Subscriber.email == "late@example.com"))
+        assert subscriber.status == "active" and session.scalar(select(Enrollment)) is None
+        skipped = session.scalars(select(Event.detail).where(Event.kind == "enroll-skipped")).all()
+    assert skipped and "archived" in skipped[0]["reason"]
