@@ -66,8 +66,12 @@ def _seconds(value: int) -> Any:
     return timedelta(seconds=value)
 
 
-def _base_version(session: Any, slug: str) -> tuple[Any, SequenceVersion]:
+def _base_version(session: Any, slug: str, *, lock: bool = False) -> tuple[Any, SequenceVersion]:
+    """The version the form starts from: the waiting draft, else the live version. ``lock`` holds the
+    sequence row, so two editors saving at once write one draft after the other, never the same number."""
     sequence = _sequence_or_404(session, slug)
+    if lock:
+        sequence = versions.lock(session, slug)
     version = versions.pending_draft(session, sequence) or sequence.current_version
     if version is None:
         raise FormError("This sequence has no version to edit.")
@@ -217,7 +221,7 @@ async def save_edit(request: Request, slug: str) -> Response:
         try:
             form = _read_form(fields)
             with transaction() as session:
-                sequence, base = _base_version(session, slug)
+                sequence, base = _base_version(session, slug, lock=True)
                 raw = _raw_definition(base, form, available_templates(settings.templates_dir))
                 templates = EmailTemplates(settings.templates_dir)
                 definition = definition_from(raw, Path(f"{slug}.yaml"), templates)
