@@ -98,7 +98,7 @@ class Settings(BaseSettings):
     signup_ip_limit: int = Field(default=10, ge=1, le=100_000)  # signups per client IP (IPv6: per /64)...
     signup_ip_window_seconds: int = Field(default=3600, ge=1, le=7 * 86_400)  # ...per this many seconds
     confirm_daily_limit: int = Field(default=3, ge=1, le=100)  # confirmation emails per address per 24 h
-    # A signup never confirmed is someone we may not mail and whose data we should not keep: deleted after this.
+    # A signup never confirmed is someone we may not mail and whose data we may not keep: deleted after this.
     unconfirmed_retention_days: int = Field(default=30, ge=1, le=3650)
 
     # Staff side (docs/staff.md).

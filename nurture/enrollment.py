@@ -27,6 +27,8 @@ from nurture.models import (
 )
 from nurture.schedule import ScheduleError, resolve_zone, schedule_steps, zone
 
+UNSENT_STATUSES = (DeliveryStatus.pending, DeliveryStatus.queued, DeliveryStatus.held)
+
 
 class EnrollmentError(ValueError):
     pass
@@ -179,6 +181,35 @@ def unsubscribe(session: Session, subscriber: Subscriber, source: str) -> int:
         subscriber.unsubscribed_at = now
         events.record(session, "unsubscribed", subscriber_id=subscriber.id, source=source)
     return cancel_open_deliveries(session, subscriber.id, "unsubscribed")
+
+
+def end_enrollment(session: Session, enrollment: Enrollment, *, status: str, reason: str) -> int:
+    """End one enrollment and cancel its unsent emails (claimed ones too: a claimed email is sent only
+    while still ``queued`` under its claim), with the event integrations see; returns how many were
+    cancelled. Goals, exits, leaving a course and staff removal all end enrollments here."""
+    enrollment.status = status
+    enrollment.ended_at = clock.now()
+    enrollment.end_reason = reason
+    cancelled = (
+        session.execute(
+            update(Delivery)
+            .where(Delivery.enrollment_id == enrollment.id, Delivery.status.in_(UNSENT_STATUSES))
+            .values(status=DeliveryStatus.cancelled, skip_reason=reason, lease_until=None)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        or 0
+    )
+    kind = "enrollment_completed" if status == EnrollmentStatus.completed else "enrollment_exited"
+    events.record(
+        session,
+        kind,
+        subscriber_id=enrollment.subscriber_id,
+        reason=reason,
+        sequence=enrollment.sequence.slug,
+        enrollment_id=enrollment.id,
+        cancelled=cancelled,
+    )
+    return cancelled
 
 
 def end_live_enrollments(session: Session, subscriber_id: int, reason: str) -> list[int]:

@@ -17,13 +17,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload, sessionmaker
 
-from nurture import clock, events
+from nurture import events
 from nurture.addresses import InvalidInput, normalise_email
 from nurture.db import transaction
+from nurture.enrollment import end_enrollment
 from nurture.models import (
     Delivery,
     DeliveryStatus,
@@ -37,7 +38,6 @@ from nurture.models import (
 from nurture.sequences.policy import EVENT_NAME, Policy
 
 # Unsent rows an ended enrollment must never send: claimed ones too (the sender's re-check finds them gone).
-UNSENT = (DeliveryStatus.pending, DeliveryStatus.queued, DeliveryStatus.held)
 LIVE = (EnrollmentStatus.active, EnrollmentStatus.paused)
 GOAL = "goal"
 MAX_KEY = 200
@@ -56,33 +56,6 @@ class EventError(ValueError):
 class Reported:
     result: dict[str, Any]
     replayed: bool  # the idempotency key had been seen: this is the first report's result, nothing redone
-
-
-def end_enrollment(session: Session, enrollment: Enrollment, *, status: str, reason: str) -> int:
-    """End one enrollment and cancel its unsent emails; returns how many were cancelled."""
-    enrollment.status = status
-    enrollment.ended_at = clock.now()
-    enrollment.end_reason = reason
-    cancelled = (
-        session.execute(
-            update(Delivery)
-            .where(Delivery.enrollment_id == enrollment.id, Delivery.status.in_(UNSENT))
-            .values(status=DeliveryStatus.cancelled, skip_reason=reason, lease_until=None)
-            .execution_options(synchronize_session=False)
-        ).rowcount
-        or 0
-    )
-    kind = "enrollment_completed" if status == EnrollmentStatus.completed else "enrollment_exited"
-    events.record(
-        session,
-        kind,
-        subscriber_id=enrollment.subscriber_id,
-        reason=reason,
-        sequence=enrollment.sequence.slug,
-        enrollment_id=enrollment.id,
-        cancelled=cancelled,
-    )
-    return cancelled
 
 
 def last_sent(session: Session, enrollment_id: int) -> tuple[int, int, str] | None:

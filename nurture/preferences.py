@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from nurture import clock, events
 from nurture.catalog import window_of
-from nurture.enrollment import enroll
+from nurture.enrollment import end_enrollment, enroll
 from nurture.models import (
     Delivery,
     DeliveryStatus,
@@ -125,15 +125,7 @@ def leave_sequence(session: Session, subscriber: Subscriber, enrollment_id: int)
     if enrollment is None or enrollment.subscriber_id != subscriber.id:
         raise PreferenceError("no such course")
     if enrollment.status in (EnrollmentStatus.active, EnrollmentStatus.paused):
-        enrollment.status = EnrollmentStatus.cancelled
-        enrollment.ended_at = clock.now()
-        enrollment.end_reason = "left"
-        session.execute(
-            update(Delivery)
-            .where(Delivery.enrollment_id == enrollment.id, Delivery.status.in_(MOVABLE))
-            .values(status=DeliveryStatus.cancelled, skip_reason="left", lease_until=None)
-            .execution_options(synchronize_session=False)
-        )
+        end_enrollment(session, enrollment, status=EnrollmentStatus.cancelled, reason="left")
         events.record(
             session, "left-sequence", subscriber_id=subscriber.id, sequence=enrollment.sequence.slug
         )

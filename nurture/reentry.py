@@ -18,8 +18,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from nurture import clock, events
-from nurture.enrollment import enroll
-from nurture.goals import end_enrollment
+from nurture.enrollment import end_enrollment, enroll
 from nurture.models import Delivery, DeliveryStatus, Enrollment, EnrollmentStatus, Sequence, Subscriber
 from nurture.preferences import REOPENABLE_REASONS, _reopen, start_time
 from nurture.sequences.policy import Policy

@@ -12,17 +12,17 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from nurture import clock, events, preferences, staff
+from nurture.enrollment import end_enrollment
 from nurture.enrollment import unsubscribe as unsubscribe_everywhere
 from nurture.importer import erase as erase_everything
 from nurture.importer import suppressed_among
 from nurture.models import (
     ConsentRecord,
     Delivery,
-    DeliveryStatus,
     Enrollment,
     EnrollmentStatus,
     Event,
@@ -209,29 +209,9 @@ def remove_from_sequence(
         raise ActionError("not_found", f"the subscriber is not enrolled in {sequence.strip()!r}")
     if enrollment.status not in (EnrollmentStatus.active, EnrollmentStatus.paused):
         raise ActionError("conflict", f"that enrollment is already {enrollment.status}")
-    enrollment.status = EnrollmentStatus.cancelled
-    enrollment.ended_at = clock.now()
-    enrollment.end_reason = REMOVED
-    cancelled = (
-        session.execute(
-            update(Delivery)
-            .where(Delivery.enrollment_id == enrollment.id, Delivery.status.in_(preferences.MOVABLE))
-            .values(status=DeliveryStatus.cancelled, skip_reason=REMOVED, lease_until=None)
-            .execution_options(synchronize_session=False)
-        ).rowcount
-        or 0
-    )
+    # The exit as integrations see it (enrollment_exited, docs/webhooks.md) comes with ending it.
+    cancelled = end_enrollment(session, enrollment, status=EnrollmentStatus.cancelled, reason=REMOVED)
     events.record(session, "removed-from-sequence", subscriber_id=subscriber.id, sequence=sequence, by=by)
-    # The exit as integrations see it (docs/goals.md, docs/webhooks.md).
-    events.record(
-        session,
-        "enrollment_exited",
-        subscriber_id=subscriber.id,
-        reason=REMOVED,
-        sequence=sequence.strip(),
-        enrollment_id=enrollment.id,
-        cancelled=cancelled,
-    )
     return {"sequence": sequence.strip(), "cancelled": cancelled}
 
 

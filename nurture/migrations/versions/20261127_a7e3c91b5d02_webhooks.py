@@ -71,7 +71,10 @@ def upgrade() -> None:
             ondelete="CASCADE",
         ),
         sa.ForeignKeyConstraint(
-            ["event_id"], ["events.id"], name=op.f("fk_webhook_deliveries_event_id_events"), ondelete="SET NULL"
+            ["event_id"],
+            ["events.id"],
+            name=op.f("fk_webhook_deliveries_event_id_events"),
+            ondelete="SET NULL",
         ),
         sa.ForeignKeyConstraint(
             ["subscriber_id"],
@@ -80,7 +83,9 @@ def upgrade() -> None:
             ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_webhook_deliveries")),
-        sa.UniqueConstraint("endpoint_id", "event_id", name=op.f("uq_webhook_deliveries_endpoint_id_event_id")),
+        sa.UniqueConstraint(
+            "endpoint_id", "event_id", name=op.f("uq_webhook_deliveries_endpoint_id_event_id")
+        ),
         sa.UniqueConstraint("message_id", name=op.f("uq_webhook_deliveries_message_id")),
     )
     with op.batch_alter_table("webhook_deliveries", schema=None) as batch_op:
