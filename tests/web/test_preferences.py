@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from nurture import clock, tokens
 from nurture.db import transaction
-from nurture.models import ConsentRecord, Delivery, Enrollment, Subscriber
+from nurture.models import ConsentRecord, Delivery, Enrollment, Event, Subscriber
 from tests.helpers import dispatch_inline, make_sender
 from tests.web.support import confirm_url, drain, path_of, snapshot
 
@@ -117,6 +117,12 @@ def test_leave_one_course_keeps_the_other(client: TestClient, app_factory, membe
     assert [due[("two-step", n)][0] for n in (1, 2)] == ["pending", "pending"]
     assert _subscriber(app_factory).status == "active"
     assert "Another course" not in client.get(path).text
+    with transaction(app_factory) as session:
+        exits = session.scalars(select(Event).where(Event.kind == "enrollment_exited")).all()
+        # Integrations (webhooks) hear of it like any other exit.
+        assert [(e.detail["sequence"], e.detail["reason"], e.detail["cancelled"]) for e in exits] == [
+            ("other", "left", 2)
+        ]
 
 
 def test_leave_all_unsubscribes_and_resubscribe_brings_everything_back(
