@@ -241,10 +241,15 @@ def _tracking_and_goals(
 
 
 def standing_counts(session: Session) -> dict[int, dict[int, int]]:
-    """sequence id -> {step position: live enrollments whose next email is that step} (current versions)."""
+    """sequence id -> {step position: live enrollments whose next email is that step} (current versions).
+
+    Enrollments pinned to an older version (nurture.versions) are counted at the current version's step with
+    the same key, since positions differ between versions; a key the current version no longer has is not
+    shown."""
     standing = (
         select(
             Enrollment.sequence_id.label("sequence_id"),
+            Enrollment.version_id.label("version_id"),
             Delivery.enrollment_id,
             func.min(Step.position).label("position"),
         )
@@ -254,14 +259,34 @@ def standing_counts(session: Session) -> dict[int, dict[int, int]]:
             Enrollment.status.in_([EnrollmentStatus.active, EnrollmentStatus.paused]),
             Delivery.status.in_(OPEN),
         )
-        .group_by(Enrollment.sequence_id, Delivery.enrollment_id)
+        .group_by(Enrollment.sequence_id, Enrollment.version_id, Delivery.enrollment_id)
         .subquery()
     )
-    result: dict[int, dict[int, int]] = defaultdict(dict)
-    for sequence_id, position, count in session.execute(
-        select(standing.c.sequence_id, standing.c.position, func.count()).group_by(
-            standing.c.sequence_id, standing.c.position
+    grouped = session.execute(
+        select(standing.c.sequence_id, standing.c.version_id, standing.c.position, func.count()).group_by(
+            standing.c.sequence_id, standing.c.version_id, standing.c.position
         )
-    ):
-        result[sequence_id][position] = count
+    ).all()
+    # (version, position) -> key, and (sequence, key) -> position in its current version: a few rows each.
+    key_of = {
+        (version_id, position): key
+        for version_id, position, key in session.execute(
+            select(Step.version_id, Step.position, Step.key).where(
+                Step.version_id.in_({row[1] for row in grouped})
+            )
+        )
+    }
+    current_position = {
+        (sequence_id, key): position
+        for sequence_id, key, position in session.execute(
+            select(Sequence.id, Step.key, Step.position).join(
+                Step, Step.version_id == Sequence.current_version_id
+            )
+        )
+    }
+    result: dict[int, dict[int, int]] = defaultdict(dict)
+    for sequence_id, version_id, position, count in grouped:
+        at = current_position.get((sequence_id, key_of.get((version_id, position))))
+        if at is not None:
+            result[sequence_id][at] = result[sequence_id].get(at, 0) + count
     return result

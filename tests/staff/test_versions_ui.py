@@ -223,3 +223,26 @@ def test_draft_sequence_is_not_offered_to_signups(api, world, sequences_dir) -> 
     accepted = api(None, "POST", "/subscribe", json={"email": "b@example.com", "consent": True,
                                                      "sequence": "fresh"})  # fmt: skip
     assert accepted.status_code == 202
+
+
+def test_counts_per_step_follow_the_key_across_versions(api, world) -> None:  # type: ignore[no-untyped-def]
+    """After a publish with "stay", people on the old version are counted at the step with their key."""
+    from pathlib import Path
+
+    from nurture.config import get_settings
+    from nurture.mail.templates import EmailTemplates
+    from nurture.sequences.loader import definition_from
+
+    with clock.frozen(START):
+        with transaction(world) as session:
+            for i in range(2):
+                add_subscriber(session, f"s{i}@example.com", sequence_slug="course")
+            sequence = session.scalar(select(Sequence))
+            raw = versions.as_file_data(sequence.current_version)
+            raw["steps"].insert(0, {"key": "intro", "delay": "0", "template": "demo/hello"})
+            templates = EmailTemplates(get_settings().templates_dir)
+            draft = definition_from(raw, Path("course.yaml"), templates)
+            versions.save_draft(session, sequence, draft, origin="ui", author=None)
+        assert api("editor", "POST", "/api/v1/sequences/course/publish", json={}).status_code == 200
+        standing = api("viewer", "GET", "/api/v1/sequences").json()["sequences"][0]["standing"]
+    assert standing == {"intro": 0, "hello": 2, "middle": 0, "later": 0, "goodbye": 0}
