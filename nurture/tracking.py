@@ -134,6 +134,15 @@ def store_links(session: Session, delivery_id: int, rows: list[LinkRow]) -> None
     session.execute(statement.on_conflict_do_nothing(index_elements=[TrackedLink.token]))
 
 
+def stored_url(session: Session, token: str) -> str | None:
+    """The URL a link token names, without recording anything (for ``HEAD``)."""
+    if not TOKEN.match(token):
+        return None
+    return session.scalar(
+        select(TrackedLink.url).where(TrackedLink.token == token, TrackedLink.kind == CLICK)
+    )
+
+
 def record_hit(session: Session, token: str, kind: str) -> str | None:
     """Record a click (or an open) on ``token``: the stored URL (or "" for the pixel), or None when the
     token names nothing. A click on a goal link also reports that goal for the subscriber."""

@@ -157,6 +157,11 @@ def test_a_click_redirects_records_and_meets_the_marked_goal(world, client) -> N
     with clock.frozen(START):
         outbox = send_first(world, "ana@example.com")
         token = TRACKED.search(parts(outbox.outbox[0].data)[2]).group(1)  # type: ignore[union-attr]
+        # A scanner's HEAD learns where the link goes but is no click: the course goes on.
+        peek = client.head(f"/l/{token}")
+        assert peek.status_code == 302 and peek.headers["location"] == CONTACT
+        assert statuses(world) == ["sent", "pending"]
+        assert client.head("/l/AAAAAAAAAAAAAAAAAAAAAA").status_code == 404
         response = client.get(f"/l/{token}")
     assert response.status_code == 302
     assert response.headers["location"] == CONTACT

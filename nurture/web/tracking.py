@@ -34,6 +34,19 @@ def follow_link(token: str) -> Response:
     return RedirectResponse(url, status_code=302, headers=NO_STORE)
 
 
+@router.head("/l/{token}")
+def peek_link(token: str) -> Response:
+    """Link checkers, previewers and mail security scanners often send ``HEAD`` first: answer where the link
+    goes, but count nothing (a person's click is a ``GET``)."""
+    if not tracking.TOKEN.match(token):
+        return _not_found()
+    with transaction() as session:
+        url = tracking.stored_url(session, token)
+    if not url:
+        return _not_found()
+    return RedirectResponse(url, status_code=302, headers=NO_STORE)
+
+
 @router.get("/o/{token}")
 def open_pixel(token: str) -> Response:
     if not tracking.TOKEN.match(token):
