@@ -75,8 +75,10 @@ def sync_definition(
             # The file went back to what is live: its own stale draft goes.
             versions.discard_draft(session, pending)
         return SyncResult(definition.slug, "unchanged", current.number)
-    if pending is not None and pending.definition_hash == digest and (
-        as_draft or sequence.status == SequenceStatus.draft
+    if (
+        pending is not None
+        and pending.definition_hash == digest
+        and (as_draft or sequence.status == SequenceStatus.draft)
     ):
         return SyncResult(definition.slug, "unchanged", pending.number, "draft")
     if not force:
@@ -93,9 +95,7 @@ def sync_definition(
     version = versions.store_version(
         session, sequence, definition, origin="file", author=None, published=False
     )
-    plan = versions.publish_version(
-        session, sequence, version, versions.Migrate(migrate), per_minute=rate
-    )
+    plan = versions.publish_version(session, sequence, version, versions.Migrate(migrate), per_minute=rate)
     counts = plan.counts()
     detail = ""
     if plan.enrollments:
