@@ -1,19 +1,22 @@
-"""Sequence versions in the JSON API: the plan of a draft, publish (stay | move), archive.
+"""Sequence versions in the JSON API: save a draft, the plan of a draft, publish (stay | move), archive.
 
 Same conventions as :mod:`nurture.web.api`: bearer tokens, role checks, ``{"error": {"code", "message"}}``.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from nurture import versions
+from nurture import staff, versions
 from nurture.db import transaction
+from nurture.mail.templates import EmailTemplates
 from nurture.models import StaffRole
+from nurture.sequences.loader import SequenceValidationError, definition_from
 from nurture.web.api import ApiError, _actor, _json, _sequence
 
 router = APIRouter(prefix="/api/v1", tags=["staff"])
@@ -29,6 +32,48 @@ def _choice(value: Any) -> versions.Migrate:
         return versions.Migrate(value if value is not None else "stay")
     except ValueError:
         raise ApiError(400, "invalid", 'migrate must be "stay" or "move"') from None
+
+
+@router.put(
+    "/sequences/{slug}/draft",
+    summary="Save a draft version: the body is the sequence as JSON, shaped like its YAML file (name, "
+    "timezone, window, steps, goals, ...); validated exactly as a file is. Subscribers see nothing until "
+    "it is published",
+)
+async def save_draft(request: Request, slug: str) -> JSONResponse:
+    actor = await run_in_threadpool(_actor, request, StaffRole.editor)
+    raw = await _json(request)
+    if raw.get("slug", slug) != slug:
+        raise ApiError(400, "invalid", f"the body's slug must be {slug!r} (or left out)")
+    settings = request.app.state.settings
+
+    def work() -> dict[str, Any]:
+        with transaction() as session:
+            sequence = versions.lock(session, slug)
+            try:
+                definition = definition_from(
+                    {**raw, "slug": slug}, Path(f"{slug}.json"), EmailTemplates(settings.templates_dir)
+                )
+            except SequenceValidationError as exc:
+                problems = "; ".join((f"step {p.step}: " if p.step else "") + p.message for p in exc.problems)
+                raise ApiError(400, "invalid", problems) from None
+            before = {"draft": getattr(versions.pending_draft(session, sequence), "number", None)}
+            # "ui" is the staff side (UI or API): a file sync will not overwrite it (docs/staff.md, Versions).
+            draft = versions.save_draft(session, sequence, definition, origin="ui", author=actor.email)
+            staff.audit(
+                session,
+                actor,
+                "sequence.draft",
+                f"sequence:{slug}",
+                before,
+                {"draft": draft.number, "definition": draft.definition},
+            )
+            return {"sequence": slug, "draft": draft.number, "plan": f"/api/v1/sequences/{slug}/plan"}
+
+    try:
+        return JSONResponse(await run_in_threadpool(work))
+    except versions.VersionError as exc:
+        raise _api_error(exc) from None
 
 
 @router.get(

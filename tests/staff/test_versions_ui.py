@@ -246,3 +246,37 @@ def test_counts_per_step_follow_the_key_across_versions(api, world) -> None:  # 
         assert api("editor", "POST", "/api/v1/sequences/course/publish", json={}).status_code == 200
         standing = api("viewer", "GET", "/api/v1/sequences").json()["sequences"][0]["standing"]
     assert standing == {"intro": 0, "hello": 2, "middle": 0, "later": 0, "goodbye": 0}
+
+
+def test_api_saves_a_draft_validated_like_a_file_and_audited(api, world) -> None:  # type: ignore[no-untyped-def]
+    definition = {
+        "name": "The course",
+        "timezone": "America/New_York",
+        "window": {"days": "mon-fri", "start": "09:00", "end": "17:00"},
+        "steps": [
+            {"key": "hello", "delay": 0, "template": "demo/hello"},
+            {"key": "goodbye", "delay": "3d", "template": "demo/goodbye", "subject": "Last one"},
+        ],
+    }
+    path = "/api/v1/sequences/course/draft"
+    assert api(None, "PUT", path, json=definition).status_code == 401
+    assert api("viewer", "PUT", path, json=definition).status_code == 403
+    broken = {**definition, "steps": [{"key": "hello", "delay": "-1d", "template": "demo/nope"}]}
+    refused = api("editor", "PUT", path, json=broken)
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "invalid"
+    assert "hello" in refused.json()["error"]["message"]
+    other = api("editor", "PUT", path, json={**definition, "slug": "another"})
+    assert other.status_code == 400
+    assert api("editor", "PUT", "/api/v1/sequences/nope/draft", json=definition).status_code == 404
+    with transaction(world) as session:
+        assert session.scalar(select(func.count()).select_from(SequenceVersion)) == 1  # nothing written
+    saved = api("editor", "PUT", path, json=definition)
+    assert saved.status_code == 200, saved.text
+    assert saved.json()["draft"] == 2
+    plan = api("viewer", "GET", "/api/v1/sequences/course/plan").json()
+    assert sorted(plan["changes"]["removed"]) == ["later", "middle"]
+    with transaction(world) as session:
+        sequence = session.scalar(select(Sequence))
+        assert sequence.current_version.number == 1  # a draft changes nothing until published
+        audit = session.scalars(select(AuditLog).where(AuditLog.action == "sequence.draft")).one()
+        assert audit.after["draft"] == 2
