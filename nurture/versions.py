@@ -30,9 +30,9 @@ from typing import Any
 from sqlalchemy import bindparam, delete, func, insert, or_, select, text, update
 from sqlalchemy.orm import Session
 
-from nurture import clock, events, staff
+from nurture import clock, control, events, staff
 from nurture.catalog import window_of
-from nurture.control import MIN_GAP, SlotLimiter
+from nurture.control import MIN_GAP, ControlError, SlotLimiter
 from nurture.models import (
     Delivery,
     DeliveryStatus,
@@ -63,13 +63,8 @@ class Outcome(StrEnum):
     stop = "stop"  # its next key is gone: the enrollment ends, open emails cancelled
 
 
-class VersionError(ValueError):
+class VersionError(ControlError):
     """A version action that does not apply now; ``code`` is stable for API clients."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 # --- shapes: what the plan needs to know of a version, from the database or from a file -----------------
@@ -528,14 +523,32 @@ def save_draft(
     return store_version(session, sequence, definition, origin=origin, author=author, published=False)
 
 
+def save_staff_draft(
+    session: Session, sequence: Sequence, definition: SequenceDefinition, actor: staff.Actor
+) -> SequenceVersion:
+    """A draft saved by staff (UI or API), audited in the same transaction. Origin "ui": a file sync will
+    not overwrite it (docs/staff.md, Versions)."""
+    before = {"draft": getattr(pending_draft(session, sequence), "number", None)}
+    draft = save_draft(session, sequence, definition, origin="ui", author=actor.email)
+    staff.audit(
+        session,
+        actor,
+        "sequence.draft",
+        f"sequence:{sequence.slug}",
+        before,
+        {"draft": draft.number, "definition": draft.definition},
+    )
+    return draft
+
+
 # --- publish and archive ----------------------------------------------------------------------------------
 
 
 def lock(session: Session, slug: str) -> Sequence:
-    sequence = session.scalar(select(Sequence).where(Sequence.slug == slug).with_for_update())
-    if sequence is None:
-        raise VersionError("not_found", f"no sequence {slug!r}")
-    return sequence
+    try:
+        return control.lock(session, slug)
+    except ControlError as exc:
+        raise VersionError(exc.code, exc.message) from None
 
 
 def snapshot(sequence: Sequence) -> dict[str, Any]:

@@ -109,6 +109,10 @@ class SequenceValidationError(Exception):
         super().__init__("\n".join(str(p) for p in problems))
         self.problems = problems
 
+    def summary(self) -> str:
+        """Every problem on one line, without the file name (for a form or an API answer)."""
+        return "; ".join((f"step {p.step}: " if p.step else "") + p.message for p in self.problems)
+
 
 def load_file(path: Path, templates: EmailTemplates) -> SequenceDefinition:
     """One validated definition, or :class:`SequenceValidationError` listing every problem in the file."""

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from nurture import staff, versions
+from nurture import versions
 from nurture.db import transaction
 from nurture.mail.templates import EmailTemplates
 from nurture.models import StaffRole
@@ -55,19 +55,8 @@ async def save_draft(request: Request, slug: str) -> JSONResponse:
                     {**raw, "slug": slug}, Path(f"{slug}.json"), EmailTemplates(settings.templates_dir)
                 )
             except SequenceValidationError as exc:
-                problems = "; ".join((f"step {p.step}: " if p.step else "") + p.message for p in exc.problems)
-                raise ApiError(400, "invalid", problems) from None
-            before = {"draft": getattr(versions.pending_draft(session, sequence), "number", None)}
-            # "ui" is the staff side (UI or API): a file sync will not overwrite it (docs/staff.md, Versions).
-            draft = versions.save_draft(session, sequence, definition, origin="ui", author=actor.email)
-            staff.audit(
-                session,
-                actor,
-                "sequence.draft",
-                f"sequence:{slug}",
-                before,
-                {"draft": draft.number, "definition": draft.definition},
-            )
+                raise ApiError(400, "invalid", exc.summary()) from None
+            draft = versions.save_staff_draft(session, sequence, definition, actor)
             return {"sequence": slug, "draft": draft.number, "plan": f"/api/v1/sequences/{slug}/plan"}
 
     try:

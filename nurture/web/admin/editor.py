@@ -166,10 +166,6 @@ def _raw_definition(base: SequenceVersion, form: dict[str, Any], choices: list[s
     return raw
 
 
-def _problems_text(exc: SequenceValidationError) -> str:
-    return "; ".join((f"step {p.step}: " if p.step else "") + p.message for p in exc.problems)
-
-
 def _edit_page(
     request: Request,
     actor: staff.Actor,
@@ -225,21 +221,12 @@ async def save_edit(request: Request, slug: str) -> Response:
                 raw = _raw_definition(base, form, available_templates(settings.templates_dir))
                 templates = EmailTemplates(settings.templates_dir)
                 definition = definition_from(raw, Path(f"{slug}.yaml"), templates)
-                before = {"draft": getattr(versions.pending_draft(session, sequence), "number", None)}
-                draft = versions.save_draft(session, sequence, definition, origin="ui", author=actor.email)
-                staff.audit(
-                    session,
-                    actor,
-                    "sequence.draft",
-                    f"sequence:{slug}",
-                    before,
-                    {"draft": draft.number, "definition": draft.definition},
-                )
+                versions.save_staff_draft(session, sequence, definition, actor)
                 return None, None
         except FormError as exc:
             return str(exc), form
         except SequenceValidationError as exc:
-            return _problems_text(exc), form
+            return exc.summary(), form
         except versions.VersionError as exc:
             return exc.message, form
 
