@@ -8,6 +8,7 @@ the state before and after, all in the caller's one transaction.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -19,7 +20,7 @@ from nurture import clock, events, preferences, staff
 from nurture.enrollment import end_enrollment
 from nurture.enrollment import unsubscribe as unsubscribe_everywhere
 from nurture.importer import erase as erase_everything
-from nurture.importer import suppressed_among
+from nurture.importer import export_csv, suppressed_among
 from nurture.models import (
     ConsentRecord,
     Delivery,
@@ -229,6 +230,29 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
+def profile(subscriber: Subscriber) -> dict[str, Any]:
+    """What the staff API and the data export show of a subscriber's own record."""
+    return {
+        "id": subscriber.id,
+        "email": subscriber.email,
+        "first_name": subscriber.first_name,
+        "timezone": subscriber.timezone,
+        "status": subscriber.status,
+        "created_at": _iso(subscriber.created_at),
+        "confirmed_at": _iso(subscriber.confirmed_at),
+        "unsubscribed_at": _iso(subscriber.unsubscribed_at),
+        "paused_until": _iso(subscriber.paused_until),
+    }
+
+
+def export_all_csv(session: Session, actor: staff.Actor) -> str:
+    """Every subscriber as CSV, audited (UI download and API)."""
+    buffer = io.StringIO()
+    count = export_csv(session, buffer)
+    staff.audit(session, actor, "subscribers.export", "subscribers", None, {"count": count})
+    return buffer.getvalue()
+
+
 def export_data(session: Session, subscriber: Subscriber) -> dict[str, Any]:
     """Everything we hold about one person (GDPR access request): profile, attributes, consent records,
     enrollments with every delivery, events and confirmation emails. Nothing about anyone else."""
@@ -271,18 +295,7 @@ def export_data(session: Session, subscriber: Subscriber) -> dict[str, Any]:
         )
     return {
         "exported_at": _iso(clock.now()),
-        "profile": {
-            "id": subscriber.id,
-            "public_id": subscriber.public_id,
-            "email": subscriber.email,
-            "first_name": subscriber.first_name,
-            "timezone": subscriber.timezone,
-            "status": subscriber.status,
-            "created_at": _iso(subscriber.created_at),
-            "confirmed_at": _iso(subscriber.confirmed_at),
-            "unsubscribed_at": _iso(subscriber.unsubscribed_at),
-            "paused_until": _iso(subscriber.paused_until),
-        },
+        "profile": {**profile(subscriber), "public_id": subscriber.public_id},
         "attributes": subscriber.attributes or {},
         "consent_records": [
             {

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import or_, select
 from starlette.concurrency import run_in_threadpool
 
-from nurture import clock, control, staff
+from nurture import clock, control, staff, subscriber_admin
 from nurture.addresses import InvalidInput, normalise_email
 from nurture.catalog import window_of
 from nurture.db import transaction
@@ -287,20 +287,6 @@ async def enroll_subscribers(request: Request, slug: str) -> JSONResponse:
 # --- subscribers ----------------------------------------------------------------------------------------
 
 
-def subscriber_summary(subscriber: Subscriber) -> dict[str, Any]:
-    return {
-        "id": subscriber.id,
-        "email": subscriber.email,
-        "first_name": subscriber.first_name,
-        "timezone": subscriber.timezone,
-        "status": subscriber.status,
-        "created_at": _iso(subscriber.created_at),
-        "confirmed_at": _iso(subscriber.confirmed_at),
-        "unsubscribed_at": _iso(subscriber.unsubscribed_at),
-        "paused_until": _iso(subscriber.paused_until),
-    }
-
-
 def search_subscribers(session: Any, email: str | None, q: str | None) -> list[Subscriber]:
     query = select(Subscriber).order_by(Subscriber.id).limit(MAX_SEARCH_RESULTS)
     if email:
@@ -356,7 +342,7 @@ def explain(session: Any, subscriber: Subscriber) -> dict[str, Any]:
         select(Event).where(Event.subscriber_id == subscriber.id).order_by(Event.id.desc()).limit(200)
     )
     return {
-        **subscriber_summary(subscriber),
+        **subscriber_admin.profile(subscriber),
         "attributes": subscriber.attributes,
         "enrollments": list(enrollments.values()),
         "consent": [
@@ -387,7 +373,7 @@ def list_subscribers(request: Request, email: str | None = None, q: str | None =
             raise ApiError(400, "invalid", str(exc)) from None
     with transaction() as session:
         return JSONResponse(
-            {"subscribers": [subscriber_summary(s) for s in search_subscribers(session, email, q)]}
+            {"subscribers": [subscriber_admin.profile(s) for s in search_subscribers(session, email, q)]}
         )
 
 
@@ -418,8 +404,6 @@ _ACTION_STATUS = {"invalid": 400, "not_found": 404, "conflict": 409}
 
 
 async def _subscriber_action(request: Request, subscriber_id: str, action: str) -> JSONResponse:
-    from nurture import subscriber_admin
-
     actor = await run_in_threadpool(_actor, request, StaffRole.editor)
     fields = await _json(request)
     target = _subscriber_id(subscriber_id)
@@ -488,8 +472,6 @@ async def erase_subscriber(request: Request, subscriber_id: str) -> JSONResponse
     summary="Everything held about one subscriber (profile, consent, enrollments, deliveries, events)",
 )
 def export_subscriber(request: Request, subscriber_id: str) -> JSONResponse:
-    from nurture import subscriber_admin
-
     actor = _actor(request, StaffRole.editor)
     target = _subscriber_id(subscriber_id)
     try:
@@ -568,19 +550,14 @@ async def import_subscribers(request: Request, sequence: str = "", consent_sourc
 
 @router.get("/subscribers.csv", summary="Every subscriber as CSV (attributes as one JSON column)")
 def export_subscribers(request: Request) -> Any:
-    import io
 
     from fastapi.responses import Response
 
-    from nurture.importer import export_csv
-
     actor = _actor(request, StaffRole.editor)
-    buffer = io.StringIO()
     with transaction() as session:
-        count = export_csv(session, buffer)
-        staff.audit(session, actor, "subscribers.export", "subscribers", None, {"count": count})
+        data = subscriber_admin.export_all_csv(session, actor)
     return Response(
-        buffer.getvalue(),
+        data,
         media_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": 'attachment; filename="subscribers.csv"'},
     )

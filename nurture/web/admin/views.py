@@ -17,7 +17,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 
-from nurture import clock, control, staff
+from nurture import clock, control, staff, subscriber_admin
 from nurture.catalog import window_of
 from nurture.config import Settings
 from nurture.db import transaction
@@ -610,8 +610,6 @@ def _pause_until(fields: dict[str, Any]) -> datetime:
 
 @router.post("/subscribers/{subscriber_id}/{action}")
 async def subscriber_action(request: Request, subscriber_id: str, action: str) -> Response:
-    from nurture import subscriber_admin
-
     if action not in subscriber_admin.ACTIONS:
         raise NotFound("There is no such action.")
     actor, current, fields = await _post(request, StaffRole.editor)
@@ -657,8 +655,6 @@ async def subscriber_action(request: Request, subscriber_id: str, action: str) -
 
 def _erase(actor: staff.Actor, target: int, fields: dict[str, Any]) -> tuple[dict[str, Any], None, int]:
     """Erase only when the form repeats the address: the confirmation step of an irreversible action."""
-    from nurture import subscriber_admin
-
     with transaction() as session:
         subscriber = session.get(Subscriber, target)
         if subscriber is None:
@@ -705,8 +701,6 @@ def erase_confirm_page(request: Request, subscriber_id: str) -> HTMLResponse:
 
 @router.get("/subscribers/{subscriber_id}/export")
 def subscriber_export(request: Request, subscriber_id: str) -> Response:
-    from nurture import subscriber_admin
-
     actor, _current = require(request, StaffRole.editor)
     target = _subscriber_id(subscriber_id)
     try:
@@ -813,17 +807,11 @@ async def import_upload(request: Request) -> Response:
 
 @router.get("/subscribers.csv")
 def export_all(request: Request) -> Response:
-    import io
-
-    from nurture.importer import export_csv
-
     actor, _current = require(request, StaffRole.editor)
-    buffer = io.StringIO()
     with transaction() as session:
-        count = export_csv(session, buffer)
-        staff.audit(session, actor, "subscribers.export", "subscribers", None, {"count": count})
+        data = subscriber_admin.export_all_csv(session, actor)
     return Response(
-        buffer.getvalue(),
+        data,
         media_type="text/csv; charset=utf-8",
         headers={
             "Content-Disposition": 'attachment; filename="subscribers.csv"',
