@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -71,6 +72,7 @@ def main() -> None:
 
     redis.Redis.from_url(REDIS_URL).flushdb()
     var = Path("/tmp/nurture-bench-lag")
+    shutil.rmtree(var, ignore_errors=True)  # no beat schedule or logs left from an earlier run
     with SmtpSink(keep_times=True) as sink:
         env = {
             "NURTURE_DATABASE_URL": fresh_database("nurture_bench_lag"),

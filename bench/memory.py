@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -56,6 +57,7 @@ def main() -> None:
 
     redis.Redis.from_url(REDIS_URL).flushdb()
     var = Path("/tmp/nurture-bench-memory")
+    shutil.rmtree(var, ignore_errors=True)  # no beat schedule or logs left from an earlier run
     with SmtpSink() as sink:
         env = {
             "NURTURE_DATABASE_URL": fresh_database("nurture_bench_memory"),

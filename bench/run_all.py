@@ -166,9 +166,11 @@ def figure(outcome: Outcome) -> str:
     return "; ".join(numeric[-2:]).replace("|", "/") if numeric else "-"
 
 
-def report(outcomes: list[Outcome], quick: bool, total_seconds: float) -> str:
+def report(outcomes: list[Outcome], quick: bool, total_seconds: float, kept_only: bool = False) -> str:
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     mode = "BENCH_QUICK=1 (smoke sizes: not the figures of record)" if quick else "full"
+    if kept_only:
+        mode += "; assembled from benchmarks run one by one earlier (each output below has its own date)"
     lines = [
         "# Benchmarks",
         "",
@@ -177,7 +179,7 @@ def report(outcomes: list[Outcome], quick: bool, total_seconds: float) -> str:
         "average and its parameters first, and can be run on its own with the command shown.",
         "",
         f"* machine: {machine()}",
-        f"* date: {when}; run: {mode}; {total_seconds / 60:.0f} minutes in all",
+        f"* date: {when}; run: {mode}" + ("" if kept_only else f"; {total_seconds / 60:.0f} minutes in all"),
         f"* load average (1/5/15 min) when the run ended: {load_average()}",
         "* reproduce everything: `make bench` (or `BENCH_QUICK=1 make bench` for a smoke run)",
         "",
@@ -232,7 +234,7 @@ def main() -> None:
         outcomes = [run(benchmark, quick, out, args.timeout) for benchmark in selected]
     partial = quick or (wanted and not args.report_only)
     target = ROOT / "var" / "bench" / "benchmarks.md" if partial else ROOT / "docs" / "benchmarks.md"
-    target.write_text(report(outcomes, quick, time.monotonic() - started))
+    target.write_text(report(outcomes, quick, time.monotonic() - started, kept_only=args.report_only))
     print(f"\nwrote {target.relative_to(ROOT)}")
     for outcome in outcomes:
         benchmark = outcome.benchmark

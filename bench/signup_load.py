@@ -58,6 +58,7 @@ from bench.common import (  # noqa: E402
 from bench.smtp_sink import SmtpSink  # noqa: E402
 
 TARGET_P99_MS = 25.0
+IDLE_REUSE_SECONDS = 3.0
 
 
 def free_port() -> int:
@@ -92,7 +93,9 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
 
 
 async def _open_loop(port: int, rate: float, count: int, prefix: str, first: int) -> dict[str, object]:
-    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    # Keep-alive connections with the time they were last used: uvicorn closes one idle for 5 s
+    # (timeout_keep_alive), so older ones are dropped here rather than raced against that close.
+    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
     latencies: list[float] = []
     statuses: Counter[str] = Counter()
     send_delays: list[float] = []
@@ -100,8 +103,10 @@ async def _open_loop(port: int, rate: float, count: int, prefix: str, first: int
     async def one(index: int, scheduled: float) -> None:
         data = request_bytes(index, port, prefix)
         try:
+            while idle and time.monotonic() - idle[-1][2] > IDLE_REUSE_SECONDS:
+                idle.pop()[1].close()
             if idle:
-                reader, writer = idle.pop()
+                reader, writer, _ = idle.pop()
             else:
                 reader, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(data)
@@ -111,7 +116,7 @@ async def _open_loop(port: int, rate: float, count: int, prefix: str, first: int
             return
         latencies.append((time.perf_counter() - scheduled) * 1000)
         statuses[str(status)] += 1
-        idle.append((reader, writer))
+        idle.append((reader, writer, time.monotonic()))
 
     loop = asyncio.get_running_loop()
     tasks = []
@@ -125,7 +130,7 @@ async def _open_loop(port: int, rate: float, count: int, prefix: str, first: int
         tasks.append(loop.create_task(one(first + i, scheduled)))
     await asyncio.gather(*tasks)
     elapsed = time.perf_counter() - started
-    for _, writer in idle:
+    for _, writer, _ in idle:
         writer.close()
     return {
         "latencies_ms": latencies,
