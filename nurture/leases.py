@@ -1,4 +1,4 @@
-"""Claims and leases on work tables: one set of rules for sequence deliveries and for outbox messages.
+"""Claims and leases on work tables: one set of rules for sequence deliveries, outbox messages and webhooks.
 
 Both tables move rows ``pending -> queued -> sending -> (sent | failed | pending again)``. A claim marks a
 batch ``queued`` under a random token and a lease; every later step changes a row only while it still carries
@@ -15,12 +15,12 @@ from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.orm import Session
 
 from nurture.config import Settings
-from nurture.models import Delivery, OutboxMessage
+from nurture.models import Delivery, OutboxMessage, WebhookDelivery
 
 # The statuses are the same strings in both tables (DeliveryStatus and OutboxStatus).
 PENDING, QUEUED, SENDING, AMBIGUOUS = "pending", "queued", "sending", "ambiguous"
 
-Leased = type[Delivery] | type[OutboxMessage]
+Leased = type[Delivery] | type[OutboxMessage] | type[WebhookDelivery]
 
 
 def new_token(nbytes: int = 8) -> str:
@@ -28,16 +28,24 @@ def new_token(nbytes: int = 8) -> str:
 
 
 def claim_due(
-    session: Session, model: Leased, *, token: str, limit: int, lease_seconds: int, now: datetime
+    session: Session,
+    model: Leased,
+    *,
+    token: str,
+    limit: int,
+    lease_seconds: int,
+    now: datetime,
+    only: tuple[ColumnElement[bool], ...] = (),
 ) -> list[int]:
-    """Mark up to ``limit`` due rows ``queued`` under ``token``; returns their ids in id order.
+    """Mark up to ``limit`` due rows ``queued`` under ``token`` (among those matching ``only``); returns
+    their ids in id order.
 
     The row choice is a CTE, which PostgreSQL evaluates exactly once. As an ``IN (subquery)`` the planner
     may rescan the ``LIMIT ... SKIP LOCKED`` subquery and claim more rows than the limit (seen in tests).
     """
     due = (
         select(model.id)
-        .where(model.status == PENDING, model.due_at <= now)
+        .where(model.status == PENDING, model.due_at <= now, *only)
         .order_by(model.due_at)
         .limit(limit)
         .with_for_update(skip_locked=True)

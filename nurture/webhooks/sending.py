@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import random
-import secrets
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ import httpx2
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, joinedload, sessionmaker
 
-from nurture import clock, events
+from nurture import clock, events, leases
 from nurture.config import Settings
 from nurture.db import transaction
 from nurture.models import (
@@ -353,11 +352,7 @@ def _finish(session: Session, token: str, delivery_id: int, **values: object) ->
     """Record an outcome only while the row is still ours (the reaper may have handed it on)."""
     result = session.execute(
         update(WebhookDelivery)
-        .where(
-            WebhookDelivery.id == delivery_id,
-            WebhookDelivery.claim_token == token,
-            WebhookDelivery.status == WebhookDeliveryStatus.queued,
-        )
+        .where(*leases.still_claimed(WebhookDelivery, [delivery_id], token))
         .values(lease_until=None, **values)
         .execution_options(synchronize_session=False)
     )
@@ -419,45 +414,23 @@ def _auto_disable(session: Session, endpoint: WebhookEndpoint, now: datetime) ->
 
 
 def claim_due(session: Session, *, limit: int, lease_seconds: int) -> tuple[str, list[int]]:
-    now = clock.now()
-    token = secrets.token_hex(16)
+    """The claim rules of every work table (nurture/leases.py), for endpoints that are enabled."""
+    token = leases.new_token()
     enabled = select(WebhookEndpoint.id).where(WebhookEndpoint.enabled.is_(True))
-    due = (
-        select(WebhookDelivery.id)
-        .where(
-            WebhookDelivery.status == WebhookDeliveryStatus.pending,
-            WebhookDelivery.due_at <= now,
-            WebhookDelivery.endpoint_id.in_(enabled),
-        )
-        .order_by(WebhookDelivery.due_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-        .cte("due_webhooks")
+    ids = leases.claim_due(
+        session,
+        WebhookDelivery,
+        token=token,
+        limit=limit,
+        lease_seconds=lease_seconds,
+        now=clock.now(),
+        only=(WebhookDelivery.endpoint_id.in_(enabled),),
     )
-    rows = session.execute(
-        update(WebhookDelivery)
-        .where(WebhookDelivery.id == due.c.id, WebhookDelivery.status == WebhookDeliveryStatus.pending)
-        .values(
-            status=WebhookDeliveryStatus.queued,
-            claim_token=token,
-            lease_until=now + timedelta(seconds=lease_seconds),
-        )
-        .returning(WebhookDelivery.id)
-        .execution_options(synchronize_session=False)
-    )
-    return token, sorted(rows.scalars())
+    return token, ids
 
 
 def reap_expired(session: Session) -> int:
-    result = session.execute(
-        update(WebhookDelivery)
-        .where(
-            WebhookDelivery.status == WebhookDeliveryStatus.queued, WebhookDelivery.lease_until < clock.now()
-        )
-        .values(status=WebhookDeliveryStatus.pending, claim_token=None, lease_until=None)
-        .execution_options(synchronize_session=False)
-    )
-    return result.rowcount or 0
+    return leases.return_expired_claims(session, WebhookDelivery, clock.now())
 
 
 def purge_finished(session: Session, older_than: timedelta) -> int:
