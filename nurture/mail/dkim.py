@@ -167,6 +167,18 @@ def relaxed_body(body: bytes) -> bytes:
     return b"" if body == b"\r\n" else body
 
 
+def _fold_names(names: list[bytes]) -> bytes:
+    """The h= list, folded after a colon so no line passes 78 characters (RFC 5322's recommendation)."""
+    lines, line = [], b""
+    for name in names:
+        if line and len(line) + len(name) + 1 > _BASE64_LINE - 2:
+            lines.append(line + b":")
+            line = name
+        else:
+            line = line + b":" + name if line else name
+    return b"\r\n ".join([*lines, line])
+
+
 def _fold_base64(value: bytes) -> bytes:
     return b"\r\n ".join(value[i : i + _BASE64_LINE] for i in range(0, len(value), _BASE64_LINE))
 
@@ -222,11 +234,12 @@ class DkimSigner:
         for name, raw in fields:
             remaining.setdefault(name, []).append(raw)
         signed = b"".join(relaxed_header(remaining[name].pop()) for name in names if remaining.get(name))
+        domain = self.domain.encode("ascii")
         tags = (
-            b"v=1; a=rsa-sha256; c=relaxed/relaxed; d=" + self.domain.encode("ascii")
-            + b"; i=@" + self.domain.encode("ascii") + b"; q=dns/txt; s=" + self.selector.encode("ascii")
-            + b";\r\n t=" + str(int(time.time()) if timestamp is None else timestamp).encode("ascii")
-            + b"; h=" + b":".join(names) + b";\r\n bh=" + body_hash + b";\r\n b="
+            b"v=1; a=rsa-sha256; c=relaxed/relaxed; d=" + domain + b"; s=" + self.selector.encode("ascii")
+            + b";\r\n i=@" + domain + b"; q=dns/txt; t="
+            + str(int(time.time()) if timestamp is None else timestamp).encode("ascii")
+            + b";\r\n h=" + _fold_names(names) + b";\r\n bh=" + body_hash + b";\r\n b="
         )  # fmt: skip
         unsigned = b"DKIM-Signature: " + tags
         # The signature covers this very field with an empty b=, canonicalized, without its final CRLF.
