@@ -9,11 +9,11 @@ slow or busy machine slows both sides alike; no absolute time appears anywhere.
 Both sides use process CPU time (``time.process_time``: other processes on the machine do not count) and
 the best of several rounds (a round that was preempted or hit a cache miss only ever looks slower).
 
-REFERENCE_RATIO was measured on the 2-core AMD EPYC development machine on 2026-11-27 (load average 3-5,
-five engineers working): ``.venv/bin/pytest -q -s tests/test_perf_guard.py`` prints the ratio; four runs gave
-3.5, 3.9, 3.8, 3.6 (``step_message`` 0.46-0.78 ms of CPU per email, the baseline 0.12-0.21 ms). The test
-fails when the ratio exceeds twice the reference: per-email CPU cost has doubled relative to the fixed work.
-If a deliberate change makes emails costlier, re-measure and update the reference with the date and numbers.
+REFERENCE_RATIO was measured on the 2-core AMD EPYC development machine on 2026-11-27 (load average 2-6,
+five engineers working): ``.venv/bin/pytest -q -s tests/test_perf_guard.py`` prints the ratio; eleven runs
+gave 3.5-5.1, median 3.9 (``step_message`` 0.46-0.81 ms of CPU per email, the baseline 0.12-0.21 ms).
+The test fails when the ratio exceeds twice the reference: per-email CPU cost has doubled relative to the
+fixed work. If a deliberate change makes emails costlier, re-measure and update the reference with the date and numbers.
 """
 
 from __future__ import annotations
@@ -27,17 +27,20 @@ from nurture.config import get_settings
 from nurture.mail.context import Recipient, step_message
 from nurture.mail.templates import EmailTemplates
 
-REFERENCE_RATIO = 3.7
+REFERENCE_RATIO = 4.0
 EMAILS = 200
-ROUNDS = 7
+ROUNDS = 9
 
 
-def best_cpu_seconds(work: Callable[[], object], rounds: int = ROUNDS) -> float:
-    best = float("inf")
+def best_cpu_seconds(*works: Callable[[], object], rounds: int = ROUNDS) -> list[float]:
+    """Best CPU time of each piece of work; the pieces alternate within every round, so a busy spell of the
+    machine (cache and frequency effects that process time does not filter out) hits both sides alike."""
+    best = [float("inf")] * len(works)
     for _ in range(rounds):
-        started = time.process_time()
-        work()
-        best = min(best, time.process_time() - started)
+        for index, work in enumerate(works):
+            started = time.process_time()
+            work()
+            best[index] = min(best[index], time.process_time() - started)
     return best
 
 
@@ -69,8 +72,7 @@ def test_per_email_cpu_cost_has_not_doubled_against_the_raw_baseline() -> None:
             out.append(data.replace(b"\r\n.", b"\r\n.."))
         return out
 
-    real = best_cpu_seconds(prepare_and_compose)
-    raw = best_cpu_seconds(raw_baseline)
+    real, raw = best_cpu_seconds(prepare_and_compose, raw_baseline)
     ratio = real / raw
     print(
         f"\nper email: prepare+compose {real / EMAILS * 1e3:.3f} ms CPU, raw baseline "
