@@ -17,13 +17,26 @@ ADMIN_URL = os.environ.get("NURTURE_BENCH_PG_URL", "postgresql+psycopg://postgre
 REDIS_URL = os.environ.get("NURTURE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
 
 
+def drop_database(name: str) -> None:
+    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+    admin.dispose()
+
+
 def fresh_database(name: str) -> str:
-    """Drop and create ``name``, migrate it, and return its URL."""
+    """Drop and create ``name``, migrate it, and return its URL. The database is dropped again when the
+    benchmark's process exits (a 5M-row table is a gigabyte on a shared machine), unless
+    NURTURE_BENCH_KEEP_DB=1 keeps it for a look with psql."""
+    import atexit
+
     admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
         connection.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         connection.execute(text(f"CREATE DATABASE {name}"))
     admin.dispose()
+    if os.environ.get("NURTURE_BENCH_KEEP_DB", "") in ("", "0"):
+        atexit.register(drop_database, name)
     url = ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
     from nurture.db import make_engine
     from nurture.migrate import upgrade
