@@ -7,6 +7,7 @@ Tests freeze or move the clock with :func:`set_now` / :func:`frozen`, which then
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -40,6 +41,25 @@ def db_now(session: Any) -> datetime:
     if is_set() or session.get_bind().dialect.name != "postgresql":
         return now()
     return session.scalar(select(func.clock_timestamp())).astimezone(UTC)
+
+
+class DatabaseClock:
+    """The database's clock without a query per use: read once, then followed on this machine's monotonic
+    clock, and read again every ``resync_seconds``. For leases, where milliseconds do not matter but a round
+    trip per email does; due-time comparisons (the dispatch claim) still ask the database each time."""
+
+    def __init__(self, resync_seconds: float = 30.0) -> None:
+        self.resync_seconds = resync_seconds
+        self.base: datetime | None = None
+        self.base_monotonic = 0.0
+
+    def now(self, session: Any) -> datetime:
+        if is_set():
+            return now()
+        elapsed = time.monotonic() - self.base_monotonic
+        if self.base is None or elapsed > self.resync_seconds:
+            self.base, self.base_monotonic, elapsed = db_now(session), time.monotonic(), 0.0
+        return self.base + timedelta(seconds=elapsed)
 
 
 def set_now(value: datetime | Callable[[], datetime] | None) -> None:

@@ -141,6 +141,7 @@ class Sender:
         self.templates = templates
         self.limiter = limiter or Unlimited()
         self.breaker = breaker or NeverOpen()
+        self.db_clock = clock.DatabaseClock()
 
     def send_batch(self, claim_token: str, delivery_ids: list[int]) -> Counter[str]:
         outcomes: Counter[str] = Counter()
@@ -338,6 +339,8 @@ class Sender:
                 Subscriber.email,
                 Enrollment.status.label("enrollment_status"),
                 Sequence.status.label("sequence_status"),
+                # In the same statement: every round trip here is paid once per email.
+                exists().where(Suppression.email == Subscriber.email).label("suppressed"),
             )
             .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
             .join(Enrollment, Enrollment.id == Delivery.enrollment_id)
@@ -351,9 +354,8 @@ class Sender:
             return None  # our own earlier commit, whose acknowledgement was lost with the connection
         if row.status != DeliveryStatus.queued or row.claim_token != claim_token:
             return "not-claimed"
-        suppressed = session.scalar(select(exists().where(Suppression.email == row.email)))
         reason = reason_for(
-            row.subscriber_status, bool(suppressed), row.enrollment_status, row.sequence_status
+            row.subscriber_status, bool(row.suppressed), row.enrollment_status, row.sequence_status
         )
         if reason is not None:
             return self._skip(session, delivery_id, row.subscriber_id, claim_token, reason)
@@ -364,7 +366,7 @@ class Sender:
                 status=DeliveryStatus.sending,
                 claim_token=sending_token,
                 attempts=Delivery.attempts + 1,
-                lease_until=clock.db_now(session) + timedelta(seconds=self.settings.lease_seconds),
+                lease_until=self.db_clock.now(session) + timedelta(seconds=self.settings.lease_seconds),
             )
             .execution_options(synchronize_session=False)
         ).rowcount

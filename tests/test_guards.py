@@ -95,3 +95,30 @@ def test_the_breaker_opens_on_failures_and_sending_stops_without_using_attempts(
         assert smtp.handler.data_attempts == 5
         assert statuses(factory).count("pending") == 20  # nothing failed, nothing lost
         assert dispatch_inline(factory, sender).total() == 0  # the deferred rows wait out the cool-down
+
+
+def _commands_processed(client: redis.Redis) -> int:
+    return int(client.info("stats")["total_commands_processed"])
+
+
+def test_the_shared_breaker_keeps_redis_off_each_emails_path_and_still_opens_at_once(redis_url) -> None:  # type: ignore[no-untyped-def]
+    client = redis.Redis.from_url(redis_url)
+    policy = BreakerPolicy(threshold=0.5, min_volume=10, window=60, cooldown=30)
+    breaker = RedisBreaker(client, "nurture:breaker:roundtrips", policy)
+    other_worker = RedisBreaker(redis.Redis.from_url(redis_url), "nurture:breaker:roundtrips", policy)
+    before = _commands_processed(client)
+    for _ in range(200):  # 200 emails sent fine, each asking first whether the breaker is open
+        assert breaker.open_for() == 0.0
+        breaker.record(ok=True)
+    # Per email that was three round trips (PTTL, TIME, a pipeline); now a handful for all 200 (the
+    # other worker on the same Redis adds nothing here, and INFO itself counts as one).
+    assert _commands_processed(client) - before < 40
+    # The successes were counted in Redis all the same (it takes 200 failures to reach half of the attempts),
+    # and the failure that crosses the threshold opens the breaker at once, not a second later.
+    failures = 0
+    while breaker.open_for() == 0.0 and failures < 300:
+        breaker.record(ok=False)
+        failures += 1
+    assert failures == 200
+    assert breaker.open_for() > 25
+    assert other_worker.open_for() > 25  # shared: the other worker sees it on its next read
