@@ -7,15 +7,14 @@ dispatchers take disjoint rows without waiting on each other; on SQLite the writ
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from nurture import clock, events
+from nurture import clock, events, leases
 from nurture.config import Settings, get_settings
 from nurture.db import transaction
 from nurture.models import Delivery, DeliveryStatus
@@ -39,99 +38,27 @@ class DispatchResult:
     claimed: int
 
 
-# PostgreSQL: the row choice is an uncorrelated ARRAY(subquery), an InitPlan that runs exactly once, and the
-# UPDATE reaches the chosen rows by their physical address (ctid) in one TID scan, in page order. Measured at
-# 1M rows (bench/dispatch_scale.py, docs/benchmarks.md): the pk-index probe per row of ``id IN (CTE)`` cost
-# about a fifth of the claim, and a CTE joined on ctid let the planner pick a hash join over every pending
-# row on small tables. A ctid cannot move under us: the subquery locked the row FOR UPDATE in this statement.
-_CLAIM_POSTGRESQL = text(
-    """
-    UPDATE deliveries SET status = :queued, claim_token = :token, lease_until = :lease_until
-    WHERE ctid = ANY(ARRAY(
-        SELECT ctid FROM deliveries
-        WHERE status = :pending AND due_at <= :now
-        ORDER BY due_at
-        LIMIT :limit
-        FOR UPDATE SKIP LOCKED
-    ))
-    AND status = :pending
-    RETURNING id
-    """
-)
-
-
 def claim_due(session: Session, *, limit: int, lease_seconds: int, now: datetime | None = None) -> Claim:
     now = now or clock.db_now(session)
-    token = secrets.token_hex(8)  # short: the sender appends a per-attempt suffix
-    lease_until = now + timedelta(seconds=lease_seconds)
-    if session.get_bind().dialect.name == "postgresql":
-        rows = session.execute(
-            _CLAIM_POSTGRESQL,
-            {
-                "queued": DeliveryStatus.queued.value,
-                "pending": DeliveryStatus.pending.value,
-                "token": token,
-                "lease_until": lease_until,
-                "now": now,
-                "limit": limit,
-            },
-        )
-        return Claim(token=token, delivery_ids=sorted(rows.scalars()))
-    # Elsewhere (SQLite, whose write lock serialises claims) the row choice is a CTE, evaluated once. As an
-    # ``IN (subquery)`` a planner may rescan the LIMIT subquery and claim more rows than the limit.
-    due = (
-        select(Delivery.id)
-        .where(Delivery.status == DeliveryStatus.pending, Delivery.due_at <= now)
-        .order_by(Delivery.due_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-        .cte("due")
-    )
-    rows = session.execute(
-        update(Delivery)
-        .where(Delivery.id == due.c.id, Delivery.status == DeliveryStatus.pending)
-        .values(status=DeliveryStatus.queued, claim_token=token, lease_until=lease_until)
-        .returning(Delivery.id)
-        .execution_options(synchronize_session=False)
-    )
-    return Claim(token=token, delivery_ids=sorted(rows.scalars()))
+    token = leases.new_token()  # short: the sender appends a per-attempt suffix
+    ids = leases.claim_due(session, Delivery, token=token, limit=limit, lease_seconds=lease_seconds, now=now)
+    return Claim(token=token, delivery_ids=ids)
 
 
 def release(session: Session, token: str, ids: list[int]) -> int:
     """Give back claimed rows that never reached a worker."""
-    result = session.execute(
-        update(Delivery)
-        .where(Delivery.id.in_(ids), Delivery.claim_token == token, Delivery.status == DeliveryStatus.queued)
-        .values(status=DeliveryStatus.pending, claim_token=None, lease_until=None)
-        .execution_options(synchronize_session=False)
-    )
-    return result.rowcount or 0
+    return leases.release(session, Delivery, token, ids)
 
 
 def reap_expired(session: Session, *, policy: str, now: datetime | None = None) -> ReapResult:
     now = now or clock.db_now(session)
-    returned = session.execute(
-        update(Delivery)
-        .where(Delivery.status == DeliveryStatus.queued, Delivery.lease_until < now)
-        .values(status=DeliveryStatus.pending, claim_token=None, lease_until=None)
-        .execution_options(synchronize_session=False)
-    ).rowcount
+    returned = leases.return_expired_claims(session, Delivery, now)
     # A lease that ran out while "sending" means the worker died between deciding to send and recording the
-    # outcome: the server may have the message. Hold it for a person unless the operator chose resend.
-    died = session.scalars(
-        select(Delivery.id).where(Delivery.status == DeliveryStatus.sending, Delivery.lease_until < now)
-    ).all()
-    if died:
-        target = DeliveryStatus.pending if policy == "resend" else DeliveryStatus.ambiguous
-        session.execute(
-            update(Delivery)
-            .where(Delivery.id.in_(died), Delivery.status == DeliveryStatus.sending)
-            .values(status=target, claim_token=None, lease_until=None, last_error="worker lost mid-send")
-            .execution_options(synchronize_session=False)
-        )
-        for delivery_id in died:
-            events.record(session, "ambiguous", delivery_id=delivery_id, cause="lease expired while sending")
-    return ReapResult(returned=returned or 0, ambiguous=len(died))
+    # outcome: the server may have the message. Held for a person unless the operator chose resend.
+    died = leases.settle_lost_sends(session, Delivery, now, policy=policy)
+    for delivery_id in died:
+        events.record(session, "ambiguous", delivery_id=delivery_id, cause="lease expired while sending")
+    return ReapResult(returned=returned, ambiguous=len(died))
 
 
 def batches(ids: list[int], size: int) -> list[list[int]]:
