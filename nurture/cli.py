@@ -942,7 +942,6 @@ from nurture.webhooks.cli import webhooks as _webhooks  # noqa: E402  (registere
 main.add_command(_webhooks)
 
 
-
 if __name__ == "__main__":
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     main()
