@@ -44,6 +44,12 @@ class Settings(BaseSettings):
     var_dir: Path = Path("var")
 
     database_url: str = ""  # empty: SQLite file under var_dir
+    # Connections per process (each web or worker process has its own pool): size, extra under bursts, and
+    # how long a request waits for one before answering 503. Keep processes x (size + overflow) below
+    # PostgreSQL's max_connections (100 by default), or a burst turns into "too many clients" errors.
+    db_pool_size: int = Field(default=5, ge=1, le=200)
+    db_max_overflow: int = Field(default=5, ge=0, le=200)
+    db_pool_timeout: float = Field(default=10.0, gt=0, le=300)
     broker_url: str = ""  # empty: embedded filesystem broker under var_dir, no server needed
     smtp_url: str = ""  # empty: development Maildir under var_dir/mail
 

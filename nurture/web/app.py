@@ -17,6 +17,7 @@ from nurture.web import (
     metrics,
     public,
     tracking,
+    unavailable,
 )
 from nurture.web.admin import webhooks as admin_webhooks
 from nurture.web.pages import page_templates
@@ -39,4 +40,5 @@ def create_app() -> FastAPI:
     app.include_router(api_versions.router)  # /api/v1/sequences/{slug}/plan|publish|archive
     app.include_router(api_events.router)  # POST /api/v1/events (goals and exit events)
     app.include_router(tracking.router)  # /l/{token} clicks, /o/{token} opens
+    unavailable.install(app)  # the database unreachable or saturated: 503 with Retry-After, never a 500
     return app
