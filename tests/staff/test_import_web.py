@@ -219,7 +219,7 @@ def test_enroll_existing_from_the_sequence_page(signed_in, people, three_step) -
     assert actions == ["sequence.enroll"] * 3
 
 
-def test_a_long_pasted_list_is_read_and_an_oversized_form_is_a_clear_413(signed_in, people, three_step) -> None:  # type: ignore[no-untyped-def]
+def test_long_pasted_lists_are_read_and_oversized_forms_get_413(signed_in, people, three_step) -> None:  # type: ignore[no-untyped-def]
     from tests.helpers import sync_sequences
 
     sync_sequences(people)
