@@ -26,8 +26,13 @@ services: ## Start local PostgreSQL and Redis if they are installed but stopped;
 	@./scripts/ensure-services.sh
 	@./scripts/ensure-tools.sh
 
+# The fault-injection scenarios run real worker processes against the clock, alone; everything else runs on
+# every core (pytest-xdist; each test process has its own PostgreSQL database and Redis db).
+TEST_WORKERS ?= auto
+
 test: $(STAMP) services chromium compose-client ## Install, then run the whole test suite (PostgreSQL and Redis included)
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --ignore=tests/reliability
+	$(BIN)/pytest tests/reliability
 
 chromium: ## Install Debian's chromium for the browser test if missing (needs root + apt-get; never fatal)
 	@command -v chromium >/dev/null 2>&1 || [ "$$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1 || \
