@@ -79,22 +79,24 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **kwargs)
         _configure_sqlite(engine)
         return engine
-    settings = get_settings()
-    pool = {
-        "pool_size": settings.db_pool_size,
-        "max_overflow": settings.db_max_overflow,
-        "pool_timeout": settings.db_pool_timeout,
-    }
-    return create_engine(url, pool_pre_ping=True, **(pool | kwargs))
+    return create_engine(url, pool_pre_ping=True, **kwargs)
 
 
 _engines: dict[str, Engine] = {}
 
 
 def engine_for(url: str) -> Engine:
-    """One engine (and connection pool) per URL per process."""
+    """One engine (and connection pool) per URL per process, its pool sized by the settings."""
     if url not in _engines:
-        _engines[url] = make_engine(url)
+        pool: dict[str, Any] = {}
+        if not url.startswith("sqlite"):
+            settings = get_settings()
+            pool = {
+                "pool_size": settings.db_pool_size,
+                "max_overflow": settings.db_max_overflow,
+                "pool_timeout": settings.db_pool_timeout,
+            }
+        _engines[url] = make_engine(url, **pool)
     return _engines[url]
 
 
