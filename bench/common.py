@@ -47,6 +47,18 @@ def fresh_database(name: str) -> str:
     return url
 
 
+def first_steps_due_now(engine: Engine, subscribers: int) -> None:
+    """``subscribers`` enrolled, only their first step due (one email each), the rest a month away."""
+    bulk_enrolled(engine, subscribers, status="pending", due="now() + interval '30 days'")
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "UPDATE deliveries SET due_at = now() - interval '1 second' "
+                "WHERE step_id = (SELECT min(step_id) FROM deliveries)"
+            )
+        )
+
+
 def bulk_enrolled(engine: Engine, subscribers: int, *, status: str, due: str, offset: int = 0) -> None:
     """``subscribers`` enrolled in the first version of ketamine-therapy, one delivery per step, in SQL."""
     with engine.begin() as connection:

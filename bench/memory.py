@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 from bench.common import (  # noqa: E402
     REDIS_URL,
     banner,
-    bulk_enrolled,
+    first_steps_due_now,
     fresh_database,
     load_average,
     process_tree,
@@ -69,19 +69,11 @@ def main() -> None:
         }
         os.environ.update(env)
         sync_sequence()
-        from sqlalchemy import text
 
         from nurture.db import get_engine
 
         engine = get_engine()
-        bulk_enrolled(engine, args.count, status="pending", due="now() + interval '30 days'")
-        with engine.begin() as connection:
-            connection.execute(
-                text(
-                    "UPDATE deliveries SET due_at = now() - interval '1 second' "
-                    "WHERE step_id = (SELECT min(step_id) FROM deliveries)"
-                )
-            )
+        first_steps_due_now(engine, args.count)
         worker = start_nurture(["worker", "--concurrency", "1"], env, var / "worker.log")
         beat = start_nurture(["beat"], env, var / "beat.log")
         samples: list[tuple[float, int, dict[int, float]]] = []  # (seconds, emails sent, {pid: MB})

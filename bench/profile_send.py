@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import REDIS_URL, banner, bulk_enrolled, fresh_database, sync_sequence  # noqa: E402
+from bench.common import REDIS_URL, banner, first_steps_due_now, fresh_database, sync_sequence  # noqa: E402
 from bench.smtp_sink import SmtpSink  # noqa: E402
 
 
@@ -51,21 +51,13 @@ def main() -> None:
             env["NURTURE_DKIM_KEY"] = str(key)
         os.environ.update(env)
         sync_sequence()
-        from sqlalchemy import text
 
         from nurture.db import get_engine, transaction
         from nurture.dispatch import batches, claim_due
         from nurture.tasks import process_sender
 
         engine = get_engine()
-        bulk_enrolled(engine, args.count, status="pending", due="now() + interval '30 days'")
-        with engine.begin() as connection:
-            connection.execute(
-                text(
-                    "UPDATE deliveries SET due_at = now() - interval '1 second' "
-                    "WHERE step_id = (SELECT min(step_id) FROM deliveries)"
-                )
-            )
+        first_steps_due_now(engine, args.count)
         sender = process_sender()
         with transaction() as session:
             claim = claim_due(session, limit=args.count, lease_seconds=3600)

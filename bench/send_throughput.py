@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 from bench.common import (  # noqa: E402
     REDIS_URL,
     banner,
-    bulk_enrolled,
+    first_steps_due_now,
     fresh_database,
     load_average,
     save_result,
@@ -119,16 +119,7 @@ def main() -> None:
         sink.count = 0
         sink.first_at = sink.last_at = None
         # Only the first step is due: one email per subscriber, N subscribers.
-        bulk_enrolled(get_engine(), args.count, status="pending", due="now() + interval '30 days'")
-        with get_engine().begin() as connection:
-            from sqlalchemy import text
-
-            connection.execute(
-                text(
-                    "UPDATE deliveries SET due_at = now() - interval '1 second' WHERE step_id = "
-                    "(SELECT min(step_id) FROM deliveries)"
-                )
-            )
+        first_steps_due_now(get_engine(), args.count)
         child_env = {**os.environ, **env}
         command = [sys.executable, "-m", "nurture.cli"]
         processes = [
