@@ -9,9 +9,8 @@ from typing import Any
 
 import pytest
 
+from nurture.mail import templates
 from tests.content.test_ketamine_content import STEPS, subject_text
-
-templates = pytest.importorskip("nurture.mail.templates")
 
 PROJECT = Path(__file__).resolve().parents[2]
 HOSTILE_NAME = "<script>alert(1)</script>{{ 7*7 }}"

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from playwright import sync_api
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -37,7 +38,6 @@ def staff_site(pg_factory: sessionmaker[Session], course: Path, set_env) -> Iter
 
 
 def test_sign_in_preview_pause_resume_and_read_the_funnel(staff_site, pg_factory) -> None:  # type: ignore[no-untyped-def]
-    sync_api = pytest.importorskip("playwright.sync_api")
     base = staff_site
     clock.set_now(START)
     for name in ("ana", "bo", "cy"):

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import uvicorn
+from playwright import sync_api
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -91,7 +92,6 @@ def _to(smtp: SmtpServer, address: str) -> list:
 
 
 def test_signup_confirm_receive_unsubscribe_then_nothing_more(site, pg_factory) -> None:  # type: ignore[no-untyped-def]
-    sync_api = pytest.importorskip("playwright.sync_api")
     base, smtp = site
     settings = get_settings()
     transport = transport_from_url(settings.resolved_smtp_url)
