@@ -77,12 +77,18 @@ def still_claimed(model: Leased, ids: list[int], token: str) -> tuple[ColumnElem
     return (model.id.in_(ids), model.claim_token == token, model.status == QUEUED)
 
 
-def release(session: Session, model: Leased, token: str, ids: list[int]) -> int:
-    """Give back claimed rows that never reached a worker."""
+def release(
+    session: Session, model: Leased, token: str, ids: list[int], *, due_at: datetime | None = None
+) -> int:
+    """Give back claimed rows unsent (nothing counted against them): at once, or due again at ``due_at``
+    (an unreachable server, an open breaker)."""
+    values: dict[str, object] = {"status": PENDING, "claim_token": None, "lease_until": None}
+    if due_at is not None:
+        values["due_at"] = due_at
     result = session.execute(
         update(model)
         .where(*still_claimed(model, ids, token))
-        .values(status=PENDING, claim_token=None, lease_until=None)
+        .values(**values)
         .execution_options(synchronize_session=False)
     )
     return result.rowcount or 0

@@ -220,17 +220,8 @@ class Outbox:
     def _defer(self, token: str, message_id: int, seconds: float) -> str:
         """The breaker is open: hand the message back unsent, due again when the breaker may close."""
         with transaction(self.factory) as session:
-            session.execute(
-                update(OutboxMessage)
-                .where(*leases.still_claimed(OutboxMessage, [message_id], token))
-                .values(
-                    status=OutboxStatus.pending,
-                    claim_token=None,
-                    lease_until=None,
-                    due_at=clock.db_now(session) + timedelta(seconds=seconds),
-                )
-                .execution_options(synchronize_session=False)
-            )
+            due_at = clock.db_now(session) + timedelta(seconds=seconds)
+            leases.release(session, OutboxMessage, token, [message_id], due_at=due_at)
         return "deferred"
 
     def _after_temporary(self, token: str, message_id: int, error: str, from_status: str) -> str:

@@ -421,17 +421,8 @@ class Sender:
         """Hand claimed rows back unsent, due again in ``retry_in`` seconds (nothing counted against them)."""
 
         def work(session: Session) -> None:
-            session.execute(
-                update(Delivery)
-                .where(*_still_claimed(delivery_ids, claim_token))
-                .values(
-                    status=DeliveryStatus.pending,
-                    claim_token=None,
-                    lease_until=None,
-                    due_at=clock.db_now(session) + timedelta(seconds=retry_in),
-                )
-                .execution_options(synchronize_session=False)
-            )
+            due_at = clock.db_now(session) + timedelta(seconds=retry_in)
+            leases.release(session, Delivery, claim_token, delivery_ids, due_at=due_at)
 
         retrying(work, self.factory)
         log.warning(

@@ -232,6 +232,13 @@ def _sequence_or_404(session: Any, slug: str) -> Sequence:
     return sequence
 
 
+def _subscriber_or_404(session: Any, subscriber_id: int) -> Subscriber:
+    subscriber = session.get(Subscriber, subscriber_id)
+    if subscriber is None:
+        raise NotFound("There is no such subscriber.")
+    return subscriber
+
+
 class NotFound(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -555,9 +562,7 @@ def _subscriber_detail(
     error: str | None = None,
 ) -> HTMLResponse:
     with transaction() as session:
-        subscriber = session.get(Subscriber, subscriber_id)
-        if subscriber is None:
-            raise NotFound("There is no such subscriber.")
+        subscriber = _subscriber_or_404(session, subscriber_id)
         detail = explain(session, subscriber)
         paused = subscriber.paused_until is not None and subscriber.paused_until > clock.now()
         zone_name = resolve_zone(subscriber.timezone, None).key
@@ -677,9 +682,7 @@ def _erase_page(
     error: str | None = None,
 ) -> HTMLResponse:
     with transaction() as session:
-        subscriber = session.get(Subscriber, target)
-        if subscriber is None:
-            raise NotFound("There is no such subscriber.")
+        subscriber = _subscriber_or_404(session, target)
         email = subscriber.email
     return page(
         request,
