@@ -85,6 +85,12 @@ class Settings(BaseSettings):
     lease_seconds: int = Field(default=300, ge=5, le=86_400)
     claim_limit: int = Field(default=2000, ge=1, le=100_000)  # rows claimed per dispatch tick
     batch_size: int = Field(default=50, ge=1, le=1000)  # deliveries carried by one Celery task
+    # Group commits (nurture.sender): one transaction marks up to this many emails "sending" before they are
+    # handed over, so a worker killed mid-group leaves at most this many ambiguous (docs/reliability.md)...
+    send_group_max: int = Field(default=20, ge=1, le=1000)
+    # ...and a group is only as large as the SMTP server accepts in this long (measured per process), which
+    # bounds how long after an unsubscribe commits an email already marked "sending" may still go out.
+    send_group_window_ms: float = Field(default=50.0, gt=0, le=10_000)
     max_attempts: int = Field(default=8, ge=1, le=50)
     retry_base_seconds: float = Field(default=30.0, gt=0)
     retry_cap_seconds: float = Field(default=3600.0, gt=0)
@@ -237,7 +243,7 @@ class Settings(BaseSettings):
     @property
     def envelope_from(self) -> str:
         """The bare address of NURTURE_FROM: the SMTP MAIL FROM, where bounces return."""
-        return parseaddr(self.from_address)[1]
+        return _bare_address(self.from_address)
 
     @property
     def from_domain(self) -> str:
@@ -274,3 +280,9 @@ def get_settings() -> Settings:
             f"  {'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}" for err in exc.errors()
         ]
         raise ConfigError("invalid nurture settings:\n" + "\n".join(lines)) from None
+
+
+@lru_cache(maxsize=16)
+def _bare_address(address: str) -> str:
+    # Cached: the sender asks for it several times per email, and parseaddr is slow.
+    return parseaddr(address)[1]

@@ -18,9 +18,9 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, exists, select, update
+from sqlalchemy import ColumnElement, bindparam, case, exists, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, joinedload, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from nurture import clock, events, leases, metrics
 from nurture.breaker import Breaker, NeverOpen
@@ -42,9 +42,11 @@ from nurture.models import (
     DeliveryStatus,
     Enrollment,
     EnrollmentStatus,
+    Event,
     Sequence,
     SequenceStatus,
     SequenceVersion,
+    Step,
     Subscriber,
     SubscriberStatus,
     Suppression,
@@ -52,7 +54,7 @@ from nurture.models import (
 from nurture.schedule import next_open, resolve_zone
 from nurture.sequences.policy import Policy
 from nurture.throttle import RateLimiter, Unlimited
-from nurture.tracking import LinkRewriter, store_links
+from nurture.tracking import LinkRewriter, LinkRow, store_links_of
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,17 @@ class Prepared:
 
 
 @dataclass(frozen=True)
+class _Ready:
+    """A rendered email waiting for its group's transaction."""
+
+    delivery_id: int
+    prepared: Prepared
+    data: bytes
+    message_id: str
+    links: list[LinkRow]
+
+
+@dataclass(frozen=True)
 class _Accepted:
     """A message the server accepted, whose row is recorded as sent in the next transaction."""
 
@@ -87,12 +100,50 @@ class _Accepted:
 class _StopBatch(Exception):
     """Sending cannot go on right now (server unreachable, breaker open): hand the rest back unsent."""
 
-    def __init__(self, retry_in: float) -> None:
+    def __init__(self, retry_in: float, error: str = "") -> None:
         self.retry_in = retry_in
+        self.error = error
 
 
 def _still_claimed(delivery_ids: list[int], claim_token: str) -> tuple[ColumnElement[bool], ...]:
     return leases.still_claimed(Delivery, delivery_ids, claim_token)
+
+
+# A batch's rows with what sending them needs, in one statement built once (it runs for every 50 emails).
+_BATCH_ROWS = (
+    select(
+        Delivery.id,
+        Delivery.status,
+        Delivery.claim_token,
+        Delivery.subscriber_id,
+        Subscriber.status.label("subscriber_status"),
+        Subscriber.email,
+        Subscriber.first_name,
+        Subscriber.public_id,
+        exists().where(Suppression.email == Subscriber.email).label("suppressed"),
+        Step.key.label("step_key"),
+        Step.template,
+        Step.position,
+        Step.subject,
+        Enrollment.status.label("enrollment_status"),
+        Enrollment.version_id,
+        Sequence.status.label("sequence_status"),
+        Sequence.name.label("sequence_name"),
+    )
+    .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
+    .join(Step, Step.id == Delivery.step_id)
+    .join(Enrollment, Enrollment.id == Delivery.enrollment_id)
+    .join(Sequence, Sequence.id == Enrollment.sequence_id)
+    .where(Delivery.id.in_(bindparam("ids", expanding=True)))
+)
+_VERSIONS = select(
+    SequenceVersion.id,
+    SequenceVersion.definition,
+    select(func.count(Step.id))
+    .where(Step.version_id == SequenceVersion.id)
+    .scalar_subquery()
+    .label("step_count"),
+).where(SequenceVersion.id.in_(bindparam("ids", expanding=True)))
 
 
 def reason_for(
@@ -142,36 +193,132 @@ class Sender:
         self.limiter = limiter or Unlimited()
         self.breaker = breaker or NeverOpen()
         self.db_clock = clock.DatabaseClock()
+        self._smtp_seconds: float | None = None  # moving average of one SMTP hand-over, for _group_size
 
     def send_batch(self, claim_token: str, delivery_ids: list[int]) -> Counter[str]:
         outcomes: Counter[str] = Counter()
         prepared = retrying(lambda s: self._prepare_batch(s, claim_token, delivery_ids), self.factory)
+        todo: list[tuple[int, Prepared]] = []
+        for delivery_id in delivery_ids:
+            item = prepared[delivery_id]
+            if isinstance(item, str):
+                outcomes[item] += 1
+            else:
+                todo.append((delivery_id, item))
         accepted: list[_Accepted] = []
         try:
-            for position, delivery_id in enumerate(delivery_ids):
-                item = prepared[delivery_id]
-                if isinstance(item, str):
-                    outcomes[item] += 1
-                    continue
-                started = time.perf_counter()
+            while todo:
+                size = self._group_size()
+                group, todo = todo[:size], todo[size:]
                 try:
-                    outcome = self._send(claim_token, delivery_id, item, accepted)
+                    self._send_group(claim_token, group, accepted, outcomes)
                 except _StopBatch as stop:
-                    rest = [i for i in delivery_ids[position:] if not isinstance(prepared[i], str)]
-                    self._defer(claim_token, rest, stop.retry_in)
+                    rest = [delivery_id for delivery_id, _ in todo]
+                    if rest:
+                        self._defer(claim_token, rest, stop.retry_in)
                     outcomes[DEFERRED] += len(rest)
                     break
-                except Exception:  # one broken row must not strand the rest of the batch; the reaper has it
-                    log.exception("delivery=%s outcome=error", delivery_id)
-                    outcome = "error"
-                metrics.observe_send(outcome, time.perf_counter() - started)
-                outcomes[outcome] += 1
         finally:
             if accepted:
                 retrying(lambda s: self._record_accepted(s, accepted), self.factory)
         return outcomes
 
-    def _send(self, claim_token: str, delivery_id: int, prepared: Prepared, accepted: list[_Accepted]) -> str:
+    def _group_size(self) -> int:
+        """As many emails as the SMTP server takes in ``send_group_window_ms``, at most ``send_group_max``.
+
+        Each group costs one transaction instead of one per email; the window keeps the time between a
+        group's re-check and its last hand-over short, whatever the server's speed (one email per group for
+        a server that takes longer than the window per message, as with a distant provider)."""
+        if self._smtp_seconds is None:
+            return 1
+        fits = int(self.settings.send_group_window_ms / 1000 / max(self._smtp_seconds, 1e-6))
+        return max(1, min(self.settings.send_group_max, fits))
+
+    def _observe_smtp(self, seconds: float) -> None:
+        previous = self._smtp_seconds
+        self._smtp_seconds = seconds if previous is None else 0.8 * previous + 0.2 * seconds
+
+    def _send_group(
+        self,
+        claim_token: str,
+        group: list[tuple[int, Prepared]],
+        accepted: list[_Accepted],
+        outcomes: Counter[str],
+    ) -> None:
+        """Render the group, re-check and mark it ``sending`` in one transaction (which also records the
+        previous group as sent), then hand each email to the SMTP server."""
+        started = time.perf_counter()
+        finished: list[str] = []
+        try:
+            self._send_group_timed(claim_token, group, accepted, finished)
+        except _StopBatch:
+            raise
+        except Exception:  # one broken group must not strand the rest of the batch; the reaper has its rows
+            log.exception("a group of %d deliveries failed", len(group))
+            finished.extend(["error"] * (len(group) - len(finished)))
+        finally:
+            outcomes.update(finished)
+            share = (time.perf_counter() - started) / max(1, len(group))
+            for outcome in finished:
+                metrics.observe_send(outcome, share)
+
+    def _send_group_timed(
+        self,
+        claim_token: str,
+        group: list[tuple[int, Prepared]],
+        accepted: list[_Accepted],
+        finished: list[str],
+    ) -> None:
+        ready: list[_Ready] = []
+        for delivery_id, prepared in group:
+            rendered = self._render(claim_token, delivery_id, prepared)
+            if isinstance(rendered, str):
+                finished.append(rendered)
+            else:
+                ready.append(rendered)
+        if not ready:
+            return
+        wait = self.breaker.open_for()
+        metrics.set_circuit_breaker_open(wait > 0)
+        if wait > 0:
+            self._defer(claim_token, [r.delivery_id for r in ready], wait)
+            finished.extend([DEFERRED] * len(ready))
+            raise _StopBatch(wait)
+        for _ in ready:
+            metrics.observe_rate_limit_wait(self.limiter.acquire())
+        # From here the rows carry a token unique to this attempt: if the commit below succeeds but its reply
+        # is lost with the connection, the retry recognises its own change instead of giving the rows up; a
+        # redelivered copy of this task, holding only the claim token, cannot take them.
+        sending_token = f"{claim_token}.{secrets.token_hex(4)}"
+
+        def record_then_begin(session: Session) -> dict[int, str | None]:
+            self._record_accepted(session, accepted)
+            verdicts = self._begin_sending(
+                session, claim_token, sending_token, [r.delivery_id for r in ready]
+            )
+            # The tracked links exist before the emails that carry them.
+            store_links_of(
+                session, {r.delivery_id: r.links for r in ready if verdicts[r.delivery_id] is None}
+            )
+            return verdicts
+
+        verdicts = retrying(record_then_begin, self.factory)
+        accepted.clear()  # committed with the transaction above
+        go = [r for r in ready if verdicts[r.delivery_id] is None]
+        finished.extend(verdict for verdict in verdicts.values() if verdict is not None)
+        for position, item in enumerate(go):
+            try:
+                finished.append(self._hand_over(sending_token, item, accepted))
+            except _StopBatch as stop:
+                rest = [r.delivery_id for r in go[position:]]
+                self._undo_sending(sending_token, rest, stop.error, stop.retry_in)
+                finished.extend([DEFERRED] * len(rest))
+                raise
+            except Exception:  # one broken row must not strand the rest of the group; the reaper has it
+                log.exception("delivery=%s outcome=error", item.delivery_id)
+                finished.append("error")
+
+    def _render(self, claim_token: str, delivery_id: int, prepared: Prepared) -> _Ready | str:
         try:
             links = LinkRewriter(
                 self.settings, delivery_id, clicks=prepared.track_clicks, opens=prepared.track_opens
@@ -194,36 +341,22 @@ class Sender:
             return self._record_failure(
                 claim_token, delivery_id, DeliveryStatus.queued, f"render failed: {exc}"
             )
+        return _Ready(delivery_id, prepared, data, message_id, list(links.rows.values()))
 
-        wait = self.breaker.open_for()
-        metrics.set_circuit_breaker_open(wait > 0)
+    def _hand_over(self, sending_token: str, item: _Ready, accepted: list[_Accepted]) -> str:
+        """One SMTP transaction for a row already marked ``sending`` under ``sending_token``."""
+        delivery_id, prepared = item.delivery_id, item.prepared
+        wait = self.breaker.open_for()  # a failure earlier in this group may have opened it
         if wait > 0:
-            raise _StopBatch(wait)
-        metrics.observe_rate_limit_wait(self.limiter.acquire())
-        # From here the row carries a token unique to this attempt: if the commit below succeeds but its reply
-        # is lost with the connection, the retry recognises its own change instead of giving the row up; a
-        # redelivered copy of this task, holding only the claim token, cannot take the row.
-        sending_token = f"{claim_token}.{secrets.token_hex(4)}"
-
-        def record_then_begin(session: Session) -> str | None:
-            self._record_accepted(session, accepted)
-            outcome = self._begin_sending(session, claim_token, sending_token, delivery_id)
-            if outcome is None:  # the tracked links exist before the email that carries them
-                store_links(session, delivery_id, list(links.rows.values()))
-            return outcome
-
-        outcome = retrying(record_then_begin, self.factory)
-        accepted.clear()  # committed with the transaction above
-        if outcome is not None:
-            return outcome
+            metrics.set_circuit_breaker_open(True)
+            raise _StopBatch(wait, "circuit breaker open")
+        started = time.perf_counter()
         try:
-            self.transport.send(self.settings.envelope_from, prepared.recipient.email, data)
+            self.transport.send(self.settings.envelope_from, prepared.recipient.email, item.data)
         except ConnectFailure as exc:
             self.breaker.record(ok=False)
             # Nothing was handed over: back to the queue without counting an attempt against the message.
-            error = str(exc)
-            retrying(lambda s: self._undo_sending(s, sending_token, delivery_id, error), self.factory)
-            raise _StopBatch(self.settings.retry_base_seconds) from exc
+            raise _StopBatch(self.settings.retry_base_seconds, str(exc)) from exc
         except TemporaryFailure as exc:
             self.breaker.record(ok=False)
             return self._after_temporary(sending_token, delivery_id, str(exc), prepared)
@@ -233,7 +366,10 @@ class Sender:
         except AmbiguousFailure as exc:
             self.breaker.record(ok=False)
             return self._after_ambiguous(sending_token, delivery_id, str(exc))
-        accepted.append(_Accepted(sending_token, delivery_id, message_id))  # first: nothing may lose this
+        accepted.append(
+            _Accepted(sending_token, delivery_id, item.message_id)
+        )  # first: nothing may lose this
+        self._observe_smtp(time.perf_counter() - started)
         self.breaker.record(ok=True)
         log_transition(delivery_id, "sent", subscriber=prepared.subscriber_id, step=prepared.step_key)
         return "sent"
@@ -243,59 +379,44 @@ class Sender:
     def _prepare_batch(
         self, session: Session, claim_token: str, delivery_ids: list[int]
     ) -> dict[int, Prepared | str]:
-        """Renew the batch's lease and load everything it needs in a few queries (no query per row)."""
-        now = clock.db_now(session)
+        """Renew the batch's lease and load everything it needs in two queries (columns, not objects)."""
         # The claim's lease covered the wait in the queue; a task that starts work renews it for the batch.
         session.execute(
             update(Delivery)
             .where(*_still_claimed(delivery_ids, claim_token))
-            .values(lease_until=now + timedelta(seconds=self.settings.lease_seconds))
+            .values(lease_until=self.db_clock.now(session) + timedelta(seconds=self.settings.lease_seconds))
             .execution_options(synchronize_session=False)
         )
-        rows = session.scalars(
-            select(Delivery)
-            .where(Delivery.id.in_(delivery_ids))
-            .options(
-                joinedload(Delivery.subscriber),
-                joinedload(Delivery.step),
-                joinedload(Delivery.enrollment).joinedload(Enrollment.sequence),
-                joinedload(Delivery.enrollment)
-                .joinedload(Enrollment.version)
-                .selectinload(SequenceVersion.steps),
-            )
-        ).unique()
-        deliveries = {d.id: d for d in rows}
-        emails = [d.subscriber.email for d in deliveries.values() if d.subscriber is not None]
-        suppressed = set(session.scalars(select(Suppression.email).where(Suppression.email.in_(emails))))
+        rows = {row.id: row for row in session.execute(_BATCH_ROWS, {"ids": delivery_ids})}
+        versions = {
+            version.id: (Policy.of(version.definition), version.step_count)
+            for version in session.execute(_VERSIONS, {"ids": list({r.version_id for r in rows.values()})})
+        }
         result: dict[int, Prepared | str] = {}
         for delivery_id in delivery_ids:
-            delivery = deliveries.get(delivery_id)
-            if delivery is None:
+            row = rows.get(delivery_id)
+            if row is None:
                 result[delivery_id] = "gone"
                 continue
-            if delivery.status != DeliveryStatus.queued or delivery.claim_token != claim_token:
+            if row.status != DeliveryStatus.queued or row.claim_token != claim_token:
                 result[delivery_id] = "not-claimed"  # reaped and re-claimed, or handled by a redelivered task
                 continue
-            subscriber, enrollment = delivery.subscriber, delivery.enrollment
             reason = reason_for(
-                subscriber.status,
-                subscriber.email in suppressed,
-                enrollment.status,
-                enrollment.sequence.status,
+                row.subscriber_status, bool(row.suppressed), row.enrollment_status, row.sequence_status
             )
             if reason is not None:
-                result[delivery_id] = self._skip(session, delivery_id, subscriber.id, claim_token, reason)
+                result[delivery_id] = self._skip(session, delivery_id, row.subscriber_id, claim_token, reason)
                 continue
-            policy = Policy.of(enrollment.version.definition)
+            policy, step_count = versions[row.version_id]
             result[delivery_id] = Prepared(
-                recipient=Recipient(subscriber.email, subscriber.first_name, subscriber.public_id),
-                subscriber_id=subscriber.id,
-                step_key=delivery.step.key,
-                template=delivery.step.template,
-                sequence_name=enrollment.sequence.name,
-                step_number=delivery.step.position,
-                step_count=len(enrollment.version.steps),
-                subject=delivery.step.subject,
+                recipient=Recipient(row.email, row.first_name, row.public_id),
+                subscriber_id=row.subscriber_id,
+                step_key=row.step_key,
+                template=row.template,
+                sequence_name=row.sequence_name,
+                step_number=row.position,
+                step_count=step_count,
+                subject=row.subject,
                 track_clicks=policy.clicks,
                 track_opens=policy.opens,
             )
@@ -327,50 +448,60 @@ class Sender:
         return outcome
 
     def _begin_sending(
-        self, session: Session, claim_token: str, sending_token: str, delivery_id: int
-    ) -> str | None:
-        """Re-check under a share lock on the subscriber, then ``queued -> sending``; None means go ahead."""
-        row = session.execute(
+        self, session: Session, claim_token: str, sending_token: str, delivery_ids: list[int]
+    ) -> dict[int, str | None]:
+        """Re-check under a share lock on the subscribers, then ``queued -> sending``; None means go ahead."""
+        rows = session.execute(
             select(
+                Delivery.id,
                 Delivery.status,
                 Delivery.claim_token,
                 Delivery.subscriber_id,
                 Subscriber.status.label("subscriber_status"),
-                Subscriber.email,
                 Enrollment.status.label("enrollment_status"),
                 Sequence.status.label("sequence_status"),
-                # In the same statement: every round trip here is paid once per email.
+                # In the same statement: this transaction is paid once per group, its statements too.
                 exists().where(Suppression.email == Subscriber.email).label("suppressed"),
             )
             .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
             .join(Enrollment, Enrollment.id == Delivery.enrollment_id)
             .join(Sequence, Sequence.id == Enrollment.sequence_id)
-            .where(Delivery.id == delivery_id)
+            .where(Delivery.id.in_(delivery_ids))
             .with_for_update(read=True, of=Subscriber)
-        ).one_or_none()
-        if row is None:
-            return "gone"
-        if row.status == DeliveryStatus.sending and row.claim_token == sending_token:
-            return None  # our own earlier commit, whose acknowledgement was lost with the connection
-        if row.status != DeliveryStatus.queued or row.claim_token != claim_token:
-            return "not-claimed"
-        reason = reason_for(
-            row.subscriber_status, bool(row.suppressed), row.enrollment_status, row.sequence_status
-        )
-        if reason is not None:
-            return self._skip(session, delivery_id, row.subscriber_id, claim_token, reason)
-        moved = session.execute(
-            update(Delivery)
-            .where(*_still_claimed([delivery_id], claim_token))
-            .values(
-                status=DeliveryStatus.sending,
-                claim_token=sending_token,
-                attempts=Delivery.attempts + 1,
-                lease_until=self.db_clock.now(session) + timedelta(seconds=self.settings.lease_seconds),
+        ).all()
+        verdicts: dict[int, str | None] = dict.fromkeys(delivery_ids, "gone")
+        ready: list[int] = []
+        for row in rows:
+            if row.status == DeliveryStatus.sending and row.claim_token == sending_token:
+                verdicts[row.id] = None  # our own earlier commit, whose acknowledgement was lost
+                continue
+            if row.status != DeliveryStatus.queued or row.claim_token != claim_token:
+                verdicts[row.id] = "not-claimed"
+                continue
+            reason = reason_for(
+                row.subscriber_status, bool(row.suppressed), row.enrollment_status, row.sequence_status
             )
-            .execution_options(synchronize_session=False)
-        ).rowcount
-        return None if moved == 1 else "not-claimed"
+            if reason is None:
+                ready.append(row.id)
+            else:
+                verdicts[row.id] = self._skip(session, row.id, row.subscriber_id, claim_token, reason)
+        if ready:
+            moved = session.scalars(
+                update(Delivery)
+                .where(*_still_claimed(ready, claim_token))
+                .values(
+                    status=DeliveryStatus.sending,
+                    claim_token=sending_token,
+                    attempts=Delivery.attempts + 1,
+                    lease_until=self.db_clock.now(session) + timedelta(seconds=self.settings.lease_seconds),
+                )
+                .returning(Delivery.id)
+                .execution_options(synchronize_session=False)
+            ).all()
+            moved_ids = set(moved)
+            for delivery_id in ready:
+                verdicts[delivery_id] = None if delivery_id in moved_ids else "not-claimed"
+        return verdicts
 
     def _finish(
         self, session: Session, token: str, delivery_id: int, from_status: str, /, **values: object
@@ -389,33 +520,68 @@ class Sender:
         return result.rowcount == 1
 
     def _record_accepted(self, session: Session, accepted: list[_Accepted]) -> None:
+        """Record a group's accepted emails as sent: one UPDATE per sending token, one event each."""
         sent_at = clock.now()
+        by_token: dict[str, dict[int, str]] = {}
         for item in accepted:
-            recorded = self._finish(
-                session,
-                item.token,
-                item.delivery_id,
-                DeliveryStatus.sending,
-                status=DeliveryStatus.sent,
-                sent_at=sent_at,
-                message_id=item.message_id,
-                last_error=None,
-            )
+            by_token.setdefault(item.token, {})[item.delivery_id] = item.message_id
+        for token, message_ids in by_token.items():
+            # A reaper may have marked a row ambiguous while we were slow; what we now know for certain wins.
+            recorded = session.scalars(
+                update(Delivery)
+                .where(
+                    Delivery.id.in_(list(message_ids)),
+                    Delivery.claim_token == token,
+                    Delivery.status.in_([DeliveryStatus.sending, DeliveryStatus.ambiguous]),
+                )
+                .values(
+                    status=DeliveryStatus.sent,
+                    sent_at=sent_at,
+                    message_id=case(message_ids, value=Delivery.id),
+                    last_error=None,
+                    lease_until=None,
+                )
+                .returning(Delivery.id)
+                .execution_options(synchronize_session=False)
+            ).all()
             if recorded:
-                events.record(session, "sent", delivery_id=item.delivery_id, message_id=item.message_id)
+                session.execute(
+                    insert(Event),
+                    [
+                        {
+                            "kind": "sent",
+                            "delivery_id": delivery_id,
+                            "detail": {"message_id": message_ids[delivery_id]},
+                        }
+                        for delivery_id in sorted(recorded)
+                    ],
+                )
 
-    def _undo_sending(self, session: Session, token: str, delivery_id: int, error: str) -> None:
-        self._finish(
-            session,
-            token,
-            delivery_id,
-            DeliveryStatus.sending,
-            status=DeliveryStatus.pending,
-            attempts=Delivery.attempts - 1,
-            due_at=clock.db_now(session) + timedelta(seconds=self.settings.retry_base_seconds),
-            last_error=error,
-            claim_token=None,
-        )
+    def _undo_sending(self, token: str, delivery_ids: list[int], error: str, retry_in: float) -> None:
+        """Rows marked ``sending`` but never handed over go back to pending, due again in ``retry_in``
+        seconds, without counting the attempt. (The group's rows already accepted carry the same token and
+        status until the next transaction records them, hence the explicit ids.)"""
+
+        def work(session: Session) -> None:
+            session.execute(
+                update(Delivery)
+                .where(
+                    Delivery.id.in_(delivery_ids),
+                    Delivery.claim_token == token,
+                    Delivery.status == DeliveryStatus.sending,
+                )
+                .values(
+                    status=DeliveryStatus.pending,
+                    attempts=Delivery.attempts - 1,
+                    due_at=clock.db_now(session) + timedelta(seconds=retry_in),
+                    last_error=error,
+                    claim_token=None,
+                    lease_until=None,
+                )
+                .execution_options(synchronize_session=False)
+            )
+
+        retrying(work, self.factory)
 
     def _defer(self, claim_token: str, delivery_ids: list[int], retry_in: float) -> None:
         """Hand claimed rows back unsent, due again in ``retry_in`` seconds (nothing counted against them)."""

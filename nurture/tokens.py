@@ -9,6 +9,7 @@ confirming applies exactly that signup's choices.
 
 from __future__ import annotations
 
+import functools
 from enum import StrEnum
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
@@ -35,9 +36,14 @@ class InvalidToken(Exception):
 
 
 def _serializer(purpose: Purpose, settings: Settings) -> URLSafeTimedSerializer:
+    return _serializer_for(purpose, tuple(settings.verification_secret_keys))
+
+
+@functools.lru_cache(maxsize=64)
+def _serializer_for(purpose: Purpose, keys: tuple[str, ...]) -> URLSafeTimedSerializer:
     # Signs with the current key; also verifies with NURTURE_OLD_SECRET_KEYS, so links in mail sent before a
-    # key rotation keep working.
-    return URLSafeTimedSerializer(settings.verification_secret_keys, salt=f"nurture.{purpose.value}")
+    # key rotation keep working. Cached per key set: every email makes two links, and building one is slow.
+    return URLSafeTimedSerializer(list(keys), salt=f"nurture.{purpose.value}")
 
 
 def make_token(purpose: Purpose, public_id: str, settings: Settings | None = None) -> str:

@@ -121,16 +121,21 @@ class LinkRewriter:
 
 def store_links(session: Session, delivery_id: int, rows: list[LinkRow]) -> None:
     """Insert the delivery's link rows; rows stored by an earlier render of the same email are kept."""
-    if not rows:
+    store_links_of(session, {delivery_id: rows})
+
+
+def store_links_of(session: Session, rows_by_delivery: dict[int, list[LinkRow]]) -> None:
+    """``store_links`` for several deliveries in one statement (the sender stores a whole group's)."""
+    values = [
+        {"token": r.token, "delivery_id": delivery_id, "kind": r.kind, "url": r.url, "goal": r.goal}
+        for delivery_id, rows in rows_by_delivery.items()
+        for r in rows
+    ]
+    if not values:
         return
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = insert(TrackedLink).values(
-        [
-            {"token": r.token, "delivery_id": delivery_id, "kind": r.kind, "url": r.url, "goal": r.goal}
-            for r in rows
-        ]
-    )
+    statement = insert(TrackedLink).values(values)
     session.execute(statement.on_conflict_do_nothing(index_elements=[TrackedLink.token]))
 
 
