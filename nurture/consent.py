@@ -8,11 +8,16 @@ at it; ``tests/web/test_consent.py`` pins the text of every released version so 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+from sqlalchemy import Connection, insert
 from sqlalchemy.orm import Session
 
 from nurture import clock
 from nurture.models import ConsentRecord
+
+# Built once; the table's Python defaults (public_id, created_at) fill in what the caller leaves out.
+_INSERT_RECORD = insert(ConsentRecord.__table__)
 
 # version -> wording; ``{org_name}`` is filled from the settings when the form is shown and when recorded.
 VERSIONS: dict[str, str] = {
@@ -78,6 +83,37 @@ def record_signup(
     session.add(record)
     session.flush()
     return record
+
+
+def signup_row(
+    *,
+    origin: Origin,
+    source: str,
+    version: str,
+    org_name: str,
+    sequence_slug: str | None,
+    first_name: str | None,
+    timezone: str | None,
+) -> dict[str, Any]:
+    """The columns a signup sets on its consent record (the table's defaults give public_id, created_at)."""
+    return {
+        "ip": origin.ip,
+        "user_agent": origin.user_agent,
+        "form_url": origin.form_url,
+        "source": source,
+        "consent_version": version,
+        "consent_text": text_of(version, org_name),
+        "sequence_slug": sequence_slug,
+        "first_name": first_name,
+        "timezone": timezone,
+    }
+
+
+def insert_signup(connection: Connection, subscriber_id: int, row: dict[str, Any]) -> int:
+    """The record :func:`record_signup` adds, from :func:`signup_row`, as one Core INSERT (no ORM object, no
+    flush): the signup's hot path. Returns the new record's id."""
+    result = connection.execute(_INSERT_RECORD, {"subscriber_id": subscriber_id, **row})
+    return result.inserted_primary_key[0]
 
 
 def mark_confirmed(record: ConsentRecord, origin: Origin) -> None:

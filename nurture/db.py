@@ -123,6 +123,11 @@ def session_factory(engine: Engine | None = None) -> sessionmaker[Session]:
     return sessionmaker(bind=engine or get_engine(), expire_on_commit=False)
 
 
+def engine_of(factory: sessionmaker[Session] | None) -> Engine:
+    """The engine ``transaction(factory)`` works on, for hot paths that use Core and no ORM session."""
+    return factory.kw["bind"] if factory is not None else get_engine()
+
+
 def retrying(
     work: Callable[[Session], T], factory: sessionmaker[Session] | None = None, attempts: int = 4
 ) -> T:

@@ -23,7 +23,7 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from nurture import clock, events, leases, ratelimit, tokens
@@ -50,6 +50,18 @@ def queue_confirmation(session: Session, consent: ConsentRecord) -> OutboxMessag
     session.add(message)
     session.flush()
     return message
+
+
+# Built once; the table's Python defaults (status pending, due now, no attempts) fill in the rest.
+_INSERT_MESSAGE = insert(OutboxMessage.__table__)
+
+
+def queue_confirmation_row(connection: Connection, subscriber_id: int, consent_id: int) -> None:
+    """What :func:`queue_confirmation` adds, as one Core INSERT: the signup's hot path needs no ORM object
+    (nothing reads the row back in the request) and so no flush."""
+    connection.execute(
+        _INSERT_MESSAGE, {"kind": CONFIRM, "subscriber_id": subscriber_id, "consent_id": consent_id}
+    )
 
 
 def message_id_for(message_id: int, secret: str, domain: str) -> str:

@@ -1,0 +1,71 @@
+"""What a signup costs the database, counted: POST /subscribe must not silently grow more statements.
+
+Benchmark 3 (200 signups/s on two cores) is won or lost on the round trips and per-statement work of this one
+request, so the statements are counted here on the real database, both backends. On PostgreSQL a new
+address costs three: the rate-limit upsert, the subscriber ``INSERT ... ON CONFLICT DO NOTHING``, and one
+statement writing the consent record, the outbox confirmation and the event (data-modifying CTEs). A known
+address adds the row lock and the confirmation-quota count. SQLite has no data-modifying CTEs (three inserts
+instead of one) and its transactions start with a ``BEGIN IMMEDIATE`` SQLAlchemy also counts.
+
+If a change needs another statement, make sure it does, then update the numbers here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from fastapi.testclient import TestClient
+from sqlalchemy import event
+
+from nurture.db import get_engine
+from tests.web.support import row_counts
+
+# (new address, known address) per backend
+EXPECTED = {"postgresql": (3, 5), "sqlite": (6, 8)}
+
+
+@contextmanager
+def counted() -> Iterator[list[str]]:
+    """Every statement SQLAlchemy sends through a cursor while the block runs, in order."""
+    engine = get_engine()
+    statements: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(" ".join(statement.split())[:80])
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield statements
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+def test_a_signup_runs_a_fixed_small_number_of_statements(client: TestClient, app_factory) -> None:  # type: ignore[no-untyped-def]
+    new, known = EXPECTED[get_engine().dialect.name]
+    with counted() as statements:
+        answer = client.post("/subscribe", json={"email": "ana@example.com", "consent": True})
+    assert answer.status_code == 202
+    assert len(statements) == new, statements
+    with counted() as statements:
+        answer = client.post("/subscribe", json={"email": "ana@example.com", "consent": True})
+    assert answer.status_code == 202
+    assert len(statements) == known, statements
+    # ...and every row still written: one subscriber, and per signup a consent record, a queued
+    # confirmation, an event and the rate-limit counter (one row per client and window).
+    counts = row_counts(app_factory)
+    assert (counts["subscribers"], counts["consent_records"], counts["outbox_messages"]) == (1, 2, 2)
+    assert (counts["events"], counts["rate_limit_counters"]) == (2, 1)
+
+
+def test_a_form_signup_for_a_named_course_adds_only_the_course_check(client: TestClient) -> None:
+    new, _ = EXPECTED[get_engine().dialect.name]
+    with counted() as statements:
+        answer = client.post(
+            "/subscribe",
+            data={"email": "ben@example.com", "consent": "yes", "sequence": "other"},
+            follow_redirects=False,
+        )
+    assert answer.status_code == 303
+    assert len(statements) == new + 1, statements
