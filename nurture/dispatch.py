@@ -18,6 +18,7 @@ from nurture import clock, events, leases
 from nurture.config import Settings, get_settings
 from nurture.db import transaction
 from nurture.models import Delivery, DeliveryStatus
+from nurture.throttle import parse_rate
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,17 @@ def batches(ids: list[int], size: int) -> list[list[int]]:
     return [ids[i : i + size] for i in range(0, len(ids), size)]
 
 
+def claim_room(settings: Settings, outstanding: int) -> int:
+    """How many rows this tick may claim: the claim limit less what is still waiting for a worker, and with
+    an SMTP rate limit no more than it lets out in half a lease (so no claim expires while it waits its turn
+    in the queue)."""
+    room = settings.claim_limit - outstanding
+    per_second = parse_rate(settings.smtp_rate)
+    if per_second is not None:
+        room = min(room, int(per_second * settings.lease_seconds / 2) - outstanding)
+    return room
+
+
 def dispatch_once(
     enqueue: Callable[[str, list[int]], None],
     *,
@@ -81,7 +93,7 @@ def dispatch_once(
         outstanding = session.scalar(
             select(func.count()).where(Delivery.status.in_([DeliveryStatus.queued, DeliveryStatus.sending]))
         )
-        room = settings.claim_limit - (outstanding or 0)
+        room = claim_room(settings, outstanding or 0)
         if room <= 0:
             return DispatchResult(reaped=reaped, claimed=0)
         claim = claim_due(session, limit=room, lease_seconds=settings.lease_seconds)

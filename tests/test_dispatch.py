@@ -10,8 +10,9 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from nurture import clock
+from nurture.config import get_settings
 from nurture.db import transaction
-from nurture.dispatch import claim_due, dispatch_once, reap_expired
+from nurture.dispatch import claim_due, claim_room, dispatch_once, reap_expired
 from nurture.models import Delivery, Enrollment
 from tests.helpers import deliveries, statuses, subscribe, sync_sequences
 
@@ -127,3 +128,26 @@ def test_concurrent_dispatchers_on_postgres_never_claim_the_same_row(world):  # 
     every = [i for mine in claimed for i in mine]
     assert len(every) == 450 == len(set(every))
     assert sum(1 for mine in claimed if mine) >= 2  # they really ran side by side
+
+
+def test_claim_room_counts_waiting_claims_and_what_the_rate_limit_lets_out_in_half_a_lease(set_env) -> None:  # type: ignore[no-untyped-def]
+    set_env(claim_limit=10_000, lease_seconds=300, smtp_rate="0")
+    assert claim_room(get_settings(), 0) == 10_000
+    assert claim_room(get_settings(), 9_000) == 1_000  # backpressure: claims still waiting count
+    set_env(smtp_rate="10/s")
+    assert claim_room(get_settings(), 0) == 1_500  # 10/s x 150 s: all sent before the lease runs out
+    assert claim_room(get_settings(), 1_400) == 100
+
+
+def test_a_tick_claims_no_more_than_the_room_left_by_waiting_claims(world, set_env):  # type: ignore[no-untyped-def]
+    set_env(claim_limit=3)
+    handed: list[list[int]] = []
+    with clock.frozen(START):
+        for number in range(5):
+            subscribe(world, f"r{number}@example.com", "three-step")
+        assert dispatch_once(lambda token, ids: handed.append(ids), factory=world).claimed == 3
+        assert (
+            dispatch_once(lambda token, ids: handed.append(ids), factory=world).claimed == 0
+        )  # still queued
+    assert sum(len(ids) for ids in handed) == 3
+    assert sorted(statuses(world)).count("queued") == 3
