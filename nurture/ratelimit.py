@@ -19,9 +19,10 @@ import hmac
 import ipaddress
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Connection, Executable, Integer, Table, bindparam, delete, func, select
+from sqlalchemy import Connection, Integer, Table, bindparam, delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -59,9 +60,11 @@ def _seconds_until(moment: datetime, now: datetime) -> int:
     return max(1, math.ceil((moment - now).total_seconds()))
 
 
-def _hit_statement(insert: Callable[[Table], postgresql.Insert | sqlite.Insert]) -> Executable:
+def hit_statement(
+    insert: Callable[[Table], postgresql.Insert | sqlite.Insert],
+) -> postgresql.Insert | sqlite.Insert:
     """The check-and-increment upsert, built once per dialect: every signup runs it, and building and
-    compiling it per request cost more CPU than executing it."""
+    compiling it per request cost more CPU than executing it. Parameters: :meth:`Window.params`."""
     table = RateLimitCounter.__table__
     statement = insert(table).values(
         key=bindparam("rl_key", type_=table.c.key.type),
@@ -76,7 +79,32 @@ def _hit_statement(insert: Callable[[Table], postgresql.Insert | sqlite.Insert])
     ).returning(table.c.count)
 
 
-_HIT = {"postgresql": _hit_statement(postgresql.insert), "sqlite": _hit_statement(sqlite.insert)}
+_HIT = {"postgresql": hit_statement(postgresql.insert), "sqlite": hit_statement(sqlite.insert)}
+
+
+@dataclass(frozen=True)
+class Window:
+    """One fixed window's counter parameters, and how to refuse a hit in it."""
+
+    key: str
+    limit: int
+    start: datetime
+    end: datetime
+    now: datetime
+
+    @classmethod
+    def of(cls, key: str, *, limit: int, window_seconds: int, now: datetime | None = None) -> Window:
+        now = now or clock.now()
+        start = datetime.fromtimestamp(math.floor(now.timestamp() / window_seconds) * window_seconds, tz=UTC)
+        return cls(key, limit, start, start + timedelta(seconds=window_seconds), now)
+
+    def params(self) -> dict[str, object]:
+        """The bind parameters of :func:`hit_statement`."""
+        return {"rl_key": self.key, "rl_start": self.start, "rl_end": self.end, "rl_limit": self.limit}
+
+    def refused(self) -> RateLimited:
+        """The window is full: no row came back from the upsert."""
+        return RateLimited(self.key.split(":", 1)[0], _seconds_until(self.end, self.now))
 
 
 def dialect_name(executor: Session | Connection) -> str:
@@ -92,13 +120,14 @@ def hit(
     now: datetime | None = None,
 ) -> None:
     """Count one hit for ``key`` in the current window, or raise :class:`RateLimited` (counting nothing)."""
-    now = now or clock.now()
-    start = datetime.fromtimestamp(math.floor(now.timestamp() / window_seconds) * window_seconds, tz=UTC)
-    end = start + timedelta(seconds=window_seconds)
+    count_hit(executor, Window.of(key, limit=limit, window_seconds=window_seconds, now=now))
+
+
+def count_hit(executor: Session | Connection, window: Window) -> None:
+    """:func:`hit` for a window already worked out."""
     statement = _HIT["postgresql" if dialect_name(executor) == "postgresql" else "sqlite"]
-    params = {"rl_key": key, "rl_start": start, "rl_end": end, "rl_limit": limit}
-    if executor.execute(statement, params).scalar() is None:
-        raise RateLimited(key.split(":", 1)[0], _seconds_until(end, now))
+    if executor.execute(statement, window.params()).scalar() is None:
+        raise window.refused()
 
 
 # Built once: the count runs on every signup of an address already on file.

@@ -12,34 +12,23 @@ from __future__ import annotations
 import re
 import unicodedata
 import zoneinfo
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Column, Connection, Executable, String, Table, bindparam, insert, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.sql.elements import BindParameter
 
-from nurture import clock, consent, events, outbox, ratelimit
+from nurture import consent, events, outbox, ratelimit
+from nurture import signup_sql as sql
 from nurture.addresses import InvalidInput, clean_name, normalise_email
 from nurture.catalog import get_sequence
 from nurture.config import Settings
 from nurture.db import engine_of
 from nurture.enrollment import EnrollmentError
-from nurture.models import (
-    ConsentRecord,
-    Event,
-    OutboxMessage,
-    OutboxStatus,
-    Sequence,
-    SequenceStatus,
-    Subscriber,
-    SubscriberStatus,
-    _public_id,
-)
+from nurture.models import ConsentRecord, SequenceStatus, Subscriber
 from nurture.preferences import reactivate, update_profile
 from nurture.reentry import enroll_on_signup
 
@@ -218,132 +207,38 @@ def signup(
                 raise
 
 
-def _new_subscriber_statement(insert: Callable[[Table], postgresql.Insert | sqlite.Insert]) -> Executable:
-    """``INSERT ... ON CONFLICT (email) DO NOTHING RETURNING id``, built once per dialect.
-
-    A new address costs this one statement; a known one returns no row and is then locked by
-    :data:`_LOCK_SUBSCRIBER`. Two first signups of one new address no longer raise: the second waits on
-    the first's uncommitted row and, once it commits, finds the address taken and locks it instead.
-    The table's Python defaults (public_id, attributes, created_at) fill in the other columns.
-    """
-    table = Subscriber.__table__
-    return (
-        insert(table)
-        .values(email=bindparam("s_email", type_=String()), status=SubscriberStatus.pending)
-        .on_conflict_do_nothing(index_elements=[table.c.email])
-        .returning(table.c.id)
-    )
-
-
-_NEW_SUBSCRIBER = {
-    "postgresql": _new_subscriber_statement(postgresql.insert),
-    "sqlite": _new_subscriber_statement(sqlite.insert),
-}
-# The lock serialises signups of one known address, so two cannot both pass the confirmation quota.
-_LOCK_SUBSCRIBER = (
-    select(Subscriber.__table__.c.id)
-    .where(Subscriber.__table__.c.email == bindparam("s_email", type_=String()))
-    .with_for_update()
-)
+def _existing_subscriber_id(connection: Connection, email: str, confirm_daily_limit: int) -> int | None:
+    """Lock the subscriber row for ``email`` (None if there is none) and check its confirmation quota."""
+    subscriber_id = connection.execute(sql.LOCK_SUBSCRIBER, {"s_email": email}).scalar()
+    if subscriber_id is not None:
+        ratelimit.check_confirm_quota(connection, subscriber_id, limit=confirm_daily_limit)
+    return subscriber_id
 
 
 def _subscriber_id(connection: Connection, email: str, confirm_daily_limit: int) -> int:
-    """The id of the (new or locked) subscriber for ``email``, or :class:`RateLimited` when the address had
-    its daily share of confirmation emails."""
+    """The id of the (new, or locked and within its quota) subscriber for ``email``."""
     dialect = "postgresql" if connection.dialect.name == "postgresql" else "sqlite"
-    params = {"s_email": email}
     for _ in range(3):
-        new_id = connection.execute(_NEW_SUBSCRIBER[dialect], params).scalar()
+        new_id = connection.execute(sql.NEW_SUBSCRIBER[dialect], {"s_email": email}).scalar()
         if new_id is not None:
             # Created just now, in this transaction: no confirmation can have been queued for it yet, so
             # its quota count would be 0 (and the limit is at least 1).
             return new_id
-        subscriber_id = connection.execute(_LOCK_SUBSCRIBER, params).scalar()
+        subscriber_id = _existing_subscriber_id(connection, email, confirm_daily_limit)
         if subscriber_id is not None:
-            ratelimit.check_confirm_quota(connection, subscriber_id, limit=confirm_daily_limit)
             return subscriber_id
         # Erased between the two statements (PostgreSQL, read committed): the address is new again.
     raise LookupError("the subscriber row for this signup kept disappearing")
 
 
-# Only the status matters here: is the course one people can sign up for.
-_SEQUENCE_STATUS = select(Sequence.__table__.c.status).where(
-    Sequence.__table__.c.slug == bindparam("slug", type_=String())
-)
-
-
 def _check_course(connection: Connection, slug: str) -> None:
-    status = connection.execute(_SEQUENCE_STATUS, {"slug": slug}).scalar()
+    status = connection.execute(sql.SEQUENCE_STATUS, {"slug": slug}).scalar()
     if status is None or status in (SequenceStatus.archived, SequenceStatus.draft):
         raise FieldErrors({"sequence": NO_SUCH_COURSE})
 
 
-# --- the signup's ledger rows: consent record, confirmation email, event ---------------------------------
-
-
-# Filled in when the address owner confirms, never by a signup.
-_CONFIRMED_COLUMNS = ("confirmed_at", "confirm_ip", "confirm_user_agent")
-
-
-def _param(column: Column[Any], prefix: str) -> BindParameter[Any]:
-    # Prefixed names: the three inserts share column names (created_at, subscriber_id, kind).
-    return bindparam(f"{prefix}_{column.key}", type_=column.type)
-
-
-def _ledger_statement() -> Executable:
-    """PostgreSQL: the consent record, its confirmation in the outbox and the ``signup`` event in one
-    statement (data-modifying CTEs), one round trip instead of three.
-
-    Every column is a parameter, Python defaults included (public_id, timestamps, status): SQLAlchemy cannot
-    fill defaults into nested inserts, so :func:`_ledger_params` supplies them, the values the tables'
-    defaults would give.
-    """
-    records, messages, log = ConsentRecord.__table__, OutboxMessage.__table__, Event.__table__
-    record = (
-        insert(records)
-        .values({c: _param(c, "c") for c in records.c if c.key not in {"id", *_CONFIRMED_COLUMNS}})
-        .returning(records.c.id, records.c.subscriber_id)
-        .cte("record")
-    )
-    message_columns = ["kind", "subscriber_id", "consent_id", "status", "due_at", "attempts", "created_at"]
-    message = insert(messages).from_select(
-        message_columns,
-        select(
-            _param(messages.c.kind, "o"),
-            record.c.subscriber_id,
-            record.c.id,
-            _param(messages.c.status, "o"),
-            _param(messages.c.due_at, "o"),
-            _param(messages.c.attempts, "o"),
-            _param(messages.c.created_at, "o"),
-        ),
-    )
-    return (
-        insert(log)
-        .values({c: _param(c, "e") for c in log.c if c.key != "id"})
-        .add_cte(record)
-        .add_cte(message.cte("message"))
-    )
-
-
-_LEDGER = _ledger_statement()
-
-
-def _ledger_params(subscriber_id: int, row: dict[str, Any], source: str) -> dict[str, Any]:
-    now = clock.now()
-    params = {f"c_{key}": value for key, value in row.items()}
-    params.update(c_public_id=_public_id(), c_subscriber_id=subscriber_id, c_created_at=now)
-    params.update(o_kind=outbox.CONFIRM, o_status=OutboxStatus.pending, o_due_at=now, o_attempts=0)
-    params.update(o_created_at=now, e_kind="signup", e_subscriber_id=subscriber_id, e_delivery_id=None)
-    params.update(e_detail={"source": source}, e_created_at=now)
-    return params
-
-
-def _record(
-    connection: Connection, subscriber_id: int, form: SignupForm, origin: consent.Origin, settings: Settings
-) -> None:
-    """The consent record with the exact wording, the confirmation queued (never sent here), the event."""
-    row = consent.signup_row(
+def _consent_row(form: SignupForm, origin: consent.Origin, settings: Settings) -> dict[str, Any]:
+    return consent.signup_row(
         origin=origin,
         source=form.source,
         version=form.consent_version,
@@ -352,28 +247,55 @@ def _record(
         first_name=form.first_name,
         timezone=form.timezone,
     )
-    if connection.dialect.name == "postgresql":
-        connection.execute(_LEDGER, _ledger_params(subscriber_id, row, form.source))
-        return
-    # SQLite has no data-modifying CTEs: three inserts, the tables' defaults filling in the rest.
+
+
+def _signup_postgresql(
+    connection: Connection, form: SignupForm, window: ratelimit.Window, row: dict[str, Any], limit: int
+) -> None:
+    """One statement for a new address (see nurture.signup_sql); four for one already on file."""
+    now = window.now
+    params = sql.new_address_params(window, form.email, row, form.source, now)
+    hits, subscriber_id = connection.execute(sql.NEW_ADDRESS, params).one()
+    if hits is None:
+        raise window.refused()
+    # After the hit, as ever: a full window answers 429 whatever the course; a course that is not offered
+    # rolls back everything the statement wrote.
+    if form.sequence is not None:
+        _check_course(connection, form.sequence)
+    if subscriber_id is not None:
+        return  # a new address: subscriber, consent record, confirmation and event are written
+    subscriber_id = _existing_subscriber_id(connection, form.email, limit) or _subscriber_id(
+        connection, form.email, limit
+    )
+    params = {**sql.ledger_params(row, form.source, now), "c_subscriber_id": subscriber_id}
+    connection.execute(sql.LEDGER, params)
+
+
+def _signup_portable(
+    connection: Connection, form: SignupForm, window: ratelimit.Window, row: dict[str, Any], limit: int
+) -> None:
+    """SQLite (no data-modifying CTEs): one Core statement per row, the tables' defaults filling in."""
+    ratelimit.count_hit(connection, window)
+    if form.sequence is not None:
+        _check_course(connection, form.sequence)
+    subscriber_id = _subscriber_id(connection, form.email, limit)
     consent_id = consent.insert_signup(connection, subscriber_id, row)
     outbox.queue_confirmation_row(connection, subscriber_id, consent_id)
     events.insert_now(connection, "signup", subscriber_id=subscriber_id, source=form.source)
 
 
 def _signup(connection: Connection, form: SignupForm, origin: consent.Origin, settings: Settings) -> None:
-    # Core statements built once at import: no ORM objects, no flushes, one statement per row written
-    # (plus the lock and quota count for an address already on file).
-    ratelimit.hit(
-        connection,
+    # Core statements built once at import (nurture.signup_sql): no ORM objects, no flushes.
+    window = ratelimit.Window.of(
         ratelimit.client_key("signup", origin.ip, settings.secret_key),
         limit=settings.signup_ip_limit,
         window_seconds=settings.signup_ip_window_seconds,
     )
-    if form.sequence is not None:
-        _check_course(connection, form.sequence)
-    subscriber_id = _subscriber_id(connection, form.email, settings.confirm_daily_limit)
-    _record(connection, subscriber_id, form, origin, settings)
+    row = _consent_row(form, origin, settings)
+    if connection.dialect.name == "postgresql":
+        _signup_postgresql(connection, form, window, row, settings.confirm_daily_limit)
+    else:
+        _signup_portable(connection, form, window, row, settings.confirm_daily_limit)
 
 
 # --- confirming -----------------------------------------------------------------------------------------
