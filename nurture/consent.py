@@ -68,18 +68,16 @@ def record_signup(
     first_name: str | None,
     timezone: str | None,
 ) -> ConsentRecord:
-    record = ConsentRecord(
-        subscriber_id=subscriber_id,
-        ip=origin.ip,
-        user_agent=origin.user_agent,
-        form_url=origin.form_url,
+    row = signup_row(
+        origin=origin,
         source=source,
-        consent_version=version,
-        consent_text=text_of(version, org_name),
+        version=version,
+        org_name=org_name,
         sequence_slug=sequence_slug,
         first_name=first_name,
         timezone=timezone,
     )
+    record = ConsentRecord(subscriber_id=subscriber_id, **row)
     session.add(record)
     session.flush()
     return record

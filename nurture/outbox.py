@@ -45,20 +45,13 @@ TEMPLATES = {CONFIRM: "transactional/confirm"}
 FALLBACK_COURSE_NAME = "our email course"
 
 
-def queue_confirmation(session: Session, consent: ConsentRecord) -> OutboxMessage:
-    message = OutboxMessage(kind=CONFIRM, subscriber_id=consent.subscriber_id, consent_id=consent.id)
-    session.add(message)
-    session.flush()
-    return message
-
-
 # Built once; the table's Python defaults (status pending, due now, no attempts) fill in the rest.
 _INSERT_MESSAGE = insert(OutboxMessage.__table__)
 
 
-def queue_confirmation_row(connection: Connection, subscriber_id: int, consent_id: int) -> None:
-    """What :func:`queue_confirmation` adds, as one Core INSERT: the signup's hot path needs no ORM object
-    (nothing reads the row back in the request) and so no flush."""
+def queue_confirmation(connection: Connection, subscriber_id: int, consent_id: int) -> None:
+    """Queue the confirmation email for a signup's consent record, in the signup's transaction. One Core
+    INSERT: nothing reads the row back in the request, so no ORM object and no flush."""
     connection.execute(
         _INSERT_MESSAGE, {"kind": CONFIRM, "subscriber_id": subscriber_id, "consent_id": consent_id}
     )

@@ -280,7 +280,7 @@ def _signup_portable(
         _check_course(connection, form.sequence)
     subscriber_id = _subscriber_id(connection, form.email, limit)
     consent_id = consent.insert_signup(connection, subscriber_id, row)
-    outbox.queue_confirmation_row(connection, subscriber_id, consent_id)
+    outbox.queue_confirmation(connection, subscriber_id, consent_id)
     events.insert_now(connection, "signup", subscriber_id=subscriber_id, source=form.source)
 
 
