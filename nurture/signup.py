@@ -231,9 +231,13 @@ def _subscriber_id(connection: Connection, email: str, confirm_daily_limit: int)
     raise LookupError("the subscriber row for this signup kept disappearing")
 
 
-def _check_course(connection: Connection, slug: str) -> None:
+def _course_offered(connection: Connection, slug: str) -> bool:
     status = connection.execute(sql.SEQUENCE_STATUS, {"slug": slug}).scalar()
-    if status is None or status in (SequenceStatus.archived, SequenceStatus.draft):
+    return status is not None and status not in (SequenceStatus.archived, SequenceStatus.draft)
+
+
+def _check_course(connection: Connection, slug: str) -> None:
+    if not _course_offered(connection, slug):
         raise FieldErrors({"sequence": NO_SUCH_COURSE})
 
 
@@ -254,14 +258,13 @@ def _signup_postgresql(
 ) -> None:
     """One statement for a new address (see nurture.signup_sql); four for one already on file."""
     now = window.now
-    params = sql.new_address_params(window, form.email, row, form.source, now)
+    offered = form.sequence is None or _course_offered(connection, form.sequence)
+    params = sql.new_address_params(window, form.email, row, form.source, now, write=offered)
     hits, subscriber_id = connection.execute(sql.NEW_ADDRESS, params).one()
     if hits is None:
         raise window.refused()
-    # After the hit, as ever: a full window answers 429 whatever the course; a course that is not offered
-    # rolls back everything the statement wrote.
-    if form.sequence is not None:
-        _check_course(connection, form.sequence)
+    if not offered:  # after the hit, as ever: a full window answers 429 whatever the course
+        raise FieldErrors({"sequence": NO_SUCH_COURSE})
     if subscriber_id is not None:
         return  # a new address: subscriber, consent record, confirmation and event are written
     subscriber_id = _existing_subscriber_id(connection, form.email, limit) or _subscriber_id(

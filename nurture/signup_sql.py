@@ -23,6 +23,7 @@ from typing import Any
 
 from sqlalchemy import (
     CTE,
+    Boolean,
     Column,
     ColumnElement,
     Executable,
@@ -143,7 +144,11 @@ def _ledger_statement() -> Select[Any]:
 def _new_address_statement() -> Select[Any]:
     """Rate-limit hit, subscriber and the three ledger rows in one statement; answers ``(hits,
     subscriber_id)``: hits NULL when the window is full (then nothing else was written), subscriber_id
-    NULL when the address is already on file (then only the hit was written)."""
+    NULL when the address is already on file or ``s_write`` is false (then only the hit was written).
+
+    Nothing is inserted only to be rolled back: a rolled-back insert still uses up ids from the tables'
+    sequences, and refused signups must not be a way to exhaust them.
+    """
     hit = ratelimit.hit_statement(postgresql.insert).cte("hit")
     columns = ["public_id", "email", "status", "attributes", "created_at"]
     subscriber = (
@@ -151,7 +156,12 @@ def _new_address_statement() -> Select[Any]:
         .from_select(
             columns,
             select(*(_param(_subscribers.c[name], "s") for name in columns)).where(
-                exists(select(literal(1)).select_from(hit))
+                exists(select(literal(1)).select_from(hit)),
+                bindparam("s_write", type_=Boolean()),  # False: the signup is refused anyway (bad course)
+                # A known address skips the insert rather than conflicting: a conflict would still draw
+                # (and waste) a subscriber id from the sequence. ON CONFLICT remains for the race with a
+                # concurrent first signup this snapshot cannot see.
+                ~exists(select(literal(1)).where(_subscribers.c.email == _param(_subscribers.c.email, "s"))),
             ),
         )
         .on_conflict_do_nothing(index_elements=[_subscribers.c.email])
@@ -180,11 +190,11 @@ def ledger_params(row: dict[str, Any], source: str, now: datetime) -> dict[str, 
 
 
 def new_address_params(
-    window: ratelimit.Window, email: str, row: dict[str, Any], source: str, now: datetime
+    window: ratelimit.Window, email: str, row: dict[str, Any], source: str, now: datetime, *, write: bool
 ) -> dict[str, Any]:
     """Parameters of :data:`NEW_ADDRESS`: the hit's, the subscriber's (as its table's defaults would give
-    them) and the ledger's."""
-    params = {**window.params(), **ledger_params(row, source, now)}
+    them) and the ledger's. ``write=False`` counts the hit only."""
+    params = {**window.params(), **ledger_params(row, source, now), "s_write": write}
     params.update(s_public_id=_public_id(), s_email=email, s_status=SubscriberStatus.pending)
     params.update(s_attributes={}, s_created_at=now)
     return params

@@ -69,3 +69,29 @@ def test_a_form_signup_for_a_named_course_adds_only_the_course_check(client: Tes
         )
     assert answer.status_code == 303
     assert len(statements) == new + 1, statements
+
+
+def test_repeat_and_refused_signups_use_up_no_ids(app_factory, set_env) -> None:  # type: ignore[no-untyped-def]
+    """Nothing is inserted only to be rolled back or to conflict: on PostgreSQL that would still draw ids
+    from the tables' sequences, and refused signups must not be a way to exhaust them."""
+    from sqlalchemy import select
+
+    from nurture.db import transaction
+    from nurture.models import Subscriber
+    from tests.web.conftest import make_client
+
+    set_env(signup_ip_limit="3")
+    with make_client("198.51.100.5") as client:
+        assert client.post("/subscribe", json={"email": "a@example.com", "consent": True}).status_code == 202
+        assert client.post("/subscribe", json={"email": "a@example.com", "consent": True}).status_code == 202
+        bad_course = {"email": "b@example.com", "consent": True, "sequence": "no-such-course"}
+        assert client.post("/subscribe", json=bad_course).status_code == 422
+        assert client.post("/subscribe", json={"email": "c@example.com", "consent": True}).status_code == 202
+        # The window is full: 429 comes first, whatever else is wrong with the signup.
+        assert client.post("/subscribe", json={"email": "d@example.com", "consent": True}).status_code == 429
+        assert client.post("/subscribe", json=bad_course).status_code == 429
+    with make_client("198.51.100.6") as client:
+        assert client.post("/subscribe", json={"email": "e@example.com", "consent": True}).status_code == 202
+    with transaction(app_factory) as session:
+        ids = dict(session.execute(select(Subscriber.email, Subscriber.id)).all())
+    assert ids == {"a@example.com": 1, "c@example.com": 2, "e@example.com": 3}
