@@ -136,6 +136,9 @@ _BATCH_ROWS = (
     .join(Sequence, Sequence.id == Enrollment.sequence_id)
     .where(Delivery.id.in_(bindparam("ids", expanding=True)))
 )
+# The same rows again right before sending, with the subscribers share-locked: an unsubscribe either
+# committed before this read (and is seen) or waits for the group's transaction.
+_RECHECK = _BATCH_ROWS.with_for_update(read=True, of=Subscriber)
 _VERSIONS = select(
     SequenceVersion.id,
     SequenceVersion.definition,
@@ -451,24 +454,7 @@ class Sender:
         self, session: Session, claim_token: str, sending_token: str, delivery_ids: list[int]
     ) -> dict[int, str | None]:
         """Re-check under a share lock on the subscribers, then ``queued -> sending``; None means go ahead."""
-        rows = session.execute(
-            select(
-                Delivery.id,
-                Delivery.status,
-                Delivery.claim_token,
-                Delivery.subscriber_id,
-                Subscriber.status.label("subscriber_status"),
-                Enrollment.status.label("enrollment_status"),
-                Sequence.status.label("sequence_status"),
-                # In the same statement: this transaction is paid once per group, its statements too.
-                exists().where(Suppression.email == Subscriber.email).label("suppressed"),
-            )
-            .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
-            .join(Enrollment, Enrollment.id == Delivery.enrollment_id)
-            .join(Sequence, Sequence.id == Enrollment.sequence_id)
-            .where(Delivery.id.in_(delivery_ids))
-            .with_for_update(read=True, of=Subscriber)
-        ).all()
+        rows = session.execute(_RECHECK, {"ids": delivery_ids}).all()
         verdicts: dict[int, str | None] = dict.fromkeys(delivery_ids, "gone")
         ready: list[int] = []
         for row in rows:
