@@ -203,3 +203,18 @@ def test_header_injection_in_a_stored_name_cannot_add_headers(world, set_env):  
     assert message["Bcc"] is None
     assert smtp.received[0].rcpt_tos == ["iv@example.com"]
     assert "\n" not in message["To"]
+
+
+@pytest.mark.parametrize(("claim_lease", "renewed"), [(60, True), (600, False)])
+def test_a_batch_renews_its_lease_only_when_less_than_half_is_left(world, set_env, claim_lease, renewed):  # type: ignore[no-untyped-def]
+    set_env(lease_seconds=300)
+    with clock.frozen(START):
+        subscribe(world, "lu@example.com", "three-step")
+        with transaction(world) as session:
+            claim = claim_due(session, limit=10, lease_seconds=claim_lease)
+        with transaction(world) as session:
+            make_sender(world)._prepare_batch(session, claim.token, claim.delivery_ids)
+    [lease] = [d.lease_until for d in deliveries(world) if d.status == "queued"]
+    # A row rewritten only to move its lease costs PostgreSQL a new entry in every index of the table.
+    expected = START + timedelta(seconds=300 if renewed else claim_lease)
+    assert lease == expected
