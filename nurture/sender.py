@@ -1,12 +1,13 @@
 """Send claimed deliveries, exactly once each, and record what happened.
 
-A batch is prepared in one read (rows, subscribers, steps, suppressions), then each delivery goes through:
-render; one short transaction that records the previous delivery's success, re-checks this one (subscriber
-share-locked, so an unsubscribe cannot slip between check and send) and moves it ``queued -> sending``; the
-SMTP transaction. So there is one commit per email, and an unsubscribe that lands while we render still wins.
-A worker that dies after "sending" leaves a row the reaper marks ambiguous instead of sending it blindly
-again. Every database step retries on a lost connection; each is a conditional UPDATE, so a repeat changes
-nothing.
+A batch is prepared in one read (rows, subscribers, steps, suppressions), then sent in groups: render the
+group; one short transaction that records the previous group's successes, re-checks this group (subscribers
+share-locked, so an unsubscribe cannot slip between check and mark) and moves it ``queued -> sending``; then
+one SMTP transaction per email. So there is one commit per group, not per email (docs/reliability.md, "Group
+commits": a group is only as large as the server accepts in 50 ms, at most 20), and an unsubscribe that lands
+while we render still wins. A worker that dies after "sending" leaves rows the reaper marks ambiguous instead
+of sending them blindly again. Every database step retries on a lost connection; each is a conditional
+UPDATE, so a repeat changes nothing.
 """
 
 from __future__ import annotations
