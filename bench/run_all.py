@@ -170,7 +170,7 @@ def report(outcomes: list[Outcome], quick: bool, total_seconds: float, kept_only
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     mode = "BENCH_QUICK=1 (smoke sizes: not the figures of record)" if quick else "full"
     if kept_only:
-        mode += "; report rebuilt from the saved result of each benchmark (each output has its own date and load)"
+        mode += "; report rebuilt from each benchmark's saved result (each output has its own date)"
     lines = [
         "# Benchmarks",
         "",
