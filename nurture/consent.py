@@ -56,27 +56,9 @@ def _clip(value: str | None, size: int) -> str | None:
     return cleaned[:size]
 
 
-def record_signup(
-    session: Session,
-    subscriber_id: int,
-    *,
-    origin: Origin,
-    source: str,
-    version: str,
-    org_name: str,
-    sequence_slug: str | None,
-    first_name: str | None,
-    timezone: str | None,
-) -> ConsentRecord:
-    row = signup_row(
-        origin=origin,
-        source=source,
-        version=version,
-        org_name=org_name,
-        sequence_slug=sequence_slug,
-        first_name=first_name,
-        timezone=timezone,
-    )
+def record_signup(session: Session, subscriber_id: int, row: dict[str, Any]) -> ConsentRecord:
+    """Add the consent record for ``row`` (:func:`signup_row`'s columns) as an ORM object, for callers that
+    go on with it in the same session (resubscribing confirms it at once)."""
     record = ConsentRecord(subscriber_id=subscriber_id, **row)
     session.add(record)
     session.flush()

@@ -193,9 +193,7 @@ def _dispatch(
             raise PreferenceError("This page is out of date: please reload it and try again.")
         # The link came from their own mailbox and pressing the button is the agreement: recorded, and
         # confirmed at once.
-        record = consent.record_signup(
-            session,
-            subscriber.id,
+        row = consent.signup_row(
             origin=origin,
             source="resubscribe",
             version=version,
@@ -204,6 +202,7 @@ def _dispatch(
             first_name=None,
             timezone=None,
         )
+        record = consent.record_signup(session, subscriber.id, row)
         consent.mark_confirmed(record, origin)
         resubscribe(session, subscriber)
         events.record(session, "confirmed", subscriber_id=subscriber.id, consent=version)
