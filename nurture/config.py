@@ -245,7 +245,7 @@ class Settings(BaseSettings):
     @property
     def envelope_from(self) -> str:
         """The bare address of NURTURE_FROM: the SMTP MAIL FROM, where bounces return."""
-        return _bare_address(self.from_address)
+        return parsed_address(self.from_address)[1]
 
     @property
     def from_domain(self) -> str:
@@ -285,6 +285,7 @@ def get_settings() -> Settings:
 
 
 @lru_cache(maxsize=16)
-def _bare_address(address: str) -> str:
-    # Cached: the sender asks for it several times per email, and parseaddr is slow.
-    return parseaddr(address)[1]
+def parsed_address(address: str) -> tuple[str, str]:
+    """``(display name, address)`` of a configured address such as NURTURE_FROM. Cached: the sender needs
+    the From address's parts several times per email, and parseaddr is slow."""
+    return parseaddr(address)

@@ -107,26 +107,10 @@ class Window:
         return RateLimited(self.key.split(":", 1)[0], _seconds_until(self.end, self.now))
 
 
-def dialect_name(executor: Session | Connection) -> str:
-    return executor.dialect.name if isinstance(executor, Connection) else executor.get_bind().dialect.name
-
-
-def hit(
-    executor: Session | Connection,
-    key: str,
-    *,
-    limit: int,
-    window_seconds: int,
-    now: datetime | None = None,
-) -> None:
-    """Count one hit for ``key`` in the current window, or raise :class:`RateLimited` (counting nothing)."""
-    count_hit(executor, Window.of(key, limit=limit, window_seconds=window_seconds, now=now))
-
-
-def count_hit(executor: Session | Connection, window: Window) -> None:
-    """:func:`hit` for a window already worked out."""
-    statement = _HIT["postgresql" if dialect_name(executor) == "postgresql" else "sqlite"]
-    if executor.execute(statement, window.params()).scalar() is None:
+def count_hit(connection: Connection, window: Window) -> None:
+    """Count one hit in ``window``, or raise :class:`RateLimited` (counting nothing)."""
+    statement = _HIT["postgresql" if connection.dialect.name == "postgresql" else "sqlite"]
+    if connection.execute(statement, window.params()).scalar() is None:
         raise window.refused()
 
 
@@ -139,12 +123,12 @@ _RECENT_CONFIRMATIONS = select(func.count(), func.min(OutboxMessage.created_at))
 
 
 def check_confirm_quota(
-    executor: Session | Connection, subscriber_id: int, *, limit: int, now: datetime | None = None
+    connection: Connection, subscriber_id: int, *, limit: int, now: datetime | None = None
 ) -> None:
     """Refuse another confirmation email to an address that already had ``limit`` in the last 24 hours."""
     now = now or clock.now()
     params = {"q_subscriber": subscriber_id, "q_since": now - CONFIRM_WINDOW}
-    count, oldest = executor.execute(_RECENT_CONFIRMATIONS, params).one()
+    count, oldest = connection.execute(_RECENT_CONFIRMATIONS, params).one()
     if count >= limit:
         # ``min`` comes back without the column type on some backends: normalise it to aware UTC.
         oldest = oldest if isinstance(oldest, datetime) else datetime.fromisoformat(str(oldest))

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from nurture import clock
 from nurture.breaker import BreakerPolicy, LocalBreaker
 from nurture.config import get_settings
-from nurture.db import transaction
+from nurture.db import engine_of, transaction
 from nurture.dispatch import claim_due
 from nurture.enrollment import unsubscribe
 from nurture.mail.templates import EmailTemplates
@@ -74,7 +74,7 @@ def claim_everything(factory: sessionmaker[Session], count: int) -> tuple[str, l
 
 @contextmanager
 def counted_commits(factory: sessionmaker[Session]) -> Iterator[list[int]]:
-    engine = factory.kw["bind"]
+    engine = engine_of(factory)
     commits = [0]
 
     def count(connection) -> None:  # type: ignore[no-untyped-def]

@@ -9,7 +9,6 @@ per message (DESIGN.md, performance notes); tests parse every message we build w
 from __future__ import annotations
 
 import binascii
-import functools
 import hashlib
 import hmac
 import re
@@ -17,8 +16,9 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 from email.header import Header
-from email.utils import format_datetime, formataddr, parseaddr
+from email.utils import format_datetime, formataddr
 
+from nurture.config import parsed_address
 from nurture.mail.templates import RenderedEmail
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -77,14 +77,8 @@ def _part(content_type: str, body: str) -> bytes:
     ).encode() + _quoted_printable(body)
 
 
-@functools.lru_cache(maxsize=16)
-def _parsed_from(address: str) -> tuple[str, str]:
-    # The configured From, parsed once per process instead of once per email (parseaddr is slow).
-    return parseaddr(address)
-
-
 def compose(rendered: RenderedEmail, envelope: Envelope) -> bytes:
-    from_name, from_addr = _parsed_from(envelope.from_address)
+    from_name, from_addr = parsed_address(envelope.from_address)
     headers = [
         ("From", formataddr((header_safe(from_name), strict_address(from_addr)), charset="utf-8")),
         (
