@@ -5,13 +5,15 @@ Rewriting is one regular-expression pass over each rendered part (no HTML parsin
 token is an HMAC of the delivery and the URL with the secret key, so rendering the same email again (a resend
 after an ambiguous send) yields the same tokens, and nobody without the key can make one up; the URL itself
 is stored in a ``tracked_links`` row, never put in the link. Unsubscribe, preferences and ``mailto:`` links
-are left alone. ``data-goal="name"`` on an ``<a>`` marks a link whose click also reports the goal ``name``
+are left alone, and so is any link the templates did not write themselves (subscriber data is data, never a
+link to rewrite). ``data-goal="name"`` on an ``<a>`` marks a link whose click also reports the goal ``name``
 (the attribute is removed from the email).
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import html
@@ -67,8 +69,13 @@ class LinkRewriter:
         base = self.settings.base_url.rstrip("/")
         self._base = base
         self._untracked = (f"{base}/unsubscribe/", f"{base}/preferences/", f"{base}/l/", f"{base}/o/")
+        self._written: frozenset[str] | None = None
 
-    def rewrite(self, rendered: RenderedEmail) -> RenderedEmail:
+    def rewrite(self, rendered: RenderedEmail, written_by: tuple[RenderedEmail, ...] = ()) -> RenderedEmail:
+        """Track the links of ``rendered`` that also stand in ``written_by``, renders of the same step with
+        no subscriber data (every link when it is empty): a URL from the subscriber's own data (a "first
+        name" of https://evil.example) is never tracked, so /l/ never redirects where a stranger chose."""
+        self._written = links_written(*written_by) if written_by else None
         html_part, text_part = rendered.html, rendered.text
         if self.clicks:
             html_part = _ANCHOR.sub(self._anchor, html_part)
@@ -78,7 +85,7 @@ class LinkRewriter:
         return replace(rendered, html=html_part, text=text_part)
 
     def _tracked(self, url: str, goal: str | None = None) -> str | None:
-        if url.startswith(self._untracked):
+        if url.startswith(self._untracked) or (self._written is not None and url not in self._written):
             return None
         row = self.rows.get(url)
         if row is None:
@@ -117,6 +124,20 @@ class LinkRewriter:
         )
         position = html_part.lower().rfind("</body>")
         return html_part + pixel if position < 0 else html_part[:position] + pixel + html_part[position:]
+
+
+@functools.lru_cache(maxsize=512)
+def links_written(*samples: RenderedEmail) -> frozenset[str]:
+    """Every http(s) link in renders of a step made with no subscriber data (``mail.context``): the links
+    the templates and settings write. Cached: the samples are themselves cached renders."""
+    found: set[str] = set()
+    for sample in samples:
+        for tag in _ANCHOR.findall(sample.html):
+            href = _HREF.search(tag)
+            if href is not None:
+                found.add(html.unescape(href.group(3)).strip())
+        found.update(url.rstrip(_TRAILING) for url in _TEXT_URL.findall(sample.text))
+    return frozenset(found)
 
 
 def store_links(session: Session, delivery_id: int, rows: list[LinkRow]) -> None:

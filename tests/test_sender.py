@@ -141,8 +141,8 @@ def test_unsubscribe_that_lands_while_rendering_wins(world, set_env):  # type: i
         sender = make_sender(world)
         real_render = sender.templates.render
 
-        def render_then_unsubscribe(template, context):  # type: ignore[no-untyped-def]
-            rendered = real_render(template, context)
+        def render_then_unsubscribe(template, context, subject=None):  # type: ignore[no-untyped-def]
+            rendered = real_render(template, context, subject)
             with transaction(world) as session:  # another request, committed mid-render
                 unsubscribe(session, session.get(Subscriber, subscriber_id), source="test")
             return rendered

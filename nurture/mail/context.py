@@ -22,6 +22,14 @@ class Recipient:
     public_id: str
 
 
+# Stand-ins for a subscriber when only the templates' own output is wanted (nurture.tracking.links_written):
+# with and without a name, so a link inside ``{% if first_name %}`` counts as written by the template.
+_NOBODY = (
+    Recipient("subscriber@example.invalid", None, "nobody"),
+    Recipient("subscriber@example.invalid", "Name", "nobody"),
+)
+
+
 def template_context(
     settings: Settings,
     recipient: Recipient,
@@ -74,7 +82,21 @@ def step_message(
     else:
         rendered = templates.render(template, context)
     if links is not None:
-        rendered = links.rewrite(rendered)
+        samples = tuple(
+            templates.render_sample(
+                template,
+                template_context(
+                    settings,
+                    nobody,
+                    sequence_name=sequence_name,
+                    step_number=step_number,
+                    step_count=step_count,
+                ),
+                subject,
+            )
+            for nobody in _NOBODY
+        )
+        rendered = links.rewrite(rendered, written_by=samples)
     message_id = message_id_for(delivery_id, settings.secret_key, settings.from_domain)
     envelope = Envelope(
         from_address=settings.from_address,

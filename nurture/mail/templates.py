@@ -1,5 +1,10 @@
 """Email templates: ``subject.txt``, ``body.txt`` and ``body.html`` per step, extending ``_base/``.
 
+Staff and files change these templates (a step's subject override is saved from the editor and the API), so
+they are untrusted code: they compile in :class:`ImmutableSandboxedEnvironment`, with none of Jinja's default
+globals, and :meth:`EmailTemplates.verify` refuses at save time a template that names anything but the
+documented :data:`CONTEXT_VARIABLES` or reaches for an attribute the sandbox forbids (docs/security.md).
+
 CSS from ``email/_base/email.css`` is inlined into the HTML templates once, when each template is loaded, not
 for every email: the inliner sees the template source with every Jinja construct swapped for an opaque
 placeholder, so it never mangles template syntax, and the compiled template is cached by Jinja.
@@ -14,12 +19,52 @@ from pathlib import Path
 from typing import Any
 
 import css_inline
-from jinja2 import BaseLoader, Environment, FileSystemLoader, StrictUndefined, Template, TemplateNotFound
+from jinja2 import (
+    BaseLoader,
+    Environment,
+    FileSystemLoader,
+    StrictUndefined,
+    Template,
+    TemplateError,
+    TemplateNotFound,
+    TemplateSyntaxError,
+    meta,
+    nodes,
+)
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 EMAIL_DIR = "email"
 PARTS = ("subject.txt", "body.txt", "body.html")
 _JINJA_CONSTRUCT = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.DOTALL)
 _PLACEHOLDER = re.compile(r"NURTUREJINJA(\d+)X")
+
+# What an email template may use: the names ``mail.context.template_context`` fills (and ``confirm_url`` in
+# the confirmation email). A template naming anything else is refused when it is saved.
+CONTEXT_VARIABLES: dict[str, str] = {
+    "first_name": "the subscriber's first name, or nothing",
+    "email": "the subscriber's address",
+    "org_name": "NURTURE_ORG_NAME",
+    "postal_address": "NURTURE_POSTAL_ADDRESS",
+    "contact_url": "NURTURE_CONTACT_URL",
+    "base_url": "NURTURE_BASE_URL",
+    "logo_url": "NURTURE_LOGO_URL, or nothing",
+    "brand_color": "NURTURE_BRAND_COLOR",
+    "unsubscribe_url": "this subscriber's one-click unsubscribe page",
+    "preferences_url": "this subscriber's preferences page",
+    "sequence_name": "the sequence's name",
+    "step_number": "this step's position, from 1",
+    "step_count": "how many steps the sequence has",
+    "confirm_url": "the double opt-in link (confirmation emails only)",
+}
+# Filled in for the trial render of :meth:`EmailTemplates.verify`.
+_SAMPLE_CONTEXT: dict[str, Any] = {
+    name: "https://example.invalid/sample" if name.endswith("_url") else "Sample"
+    for name in CONTEXT_VARIABLES
+} | {"step_number": 1, "step_count": 1, "brand_color": "#0b5394", "email": "sample@example.invalid"}
+
+
+class UnsafeTemplateError(TemplateError):
+    """A template that reaches beyond the documented context: refused before it is stored."""
 
 
 @dataclass(frozen=True)
@@ -77,15 +122,10 @@ class EmailTemplates:
         self.root = root
         loader = CssInliningLoader(root, stylesheet)
         # Two environments: autoescape applies to HTML only, so text parts never show "&amp;".
-        self._html = Environment(loader=loader, autoescape=True, undefined=StrictUndefined, auto_reload=False)
-        self._text = Environment(
-            loader=loader,
-            autoescape=False,
-            undefined=StrictUndefined,
-            auto_reload=False,
-            keep_trailing_newline=True,
-        )
+        self._html = _sandbox(loader, autoescape=True)
+        self._text = _sandbox(loader, autoescape=False, keep_trailing_newline=True)
         self._subjects: dict[str, Template] = {}
+        self._samples: dict[tuple[Any, ...], RenderedEmail] = {}
 
     def exists(self, template_dir: str) -> list[str]:
         """The parts missing from ``template_dir`` (empty when the step's templates are complete)."""
@@ -93,17 +133,49 @@ class EmailTemplates:
         return [part for part in PARTS if not (folder / part).is_file()]
 
     def check(self, template_dir: str) -> None:
-        """Compile every part, raising on a missing file or a syntax error."""
+        """Compile and verify every part (and the ``_base`` parts they extend), raising
+        :class:`TemplateError` on a missing file, a syntax error or an unsafe template."""
         for part in PARTS:
             env = self._html if part.endswith(".html") else self._text
-            env.get_template(f"{template_dir}/{part}")
+            names = [f"{template_dir}/{part}", f"_base/{part}"]
+            for name in names:
+                self._verify_source(env, env.loader.get_source(env, name)[0], name)  # type: ignore[union-attr]
+            env.get_template(names[0]).render(_SAMPLE_CONTEXT)
 
     def compile_subject(self, source: str) -> Template:
-        """A step's subject override (Jinja, rendered like ``subject.txt``); compiled once per text."""
+        """A step's subject override (Jinja, rendered like ``subject.txt``), verified and compiled once per
+        text; :class:`TemplateError` when it does not compile or is unsafe."""
         compiled = self._subjects.get(source)
         if compiled is None:
-            compiled = self._subjects[source] = self._text.from_string(source)
+            self._verify_source(self._text, source, "subject")
+            compiled = self._text.from_string(source)
+            compiled.render(_SAMPLE_CONTEXT)
+            self._subjects[source] = compiled
         return compiled
+
+    def _verify_source(self, env: Environment, source: str, name: str) -> None:
+        """Refuse what the sandbox would only stop at render time, and only on the branch that ran: a name
+        outside :data:`CONTEXT_VARIABLES`, an underscore attribute, the ``attr`` filter, templates other
+        than the ``_base`` parts."""
+        tree = env.parse(source, name=name)
+        unknown = sorted(meta.find_undeclared_variables(tree) - CONTEXT_VARIABLES.keys())
+        if unknown:
+            known = ", ".join(CONTEXT_VARIABLES)
+            raise UnsafeTemplateError(
+                f"uses {', '.join(unknown)}, which is not a template variable ({known})"
+            )
+        for node in tree.find_all((nodes.Getattr, nodes.Getitem, nodes.Filter)):
+            if isinstance(node, nodes.Getattr) and node.attr.startswith("_"):
+                raise UnsafeTemplateError(f"reads the attribute {node.attr!r}, which templates may not use")
+            if isinstance(node, nodes.Getitem) and _underscore_constant(node.arg):
+                raise UnsafeTemplateError("reads an underscore item, which templates may not use")
+            if isinstance(node, nodes.Filter) and node.name == "attr":
+                raise UnsafeTemplateError("uses the attr filter, which templates may not use")
+        for referenced in meta.find_referenced_templates(tree):
+            if referenced is None or not referenced.startswith("_base/"):
+                raise UnsafeTemplateError(
+                    f"includes {referenced or 'a computed template'}: only _base/ parts"
+                )
 
     def render(
         self, template_dir: str, context: Mapping[str, Any], subject: str | None = None
@@ -117,6 +189,33 @@ class EmailTemplates:
         text = self._text.get_template(f"{template_dir}/body.txt").render(context)
         html = self._html.get_template(f"{template_dir}/body.html").render(context)
         return RenderedEmail(subject=one_line(subject), text=tidy_text(text), html=html)
+
+    def render_sample(
+        self, template_dir: str, context: Mapping[str, Any], subject: str | None = None
+    ) -> RenderedEmail:
+        """:meth:`render`, remembered for a context that carries no subscriber's data (the same for every
+        email of a step), so comparing against it costs one render per step and process."""
+        key = (template_dir, subject, tuple(sorted(context.items())))
+        sample = self._samples.get(key)
+        if sample is None:
+            if len(self._samples) > 1024:  # steps x sequences is small; this only bounds a leak
+                self._samples.clear()
+            sample = self._samples[key] = self.render(template_dir, context, subject)
+        return sample
+
+
+def _sandbox(loader: BaseLoader, **options: Any) -> Environment:
+    env = ImmutableSandboxedEnvironment(
+        loader=loader, undefined=StrictUndefined, auto_reload=False, **options
+    )
+    # range, dict, cycler, joiner, lipsum and namespace are not documented variables, and cycler's globals
+    # were the way to the os module before the sandbox.
+    env.globals.clear()
+    return env
+
+
+def _underscore_constant(node: nodes.Node) -> bool:
+    return isinstance(node, nodes.Const) and isinstance(node.value, str) and node.value.startswith("_")
 
 
 def one_line(value: str) -> str:
@@ -134,4 +233,12 @@ def tidy_text(value: str) -> str:
     return "\n".join(tidy) + "\n"
 
 
-__all__ = ["EmailTemplates", "RenderedEmail", "TemplateNotFound"]
+__all__ = [
+    "CONTEXT_VARIABLES",
+    "EmailTemplates",
+    "RenderedEmail",
+    "SecurityError",
+    "TemplateNotFound",
+    "TemplateSyntaxError",
+    "UnsafeTemplateError",
+]

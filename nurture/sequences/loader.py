@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 from jinja2 import TemplateError
 
-from nurture.mail.templates import EmailTemplates
+from nurture.mail.templates import EmailTemplates, UnsafeTemplateError
 from nurture.schedule import ScheduleError, SendWindow, format_delay, parse_delay, zone
 from nurture.sequences.policy import POLICY_KEYS, parse_policy
 
@@ -234,6 +234,9 @@ def _steps(raw: Any, templates: EmailTemplates, problem: Any) -> list[StepDefini
             continue
         try:
             templates.check(template)
+        except UnsafeTemplateError as exc:
+            problem(f"template {template!r} is refused: {exc}", label)
+            continue
         except TemplateError as exc:
             problem(f"template {template!r} does not compile: {exc}", label)
             continue
@@ -257,6 +260,9 @@ def _subject(raw: Any, templates: EmailTemplates, label: str, problem: Any) -> s
         return False
     try:
         templates.compile_subject(subject)
+    except UnsafeTemplateError as exc:
+        problem(f"subject is refused: {exc}", label)
+        return False
     except TemplateError as exc:
         problem(f"subject does not compile: {exc}", label)
         return False

@@ -14,6 +14,7 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from jinja2 import TemplateError
 from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 
@@ -404,7 +405,10 @@ def _render_step(
     )
     templates = EmailTemplates(settings.templates_dir)
     # A step's subject override (nurture.versions) is what subscribers see, so the preview shows it too.
-    rendered = templates.render(step.template, context, step.subject or None)
+    try:
+        rendered = templates.render(step.template, context, step.subject or None)
+    except TemplateError as exc:  # e.g. a subject stored before the sandbox refused it at save time
+        raise BadRequest(400, f"Step {step.key!r} cannot be rendered: {exc}") from None
     # When would this subscriber (or a sample signing up now) get it, on their own clock?
     tz = resolve_zone(subscriber.timezone if subscriber else None, version.timezone)
     due = None
