@@ -19,6 +19,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Install nurture and its dev tools into .venv
 
+# nurture never assumes development: an unset NURTURE_ENV means production (a real secret key, Secure
+# cookies). The targets that run it on a developer's machine choose development, unless you chose already.
+run migrate bench: export NURTURE_ENV ?= development
+
 run: $(STAMP) ## Start web + worker + beat on embedded defaults (SQLite, no Redis, mail to var/mail/)
 	$(BIN)/nurture run
 

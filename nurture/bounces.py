@@ -3,9 +3,13 @@ non-standard formats, read with flufl.bounce.
 
 A hard (permanent) failure suppresses the address at once and withdraws the subscriber's open deliveries,
 as a 5xx at SMTP time does (``nurture.sender``); a soft (temporary) failure is recorded, and an address that
-collects ``settings.soft_bounce_limit`` of them is suppressed too. The bounce is tied to the delivery it
-reports on through the original Message-ID, when the notification carries the original message or its
-headers.
+collects ``settings.soft_bounce_limit`` of them is suppressed too.
+
+Anyone can mail the bounce address, so a notification acts only with proof that we sent the message it reports
+on: the original Message-ID it quotes must be one of ours, its HMAC valid (``compose.delivery_id_of``, or
+``outbox.outbox_id_of`` for a confirmation email), naming a message we did send. It then concerns only the
+subscriber that message went to. A notification without that proof is ignored: counted and logged with the
+reason, nothing suppressed.
 
 Processing is idempotent: every event written for a notification carries its key (its own Message-ID, or a
 hash of its bytes when it has none) in ``detail["dsn"]``, and a notification whose key is already recorded
@@ -34,7 +38,9 @@ from nurture import events
 from nurture.config import Settings, get_settings
 from nurture.db import retrying
 from nurture.enrollment import cancel_open_deliveries
-from nurture.models import Delivery, Event, Subscriber
+from nurture.mail.compose import delivery_id_of
+from nurture.models import Delivery, Event, OutboxMessage, Subscriber
+from nurture.outbox import outbox_id_of
 from nurture.sender import suppress
 
 log = logging.getLogger(__name__)
@@ -48,9 +54,6 @@ SOFT = "soft_bounce"
 MAX_KEY_LENGTH = 200  # longer Message-IDs are replaced by a hash: the key lives in a JSON detail
 MAX_ADDRESS_LENGTH = 320
 
-# message_id_for() in nurture.mail.compose: <nurture.{delivery_id}.{hmac}@{domain}>. The id lets us find
-# the row by primary key (deliveries.message_id has no index); the stored column must still match exactly.
-_OUR_MESSAGE_ID = re.compile(r"<nurture\.(\d{1,18})\.[0-9a-f]+@[^<>\s]+>")
 _INLINE_MESSAGE_ID = re.compile(rb"(?im)^message-id:[ \t]*(<[^<>\s]{1,250}>)")
 _HEADER_PART_TYPES = ("text/rfc822-headers", "message/rfc822-headers")
 
@@ -83,6 +86,7 @@ class Tally:
     unrecognised: int = 0  # messages that are not bounces, or whose format nothing understands
     duplicate: int = 0  # notifications already processed
     suppressed_soft: int = 0  # addresses that reached the soft bounce limit with this input
+    ignored: int = 0  # notifications without proof that they are about a message we sent to that address
 
     def __iadd__(self, other: Tally) -> Tally:
         for name in self.__dataclass_fields__:
@@ -199,33 +203,82 @@ def _statuses(message: Message) -> dict[str, str]:
 # --- acting ----------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Sent:
+    """The message of ours a notification quotes, verified: whom it went to, and which delivery it was
+    (None for a confirmation email, which is no delivery)."""
+
+    subscriber: Subscriber
+    delivery: Delivery | None
+
+
 def apply(session: Session, bounce: Bounce, settings: Settings) -> Tally:
-    """Record one notification in the caller's transaction; one already processed changes nothing."""
+    """Record one notification in the caller's transaction; one already processed changes nothing, one
+    without proof that we sent the message it reports on is ignored."""
     if not bounce.recognised:
         return Tally(unrecognised=1)
+    sent = _sent_message(session, bounce.original_message_id, settings)
+    if isinstance(sent, str):
+        return _ignored(bounce, sent)
+    address = _failed_address(session, bounce, sent.subscriber)
+    if address is None:
+        return _ignored(bounce, "other-recipient")
     _lock(session, bounce.key)
     if _already_processed(session, bounce.key):
         return Tally(duplicate=1)
-    delivery = _delivery_for(session, bounce.original_message_id)
     tally = Tally()
-    single = len(bounce.hard | bounce.soft) == 1
-    for address in sorted(bounce.hard):
-        subscriber = _subscriber_for(session, address, delivery, single)
-        _hard(session, bounce, address, subscriber, delivery)
-        tally.hard += 1
-    for address in sorted(bounce.soft):
-        subscriber = _subscriber_for(session, address, delivery, single)
-        if _soft(session, bounce, address, subscriber, delivery, settings):
-            tally.suppressed_soft += 1
-        tally.soft += 1
+    if address in bounce.hard:
+        _hard(session, bounce, address, sent)
+        tally.hard = 1
+    else:
+        tally.suppressed_soft = int(_soft(session, bounce, address, sent, settings))
+        tally.soft = 1
     log.info(
         "bounce dsn=%s hard=%d soft=%d delivery=%s",
         bounce.key,
         tally.hard,
         tally.soft,
-        delivery.id if delivery else None,
+        sent.delivery.id if sent.delivery else None,
     )
     return tally
+
+
+def _ignored(bounce: Bounce, reason: str) -> Tally:
+    log.info("bounce ignored dsn=%s reason=%s", bounce.key, reason)
+    return Tally(ignored=1)
+
+
+def _sent_message(session: Session, message_id: str | None, settings: Settings) -> _Sent | str:
+    """The message of ours the notification is about, or why there is no proof of one. The HMAC says we made
+    the id; the stored Message-ID of the row says we sent it."""
+    if not message_id:
+        return "no-original-message-id"
+    keys = settings.verification_secret_keys
+    if (delivery_id := delivery_id_of(message_id, keys)) is not None:
+        delivery = session.get(Delivery, delivery_id)
+        if delivery is None or delivery.message_id != message_id:
+            return "unknown-message"
+        return _Sent(delivery.subscriber, delivery)
+    if (outbox_id := outbox_id_of(message_id, keys)) is not None:
+        message = session.get(OutboxMessage, outbox_id)
+        if message is None or message.message_id != message_id:
+            return "unknown-message"
+        return _Sent(message.subscriber, None)
+    return "not-our-message-id"
+
+
+def _failed_address(session: Session, bounce: Bounce, subscriber: Subscriber) -> str | None:
+    """The failed address that is the recipient's: their own, or (their mail is forwarded) the only one the
+    notification names, if no other subscriber has it. Any other address is not ours to judge on the strength
+    of this message: a copy of one subscriber's email must not suppress another."""
+    named = bounce.hard | bounce.soft
+    if subscriber.email in named:
+        return subscriber.email
+    if len(named) == 1:
+        [address] = named
+        if session.scalar(select(Subscriber.id).where(Subscriber.email == address)) is None:
+            return address
+    return None
 
 
 def _lock(session: Session, key: str) -> None:
@@ -243,52 +296,18 @@ def _already_processed(session: Session, key: str) -> bool:
     return session.scalar(query) is not None
 
 
-def _delivery_for(session: Session, message_id: str | None) -> Delivery | None:
-    if not message_id:
-        return None
-    match = _OUR_MESSAGE_ID.fullmatch(message_id)
-    if match is None:
-        return None  # not a message nurture sent
-    delivery = session.get(Delivery, int(match.group(1)))
-    if delivery is None or delivery.message_id != message_id:
-        return None
-    return delivery
-
-
-def _subscriber_for(
-    session: Session, address: str, delivery: Delivery | None, single: bool
-) -> Subscriber | None:
-    subscriber = session.scalar(select(Subscriber).where(Subscriber.email == address))
-    if subscriber is None and delivery is not None and single:
-        # The only failed recipient of a message we sent to one subscriber, under another address: the
-        # subscriber's mail is forwarded, and it is their mail that bounces.
-        subscriber = session.get(Subscriber, delivery.subscriber_id)
-    return subscriber
-
-
-def _delivery_id(delivery: Delivery | None, subscriber: Subscriber | None) -> int | None:
-    if delivery is not None and subscriber is not None and delivery.subscriber_id == subscriber.id:
-        return delivery.id
-    return None
-
-
-def _hard(
-    session: Session,
-    bounce: Bounce,
-    address: str,
-    subscriber: Subscriber | None,
-    delivery: Delivery | None,
-) -> None:
+def _hard(session: Session, bounce: Bounce, address: str, sent: _Sent) -> None:
+    subscriber = sent.subscriber
     status = bounce.statuses.get(address)
     detail = f"bounce notification {bounce.key}" + (f": {status}" if status else "")
     # The subscriber's own address is the one we mail; a bounce about a forwarded address suppresses it.
-    suppress(session, subscriber.email if subscriber else address, "hard-bounce", detail)
-    cancelled = cancel_open_deliveries(session, subscriber.id, "suppressed") if subscriber else 0
+    suppress(session, subscriber.email, "hard-bounce", detail)
+    cancelled = cancel_open_deliveries(session, subscriber.id, "suppressed")
     events.record(
         session,
         HARD,
-        subscriber_id=subscriber.id if subscriber else None,
-        delivery_id=_delivery_id(delivery, subscriber),
+        subscriber_id=subscriber.id,
+        delivery_id=sent.delivery.id if sent.delivery else None,
         dsn=bounce.key,
         source="notification",
         status=status,
@@ -296,23 +315,17 @@ def _hard(
     )
 
 
-def _soft(
-    session: Session,
-    bounce: Bounce,
-    address: str,
-    subscriber: Subscriber | None,
-    delivery: Delivery | None,
-    settings: Settings,
-) -> bool:
+def _soft(session: Session, bounce: Bounce, address: str, sent: _Sent, settings: Settings) -> bool:
     """Record a temporary failure; True when it brings the subscriber to the limit and suppresses them."""
+    subscriber = sent.subscriber
     status = bounce.statuses.get(address)
-    delivery_id = _delivery_id(delivery, subscriber)
-    count = _soft_count(session, subscriber.id, delivery_id) if subscriber else 0
-    reached = subscriber is not None and count >= settings.soft_bounce_limit
+    delivery_id = sent.delivery.id if sent.delivery else None
+    count = _soft_count(session, subscriber.id, delivery_id)
+    reached = count >= settings.soft_bounce_limit
     events.record(
         session,
         SOFT,
-        subscriber_id=subscriber.id if subscriber else None,
+        subscriber_id=subscriber.id,
         delivery_id=delivery_id,
         dsn=bounce.key,
         status=status,
@@ -320,7 +333,6 @@ def _soft(
         suppressed=reached,
     )
     if reached:
-        assert subscriber is not None
         suppress(session, subscriber.email, "soft-bounce-limit", f"{count} soft bounces, last {bounce.key}")
         cancel_open_deliveries(session, subscriber.id, "suppressed")
     return reached
@@ -360,9 +372,9 @@ def scan_maildir(path: Path, *, delete: bool = False, factory: sessionmaker[Sess
     """Process every message not yet marked seen (in ``new/``, or in ``cur/`` without the S flag).
 
     Each is committed before it is moved, so a crash repeats at most one message, harmlessly. A processed
-    bounce moves to ``cur/`` flagged seen, or is deleted with ``delete``; a message that is not a bounce is
-    moved to ``cur/`` flagged seen and never deleted: people do answer the bounce address, and a bounce in a
-    format nothing recognises deserves a human look.
+    bounce moves to ``cur/`` flagged seen, or is deleted with ``delete``; a message that is not a bounce, or a
+    bounce ignored for want of proof, is moved to ``cur/`` flagged seen and never deleted: people do answer
+    the bounce address, and a bounce in a format nothing recognises, or a forged one, deserves a human look.
     """
     for sub in ("new", "cur", "tmp"):
         if not (path / sub).is_dir():
@@ -380,7 +392,8 @@ def scan_maildir(path: Path, *, delete: bool = False, factory: sessionmaker[Sess
             result = Tally(unrecognised=1)
         tally += result
         try:
-            if delete and not result.unrecognised:
+            # Kept for a person: mail that is no bounce, and reports we did not act on (forged or unproven).
+            if delete and not (result.unrecognised or result.ignored):
                 file.unlink()
             else:
                 _mark_seen(path, file)

@@ -722,7 +722,8 @@ def bounces_scan(maildir: Path, delete: bool) -> None:
     """Process every unseen message in MAILDIR: suppress hard bounces, count soft ones.
 
     Processed messages move to cur/ marked seen (bounces are deleted instead with --delete; messages that
-    are not bounces are always kept for a person to read)."""
+    are not bounces, and bounces ignored because they quote no message we sent, are always kept for a person
+    to read)."""
     from nurture.bounces import NotAMaildir, scan_maildir
 
     _settings()
@@ -732,7 +733,7 @@ def bounces_scan(maildir: Path, delete: bool) -> None:
         raise click.ClickException(str(exc)) from None
     click.echo(
         f"hard {tally.hard}, soft {tally.soft}, unrecognised {tally.unrecognised}, "
-        f"already processed {tally.duplicate}"
+        f"already processed {tally.duplicate}, ignored {tally.ignored}"
     )
     if tally.suppressed_soft:
         click.echo(f"{tally.suppressed_soft} addresses reached the soft bounce limit and were suppressed")
@@ -892,7 +893,9 @@ def run(host: str, port: int) -> None:
     for line in _sync():
         click.echo(line)  # a refused sequence is reported and keeps its live version; the rest start
     broker = "embedded (var/broker)" if settings.embedded_broker else settings.broker_url.split("@")[-1]
-    click.echo(f"database: {settings.resolved_database_url.split('@')[-1]}; broker: {broker}")
+    # Say which rules apply: development is only ever chosen (make run sets NURTURE_ENV), never assumed.
+    click.echo(f"env: {settings.env.value}; database: {settings.resolved_database_url.split('@')[-1]}")
+    click.echo(f"broker: {broker}")
     click.echo(f"mail: {settings.resolved_smtp_url.split('@')[-1]}; web: http://{host}:{port}/healthz")
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Worker-side metrics (send latency) reach the web's /metrics through files shared by all children.

@@ -1,8 +1,10 @@
 """Typed settings read from ``NURTURE_*`` environment variables.
 
-Every setting has a development default so ``make run`` works on a fresh machine; outside development
-the defaults that would be unsafe (secret key, postal address, base URL) are refused at start-up with a
-message that names the variable to set.
+Every setting has a development default so ``make run`` works on a fresh machine, but development is
+never assumed: only ``NURTURE_ENV=development`` (which ``make run`` sets) accepts the development secret key
+and sends staff cookies without ``Secure``. An unset ``NURTURE_ENV`` means production, where the defaults
+that would be unsafe (secret key, postal address, base URL) are refused at start-up with a message that
+names the variable to set.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ class ConfigError(RuntimeError):
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="NURTURE_", extra="ignore", frozen=True)
 
-    env: Environment = Environment.development
+    # Unset: production. A deployment that forgot the variable must not run on the public development key.
+    env: Environment = Environment.production
     var_dir: Path = Path("var")
 
     database_url: str = ""  # empty: SQLite file under var_dir
@@ -114,6 +117,10 @@ class Settings(BaseSettings):
     confirm_daily_limit: int = Field(default=3, ge=1, le=100)  # confirmation emails per address per 24 h
     # A signup never confirmed is someone we may not mail and whose data we may not keep: deleted after this.
     unconfirmed_retention_days: int = Field(default=30, ge=1, le=3650)
+    # Tracked-link clicks counted per client IP (IPv6: per /64) per window; over it /l/ still redirects but
+    # records nothing (nurture.tracking.record_hit). Generous: an office behind one address clicks too.
+    click_ip_limit: int = Field(default=100, ge=1, le=100_000)
+    click_ip_window_seconds: int = Field(default=600, ge=1, le=86_400)
 
     # Staff side (docs/staff.md).
     login_account_limit: int = Field(default=5, ge=1, le=1000)  # failed logins per account...
@@ -192,6 +199,11 @@ class Settings(BaseSettings):
                 problems.append("NURTURE_POSTAL_ADDRESS must be your real postal address (CAN-SPAM)")
             if not self.base_url.startswith("https://"):
                 problems.append("NURTURE_BASE_URL must be an https:// URL in production")
+        if problems and "env" not in self.model_fields_set:
+            # Name the likely cause: an operator who never chose production, or a developer without make run.
+            problems.append(
+                "NURTURE_ENV is unset, so production rules apply; NURTURE_ENV=development to try it out"
+            )
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -111,7 +111,7 @@ def broker_label(settings: Settings) -> str:
 def check_settings(settings: Settings) -> Check:
     detail = f"env={settings.env.value}, from={settings.envelope_from}, base_url={settings.base_url}"
     if settings.env is Environment.production and not settings.metrics_token:
-        return Check("settings", WARN, detail + "; /metrics is open: set NURTURE_METRICS_TOKEN or block it")
+        return Check("settings", WARN, detail + "; /metrics answers 403 until NURTURE_METRICS_TOKEN is set")
     return Check("settings", OK, detail)
 
 

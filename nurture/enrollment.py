@@ -12,7 +12,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from nurture import clock, events
-from nurture.addresses import InvalidInput, clean_name, normalise_email
+from nurture.addresses import clean_name, clean_zone, normalise_email
 from nurture.catalog import get_sequence, window_of
 from nurture.models import (
     OPEN_DELIVERY_STATUSES,
@@ -25,7 +25,7 @@ from nurture.models import (
     Subscriber,
     SubscriberStatus,
 )
-from nurture.schedule import ScheduleError, resolve_zone, schedule_steps, zone
+from nurture.schedule import resolve_zone, schedule_steps
 
 UNSENT_STATUSES = (DeliveryStatus.pending, DeliveryStatus.queued, DeliveryStatus.held)
 
@@ -114,11 +114,7 @@ def add_subscriber(
     """Staff adding someone directly: active at once (they vouch for consent), optionally enrolled."""
     address = normalise_email(email)
     name = clean_name(first_name)
-    if timezone:
-        try:
-            zone(timezone)
-        except ScheduleError as exc:
-            raise InvalidInput("timezone", str(exc)) from None
+    timezone = clean_zone(timezone)
     sequence = None
     if sequence_slug:
         sequence = get_sequence(session, sequence_slug)

@@ -22,8 +22,8 @@ from typing import Any
 from sqlalchemy import ARRAY, JSON, Table, any_, bindparam, delete, exists, insert, or_, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from nurture import clock
-from nurture.addresses import MAX_EMAIL_LENGTH, InvalidInput, clean_name, normalise_email
+from nurture import clock, csvsafe
+from nurture.addresses import MAX_EMAIL_LENGTH, InvalidInput, clean_name, clean_zone, normalise_email
 from nurture.catalog import window_of
 from nurture.db import transaction
 from nurture.models import (
@@ -39,7 +39,7 @@ from nurture.models import (
     SubscriberStatus,
     Suppression,
 )
-from nurture.schedule import ScheduleError, resolve_zone, schedule_steps, zone
+from nurture.schedule import resolve_zone, schedule_steps
 
 CHUNK = 500
 
@@ -212,17 +212,11 @@ class _Addresses:
         return normalise_email(raw)  # the full check, and its exact error message
 
 
-def _check_zone(name: str, known: set[str]) -> None:
-    if name not in known:
-        try:
-            zone(name)
-        except ScheduleError as exc:
-            raise InvalidInput("timezone", str(exc)) from None
-        known.add(name)
-
-
 def read_csv(data: bytes) -> tuple[list[_Good], list[RowError]]:
-    """Parse and validate every row; a bad row is reported and left out whole. BOM and CRLF are fine."""
+    """Parse and validate every row; a bad row is reported and left out whole. BOM and CRLF are fine.
+
+    Rows get the same checks as the signup form (nurture.addresses), and cells are read through
+    ``csvsafe.unescape``, so a file nurture exported imports back as the values it held."""
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -242,7 +236,6 @@ def read_csv(data: bytes) -> tuple[list[_Good], list[RowError]]:
     errors: list[RowError] = []
     seen: dict[str, int] = {}
     addresses = _Addresses()
-    zones: set[str] = set()
     try:
         for row in reader:
             line = reader.line_num
@@ -251,14 +244,12 @@ def read_csv(data: bytes) -> tuple[list[_Good], list[RowError]]:
             if len(row) != len(header):
                 errors.append(RowError(line, "", f"has {len(row)} fields, the header has {len(header)}"))
                 continue
-            values = dict(zip(header, row, strict=True))
+            values = dict(zip(header, map(csvsafe.unescape, row), strict=True))
             raw_email = values["email"]
             try:
                 address = addresses.normalise(raw_email)
                 name = clean_name(values.get("first_name") or None)
-                tz = (values.get("timezone") or "").strip() or None
-                if tz:
-                    _check_zone(tz, zones)
+                tz = clean_zone(values.get("timezone"))
                 attributes = {k: v.strip() for k, v in values.items() if k not in KNOWN_COLUMNS and v.strip()}
                 if any(len(v) > MAX_ATTRIBUTE_LENGTH for v in attributes.values()):
                     raise InvalidInput(
@@ -653,8 +644,9 @@ EXPORT_COLUMNS = (
 
 
 def export_csv(session: Session, handle: Any) -> int:
-    """Every subscriber as CSV (attributes as one JSON column), streamed; returns the row count."""
-    writer = csv.writer(handle, lineterminator="\n")
+    """Every subscriber as CSV (attributes as one JSON column), streamed; returns the row count. Cells are
+    escaped against spreadsheet formulas (nurture.csvsafe)."""
+    writer = csvsafe.SafeWriter(handle)
     writer.writerow([*EXPORT_COLUMNS, "attributes"])
     count = 0
     for subscriber in session.scalars(

@@ -3,7 +3,9 @@
 ``NURTURE_LOG_FORMAT`` chooses (``auto``: JSON when ``NURTURE_ENV=production``, text otherwise) and
 ``NURTURE_LOG_LEVEL`` sets the level. Each HTTP request gets an id (the caller's ``X-Request-ID`` when it
 looks sane, else a new one), echoed in the response and attached to every line logged while serving it,
-uvicorn's access line included. Lines logged inside a Celery task carry the task's name and id.
+uvicorn's access line included. Lines logged inside a Celery task carry the task's name and id. The token in
+a link path (``/confirm/``, ``/unsubscribe/``, ``/preferences/``, ``/l/``, ``/o/``) is as good as the link
+itself, so every line shows ``/unsubscribe/[token]`` instead (:class:`RedactTokensFilter`).
 
 The web command hands :func:`logging_config` to uvicorn, which applies it in every worker process it starts;
 Celery workers and beat apply it from the ``setup_logging`` signal (nurture/celery_app.py).
@@ -36,6 +38,9 @@ REQUEST_ID: ContextVar[str | None] = ContextVar("nurture_request_id", default=No
 REQUEST_ID_HEADER = "X-Request-ID"
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:+/=@-]{1,128}")
 DISPATCH_TASK = "nurture.dispatch_due"  # the same name as nurture.celery_app.DISPATCH_TASK
+# A public route whose next path segment is a secret token; a token never holds "/", "?", "#" or spaces.
+_TOKEN_PATH = re.compile(r"(/(?:confirm|unsubscribe|preferences|l|o)/)[^/?#\s\"']+")
+REDACTED_TOKEN = "[token]"
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=`` and goes into the JSON.
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {
@@ -55,6 +60,27 @@ def new_request_id() -> str:
 def sane_request_id(value: str | None) -> str | None:
     """``value`` when it is safe to log and echo (short, no spaces or control characters), else None."""
     return value if value and _SANE_REQUEST_ID.fullmatch(value) else None
+
+
+def redact_tokens(text: str) -> str:
+    """``text`` with the token of every link path in it replaced: ``/unsubscribe/[token]?from=mail``."""
+    return _TOKEN_PATH.sub(rf"\1{REDACTED_TOKEN}", text)
+
+
+class RedactTokensFilter(logging.Filter):
+    """Takes link tokens out of every line the handler writes: uvicorn's access line quotes the path, and
+    so might any message. Whoever reads the logs (a log service, a support engineer) could otherwise
+    unsubscribe, confirm or read the preferences of anyone whose link was requested."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed call: the formatter reports it, as it would without this filter
+            return True
+        redacted = redact_tokens(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
 
 
 class ContextFilter(logging.Filter):
@@ -158,6 +184,7 @@ def logging_config(settings: Settings, role: str, quiet_tasks: Iterable[str] = (
                 "()": "nurture.logs.QuietTicksFilter",
                 "tasks": sorted({DISPATCH_TASK, *quiet_tasks}),
             },
+            "redact_tokens": {"()": "nurture.logs.RedactTokensFilter"},
         },
         "formatters": {"nurture": {"()": formatter, "role": role}},
         "handlers": {
@@ -165,7 +192,7 @@ def logging_config(settings: Settings, role: str, quiet_tasks: Iterable[str] = (
                 "class": "logging.StreamHandler",
                 "stream": "ext://sys.stderr",
                 "formatter": "nurture",
-                "filters": ["context", "quiet_ticks"],
+                "filters": ["context", "quiet_ticks", "redact_tokens"],
             }
         },
         "root": {"level": level, "handlers": ["console"]},

@@ -16,10 +16,10 @@ Confirmations are few and wanted now, so a tick claims and sends them itself; no
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
+import re
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -31,7 +31,7 @@ from nurture.breaker import Breaker, NeverOpen
 from nurture.catalog import get_sequence
 from nurture.config import Settings
 from nurture.db import transaction
-from nurture.mail.compose import Envelope, compose
+from nurture.mail.compose import Envelope, compose, signature, verified_number
 from nurture.mail.context import Recipient, template_context
 from nurture.mail.templates import EmailTemplates
 from nurture.mail.transports import AmbiguousFailure, PermanentFailure, TemporaryFailure, Transport
@@ -59,8 +59,16 @@ def queue_confirmation(connection: Connection, subscriber_id: int, consent_id: i
 
 def message_id_for(message_id: int, secret: str, domain: str) -> str:
     """Stable per outbox row (a retry repeats it), distinct from delivery Message-IDs, unguessable."""
-    digest = hmac.new(secret.encode(), f"outbox:{message_id}".encode(), hashlib.sha256).hexdigest()[:16]
-    return f"<nurture.tx.{message_id}.{digest}@{domain}>"
+    return f"<nurture.tx.{message_id}.{signature('outbox', message_id, secret)}@{domain}>"
+
+
+_OUTBOX_MESSAGE_ID = re.compile(r"<nurture\.tx\.(\d{1,18})\.([0-9a-f]{16})@[^<>\s]+>")
+
+
+def outbox_id_of(message_id: str, secrets: Iterable[str]) -> int | None:
+    """The outbox row a Message-ID made by ``message_id_for`` names, if its HMAC verifies under one of
+    ``secrets``; None for anyone else's id or a forged one (as ``compose.delivery_id_of``)."""
+    return verified_number(message_id, _OUTBOX_MESSAGE_ID, "outbox", secrets)
 
 
 @dataclass(frozen=True)

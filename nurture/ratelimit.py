@@ -9,7 +9,11 @@ SQLite-only installs get the same protection as PostgreSQL ones with no extra se
   and PostgreSQL alike; no row back means the window is full. IPv6 clients are counted per /64 (one host
   usually owns a whole /64), and keys are HMACs so the table holds no raw addresses.
 * Per address: confirmation emails already are rows (the outbox), so the daily cap counts them over a
-  rolling 24 hours; no separate counter to keep in step.
+  rolling 24 hours; no separate counter to keep in step. The same query tells a repeat (a confirmation for
+  the same course, still unused and still to be sent, was queued less than :data:`CONFIRM_REPEAT_WINDOW`
+  ago): the signup then queues nothing.
+* Anything else that must count once per window (a tracked link's clicks, sign-in attempts) uses the same
+  counter rows under its own key; :func:`refund_hit` gives a hit back.
 """
 
 from __future__ import annotations
@@ -22,15 +26,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Connection, Integer, Table, bindparam, delete, func, select
+from sqlalchemy import Connection, Integer, String, Table, bindparam, case, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from nurture import clock
 from nurture.db import UTCDateTime
-from nurture.models import OutboxMessage, RateLimitCounter
+from nurture.models import ConsentRecord, OutboxMessage, RateLimitCounter, Subscriber
 
 CONFIRM_WINDOW = timedelta(days=1)
+# A signup of an address for a course whose confirmation email, still unused, was queued less than this long
+# ago is a repeat (a double submit, a reload, a script): it queues nothing, so a burst sends one email. The
+# answer is the same either way (no enumeration), and five minutes is enough for the first email to arrive.
+# Another course is no repeat (two forms on one site); the daily cap bounds those.
+CONFIRM_REPEAT_WINDOW = timedelta(minutes=5)
 
 
 class RateLimited(Exception):
@@ -52,6 +61,11 @@ def client_key(scope: str, ip: str | None, secret: str) -> str:
             value = str(ipaddress.IPv6Network(f"{address}/64", strict=False))
         elif isinstance(address, ipaddress.IPv6Address):
             value = str(address.ipv4_mapped)
+    return hashed_key(scope, value, secret)
+
+
+def hashed_key(scope: str, value: str, secret: str) -> str:
+    """A counter key for ``value`` (an address, an account) that keeps ``value`` itself out of the table."""
     digest = hmac.new(secret.encode(), f"{scope}:{value}".encode(), hashlib.sha256).hexdigest()[:40]
     return f"{scope}:{digest}"
 
@@ -114,26 +128,67 @@ def count_hit(connection: Connection, window: Window) -> None:
         raise window.refused()
 
 
-# Built once: the count runs on every signup of an address already on file.
-_RECENT_CONFIRMATIONS = select(func.count(), func.min(OutboxMessage.created_at)).where(
-    OutboxMessage.subscriber_id == bindparam("q_subscriber", type_=Integer()),
-    OutboxMessage.kind == "confirm",
-    OutboxMessage.created_at > bindparam("q_since", type_=UTCDateTime()),
+_counters = RateLimitCounter.__table__
+_REFUND = (
+    update(_counters)
+    .where(
+        _counters.c.key == bindparam("rl_key", type_=_counters.c.key.type),
+        _counters.c.window_start == bindparam("rl_start", type_=_counters.c.window_start.type),
+        _counters.c.count > 0,
+    )
+    .values(count=_counters.c.count - 1)
 )
 
 
-def check_confirm_quota(
-    connection: Connection, subscriber_id: int, *, limit: int, now: datetime | None = None
-) -> None:
-    """Refuse another confirmation email to an address that already had ``limit`` in the last 24 hours."""
+def refund_hit(connection: Connection, window: Window) -> None:
+    """Give back a hit :func:`count_hit` counted in ``window`` (one atomic decrement, never below 0)."""
+    connection.execute(_REFUND, {"rl_key": window.key, "rl_start": window.start})
+
+
+# A confirmation that makes another signup for course ``q_course`` a repeat: queued since ``q_repeat_since``
+# for that course, not used yet, and still to go (the outbox skips one queued before an unsubscribe).
+_REPEATED = (
+    (OutboxMessage.created_at > bindparam("q_repeat_since", type_=UTCDateTime()))
+    & (ConsentRecord.sequence_slug == bindparam("q_course", type_=String()))
+    & ConsentRecord.confirmed_at.is_(None)
+    & or_(Subscriber.unsubscribed_at.is_(None), Subscriber.unsubscribed_at < OutboxMessage.created_at)
+)
+# Built once: the count runs on every signup of an address already on file.
+_RECENT_CONFIRMATIONS = (
+    select(func.count(), func.min(OutboxMessage.created_at), func.count(case((_REPEATED, 1))))
+    .select_from(OutboxMessage)
+    .join(Subscriber, Subscriber.id == OutboxMessage.subscriber_id)
+    .outerjoin(ConsentRecord, ConsentRecord.id == OutboxMessage.consent_id)
+    .where(
+        OutboxMessage.subscriber_id == bindparam("q_subscriber", type_=Integer()),
+        OutboxMessage.kind == "confirm",
+        OutboxMessage.created_at > bindparam("q_since", type_=UTCDateTime()),
+    )
+)
+
+
+def confirmation_wanted(
+    connection: Connection, subscriber_id: int, course: str, *, limit: int, now: datetime | None = None
+) -> bool:
+    """Whether a signup of this address for ``course`` (a sequence slug) should queue a confirmation email:
+    False for a repeat (see :data:`CONFIRM_REPEAT_WINDOW`). Raises :class:`RateLimited` once the address had
+    ``limit`` in the last 24 hours. Concurrent signups of one address take turns (PostgreSQL: the caller
+    holds the subscriber row ``FOR UPDATE``; SQLite: write transactions begin IMMEDIATE), each seeing what
+    the one before queued."""
     now = now or clock.now()
-    params = {"q_subscriber": subscriber_id, "q_since": now - CONFIRM_WINDOW}
-    count, oldest = connection.execute(_RECENT_CONFIRMATIONS, params).one()
+    params = {
+        "q_subscriber": subscriber_id,
+        "q_since": now - CONFIRM_WINDOW,
+        "q_repeat_since": now - CONFIRM_REPEAT_WINDOW,
+        "q_course": course,
+    }
+    count, oldest, repeats = connection.execute(_RECENT_CONFIRMATIONS, params).one()
     if count >= limit:
         # ``min`` comes back without the column type on some backends: normalise it to aware UTC.
         oldest = oldest if isinstance(oldest, datetime) else datetime.fromisoformat(str(oldest))
         oldest = oldest.replace(tzinfo=UTC) if oldest.tzinfo is None else oldest
         raise RateLimited("confirm", _seconds_until(oldest + CONFIRM_WINDOW, now))
+    return repeats == 0
 
 
 def purge_expired(session: Session, now: datetime | None = None) -> int:

@@ -4,17 +4,16 @@ A signup writes, all or nothing: a rate-limit hit for the client, the subscriber
 (status ``pending``), a consent record with the exact wording, and a confirmation email in the outbox. The
 answer is the same for new, pending, active and unsubscribed addresses; the signup's choices (course, first
 name, time zone) are kept on the consent record and applied only when the address owner confirms, so a
-stranger who types someone's address can change nothing about them.
+stranger who types someone's address can change nothing about them. A repeat signup (a confirmation email
+for the same address and course, still unused, was queued less than ``ratelimit.CONFIRM_REPEAT_WINDOW``
+ago) stores only the client's hit: one email per burst, and the same answer.
 """
 
 from __future__ import annotations
 
 import re
-import unicodedata
-import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Connection, select
@@ -23,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from nurture import consent, events, outbox, ratelimit
 from nurture import signup_sql as sql
-from nurture.addresses import InvalidInput, clean_name, normalise_email
+from nurture.addresses import InvalidInput, clean_name, clean_zone, normalise_email, unsafe_character
 from nurture.catalog import get_sequence
 from nurture.config import Settings
 from nurture.db import engine_of
@@ -54,8 +53,6 @@ LABELS = {
 TRUE_VALUES = {"yes", "on", "true", "1"}
 SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 NO_SUCH_COURSE = "That course is not one we offer."
-# Bidirectional overrides and isolates: they make a name display differently from what it is.
-_BIDI_CONTROLS = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 class FieldErrors(ValueError):
@@ -72,29 +69,6 @@ class SignupForm:
     sequence: str | None
     consent_version: str
     source: str
-
-
-@lru_cache(maxsize=1)
-def known_zones() -> frozenset[str]:
-    """IANA zone names; the tz database's aliases for the host's own zone are not names people have."""
-    return frozenset(
-        name
-        for name in zoneinfo.available_timezones()
-        if name not in {"localtime", "Factory", "posixrules"} and not name.startswith(("posix/", "right/"))
-    )
-
-
-def unsafe_character(value: str) -> str | None:
-    """Why ``value`` cannot be accepted anywhere (headers, pages, the database), or None."""
-    for char in value:
-        category = unicodedata.category(char)
-        # Cc: C0/C1 controls (CR, LF, NUL, NEL...); Cs: lone surrogates (not encodable, crash drivers);
-        # Zl/Zp: Unicode line and paragraph separators, which some mail software treats as line breaks.
-        if category in {"Cc", "Cs", "Zl", "Zp"}:
-            return "must not contain line breaks or control characters"
-        if char in _BIDI_CONTROLS:
-            return "must not contain text-direction control characters"
-    return None
 
 
 def text_field(raw: Mapping[str, Any], name: str, errors: dict[str, str]) -> str:
@@ -116,10 +90,11 @@ def text_field(raw: Mapping[str, Any], name: str, errors: dict[str, str]) -> str
     return value.strip()
 
 
+# The checks themselves are nurture.addresses', shared with every other way a person enters; these put
+# their answers in the form's words.
+
+
 def validate_name(value: str, errors: dict[str, str]) -> str | None:
-    if "=?" in value:  # an RFC 2047 encoded word: a way to smuggle line breaks past a header decoder
-        errors["first_name"] = "First name must be plain text."
-        return None
     try:
         return clean_name(value)
     except InvalidInput as exc:
@@ -128,12 +103,11 @@ def validate_name(value: str, errors: dict[str, str]) -> str | None:
 
 
 def validate_zone(value: str, errors: dict[str, str], field: str = "timezone") -> str | None:
-    if not value:
-        return None
-    if value not in known_zones():
+    try:
+        return clean_zone(value)
+    except InvalidInput:
         errors[field] = "Time zone is not one we know: leave it empty or pick one from the list."
         return None
-    return value
 
 
 def _sentence(message: str) -> str:
@@ -145,16 +119,10 @@ def _sentence(message: str) -> str:
 
 def validate_email(value: str, errors: dict[str, str]) -> str:
     try:
-        address = normalise_email(value)
+        return normalise_email(value)
     except InvalidInput as exc:
         errors["email"] = "Please enter your email address." if not value else _sentence(exc.message)
         return ""
-    if not address.isascii():
-        # smtplib and many servers cannot carry non-ASCII addresses (SMTPUTF8); refusing here beats failing
-        # silently in the worker.
-        errors["email"] = "Email address must contain only ASCII letters, digits and punctuation."
-        return ""
-    return address
 
 
 def parse_signup(raw: Mapping[str, Any], *, default_source: str) -> SignupForm:
@@ -207,26 +175,33 @@ def signup(
                 raise
 
 
-def _existing_subscriber_id(connection: Connection, email: str, confirm_daily_limit: int) -> int | None:
-    """Lock the subscriber row for ``email`` (None if there is none) and check its confirmation quota."""
+def _existing_subscriber(
+    connection: Connection, email: str, course: str, confirm_daily_limit: int
+) -> tuple[int, bool] | None:
+    """Lock the subscriber row for ``email`` (None if there is none) and check its confirmation quota:
+    ``(id, whether to queue a confirmation)``, False for a repeat signup for ``course``. The lock makes
+    concurrent signups of the address take turns, each seeing the confirmation the one before it queued."""
     subscriber_id = connection.execute(sql.LOCK_SUBSCRIBER, {"s_email": email}).scalar()
-    if subscriber_id is not None:
-        ratelimit.check_confirm_quota(connection, subscriber_id, limit=confirm_daily_limit)
-    return subscriber_id
+    if subscriber_id is None:
+        return None
+    wanted = ratelimit.confirmation_wanted(connection, subscriber_id, course, limit=confirm_daily_limit)
+    return subscriber_id, wanted
 
 
-def _subscriber_id(connection: Connection, email: str, confirm_daily_limit: int) -> int:
-    """The id of the (new, or locked and within its quota) subscriber for ``email``."""
+def _subscriber(
+    connection: Connection, email: str, course: str, confirm_daily_limit: int
+) -> tuple[int, bool]:
+    """The (new, or locked and within its quota) subscriber for ``email``, as :func:`_existing_subscriber`."""
     dialect = "postgresql" if connection.dialect.name == "postgresql" else "sqlite"
     for _ in range(3):
         new_id = connection.execute(sql.NEW_SUBSCRIBER[dialect], {"s_email": email}).scalar()
         if new_id is not None:
             # Created just now, in this transaction: no confirmation can have been queued for it yet, so
-            # its quota count would be 0 (and the limit is at least 1).
-            return new_id
-        subscriber_id = _existing_subscriber_id(connection, email, confirm_daily_limit)
-        if subscriber_id is not None:
-            return subscriber_id
+            # its quota count would be 0 (and the limit is at least 1), and it cannot be a repeat.
+            return new_id, True
+        existing = _existing_subscriber(connection, email, course, confirm_daily_limit)
+        if existing is not None:
+            return existing
         # Erased between the two statements (PostgreSQL, read committed): the address is new again.
     raise LookupError("the subscriber row for this signup kept disappearing")
 
@@ -256,7 +231,8 @@ def _consent_row(form: SignupForm, origin: consent.Origin, settings: Settings) -
 def _signup_postgresql(
     connection: Connection, form: SignupForm, window: ratelimit.Window, row: dict[str, Any], limit: int
 ) -> None:
-    """One statement for a new address (see nurture.signup_sql); four for one already on file."""
+    """One statement for a new address (see nurture.signup_sql); four for one already on file, three
+    for a repeat."""
     now = window.now
     offered = form.sequence is None or _course_offered(connection, form.sequence)
     params = sql.new_address_params(window, form.email, row, form.source, now, write=offered)
@@ -267,9 +243,12 @@ def _signup_postgresql(
         raise FieldErrors({"sequence": NO_SUCH_COURSE})
     if subscriber_id is not None:
         return  # a new address: subscriber, consent record, confirmation and event are written
-    subscriber_id = _existing_subscriber_id(connection, form.email, limit) or _subscriber_id(
-        connection, form.email, limit
+    course = row["sequence_slug"]
+    subscriber_id, wanted = _existing_subscriber(connection, form.email, course, limit) or _subscriber(
+        connection, form.email, course, limit
     )
+    if not wanted:
+        return  # a repeat: its confirmation is on its way already
     params = {**sql.ledger_params(row, form.source, now), "c_subscriber_id": subscriber_id}
     connection.execute(sql.LEDGER, params)
 
@@ -281,7 +260,9 @@ def _signup_portable(
     ratelimit.count_hit(connection, window)
     if form.sequence is not None:
         _check_course(connection, form.sequence)
-    subscriber_id = _subscriber_id(connection, form.email, limit)
+    subscriber_id, wanted = _subscriber(connection, form.email, row["sequence_slug"], limit)
+    if not wanted:
+        return  # a repeat: its confirmation is on its way already
     consent_id = consent.insert_signup(connection, subscriber_id, row)
     outbox.queue_confirmation(connection, subscriber_id, consent_id)
     events.insert_now(connection, "signup", subscriber_id=subscriber_id, source=form.source)

@@ -7,7 +7,8 @@ round trips (tests/web/test_signup_statements.py pins the numbers):
   rate-limit hit, insert the subscriber (``ON CONFLICT (email) DO NOTHING``; only when the hit counted), and
   from that row the consent record, the outbox confirmation and the ``signup`` event.
 * PostgreSQL, known address: the same statement writes nothing but the hit, then :data:`LOCK_SUBSCRIBER`,
-  the quota count and :data:`LEDGER` (consent record + confirmation + event for a given subscriber id).
+  the quota count and :data:`LEDGER` (consent record + confirmation + event for a given subscriber id); a
+  repeat signup (nurture.ratelimit.CONFIRM_REPEAT_WINDOW) stops before the ledger.
 * SQLite (no data-modifying CTEs): one Core statement per row, the tables' Python defaults filling in.
 
 SQLAlchemy cannot fill Python column defaults into inserts nested in a WITH, so the CTE statements take every

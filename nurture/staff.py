@@ -1,29 +1,32 @@
 """Staff accounts: passwords (argon2id), API tokens (stored as SHA-256), login throttling, the audit log.
 
-Login failures are rows, counted over a sliding window per account and per client IP, so every web worker on
-every host sees the same count and a restart forgets nothing. A login for an unknown address still runs one
-argon2 verification, so the answer time does not tell an attacker which addresses have accounts.
+Sign-in attempts are counted per account and per client IP in the database's fixed-window counters
+(nurture.ratelimit), so every web worker on every host sees the same count and a restart forgets nothing.
+Each attempt is counted atomically and committed *before* its password is checked, so a burst of parallel
+guesses cannot all pass a check that has not seen the others yet; a successful sign-in gives its count back,
+so the limits are limits on failed attempts. Failures are also kept as rows (``login_failures``) for the
+record. A login for an unknown address still runs one argon2 verification, so the answer time does not tell
+an attacker which addresses have accounts.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from nurture import clock
 from nurture.addresses import InvalidInput, normalise_email
 from nurture.config import Settings
 from nurture.models import ApiToken, AuditLog, LoginFailure, StaffRole, StaffUser
-from nurture.ratelimit import client_key
+from nurture.ratelimit import RateLimited, Window, client_key, count_hit, hashed_key, refund_hit
 
 MIN_PASSWORD_LENGTH = 12
 MAX_PASSWORD_LENGTH = 1024  # argon2 would hash a megabyte happily; a login form has no reason to send one
@@ -141,51 +144,57 @@ def user_for_token(session: Session, token: str) -> StaffUser | None:
 class LoginLimits:
     account: int
     ip: int
-    window: timedelta
+    window_seconds: int
 
     @classmethod
     def of(cls, settings: Settings) -> LoginLimits:
-        return cls(
-            settings.login_account_limit,
-            settings.login_ip_limit,
-            timedelta(seconds=settings.login_window_seconds),
-        )
+        return cls(settings.login_account_limit, settings.login_ip_limit, settings.login_window_seconds)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """A sign-in attempt's place in its account's and its client's windows (:func:`claim_attempt`)."""
+
+    windows: tuple[Window, ...]
 
 
 def ip_key(ip: str | None, settings: Settings) -> str:
     return client_key("login", ip, settings.secret_key)
 
 
-def check_throttle(session: Session, email: str, ip: str, limits: LoginLimits) -> None:
-    """Refuse before even checking the password once either count is at its limit."""
-    now = clock.now()
-    since = now - limits.window
-    for column, value, limit in (
-        (LoginFailure.email, email, limits.account),
-        (LoginFailure.ip_key, ip, limits.ip),
-    ):
-        count, oldest = session.execute(
-            select(func.count(), func.min(LoginFailure.created_at)).where(
-                column == value, LoginFailure.created_at > since
-            )
-        ).one()
-        if count >= limit:
-            oldest = _aware(oldest)
-            raise LoginThrottled(max(1, math.ceil((oldest + limits.window - now).total_seconds())))
+def _address(email: str) -> str:
+    return email.strip().lower()[:320]
 
 
-def _aware(value: Any) -> datetime:
-    # min() comes back without the column type on SQLite: normalise to an aware UTC datetime.
-    moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+def claim_attempt(session: Session, email: str, ip: str, settings: Settings) -> Attempt:
+    """Count one sign-in attempt for the account ``email`` and the client ``ip`` (:func:`ip_key`), or raise
+    :class:`LoginThrottled` having counted nothing. Each count is one atomic upsert; the caller commits them
+    before checking the password, so of any number of parallel attempts at most the limit are checked."""
+    limits = LoginLimits.of(settings)
+    account = hashed_key("login-account", _address(email), settings.secret_key)
+    windows = (
+        Window.of(account, limit=limits.account, window_seconds=limits.window_seconds),
+        Window.of(ip, limit=limits.ip, window_seconds=limits.window_seconds),
+    )
+    try:
+        for window in windows:
+            count_hit(session.connection(), window)
+    except RateLimited as exc:  # the transaction rolls back, so the other window's count goes too
+        raise LoginThrottled(exc.retry_after) from None
+    return Attempt(windows)
 
 
-def authenticate(session: Session, email: str, password: str, ip: str, limits: LoginLimits) -> StaffUser:
+def release_attempt(session: Session, attempt: Attempt) -> None:
+    """A successful sign-in gives its counts back: only failed attempts use up the limits."""
+    for window in attempt.windows:
+        refund_hit(session.connection(), window)
+
+
+def authenticate(session: Session, email: str, password: str) -> StaffUser:
     """The active user with these credentials, else :class:`BadCredentials` (the caller records it with
-    :func:`record_failure`, in a transaction that commits) or :class:`LoginThrottled`."""
-    address = email.strip().lower()[:320]
-    check_throttle(session, address, ip, limits)
-    user = find_user(session, address)
+    :func:`record_failure`, in a transaction that commits). Call it only for an attempt
+    :func:`claim_attempt` counted and committed."""
+    user = find_user(session, _address(email))
     ok = verify_password(user.password_hash if user else _dummy_hash(), password[:MAX_PASSWORD_LENGTH])
     if user is None or not ok or not user.active:
         raise BadCredentials()
@@ -196,7 +205,7 @@ def authenticate(session: Session, email: str, password: str, ip: str, limits: L
 
 
 def record_failure(session: Session, email: str, ip: str) -> None:
-    session.add(LoginFailure(email=email.strip().lower()[:320], ip_key=ip))
+    session.add(LoginFailure(email=_address(email), ip_key=ip))
 
 
 def purge_login_failures(session: Session, older_than: timedelta = timedelta(days=1)) -> int:

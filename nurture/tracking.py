@@ -24,7 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from nurture import events, goals
+from nurture import events, goals, ratelimit
 from nurture.config import Settings
 from nurture.mail.templates import RenderedEmail
 from nurture.models import Delivery, ExternalEvent, LinkClick, Step, TrackedLink
@@ -160,6 +160,12 @@ def store_links_of(session: Session, rows_by_delivery: dict[int, list[LinkRow]])
     session.execute(statement.on_conflict_do_nothing(index_elements=[TrackedLink.token]))
 
 
+# Repeated hits of one link (a double click, a reload, a scanner fetching again, a script) count once per
+# window: one click, one event, one webhook, one goal report. Fixed windows, so two hits either side of a
+# boundary both count: a person who comes back counts again, a flood at most twice per window.
+HIT_WINDOW_SECONDS = 600
+
+
 def stored_url(session: Session, token: str) -> str | None:
     """The URL a link token names, without recording anything (for ``HEAD``)."""
     if not TOKEN.match(token):
@@ -169,9 +175,20 @@ def stored_url(session: Session, token: str) -> str | None:
     )
 
 
-def record_hit(session: Session, token: str, kind: str) -> str | None:
-    """Record a click (or an open) on ``token``: the stored URL (or "" for the pixel), or None when the
-    token names nothing. A click on a goal link also reports that goal for the subscriber."""
+def record_hit(
+    session: Session, token: str, kind: str, settings: Settings, client_ip: str | None
+) -> str | None:
+    """Answer what ``token`` names (the stored URL, or "" for the pixel; None when it names nothing) and
+    record the hit if it counts: a ``link_clicks`` row, the ``clicked`` / ``opened`` event (which is all
+    webhooks fan out from) and, for a goal link, the goal.
+
+    A hit counts only once per link per :data:`HIT_WINDOW_SECONDS`, and a click only while its client IP
+    is within ``NURTURE_CLICK_IP_LIMIT`` per ``NURTURE_CLICK_IP_WINDOW_SECONDS``. Both are the signup
+    limiter's counters (nurture.ratelimit): one atomic upsert each, so of any number of parallel requests
+    exactly one counts. A hit that does not count is still answered in full: the person must reach the
+    page even behind a busy shared address or after a double click, and refusing the redirect (a 429) would
+    punish them rather than the flood; dropping only the record costs the flood everything it could gain.
+    """
     if not TOKEN.match(token):
         return None
     row = session.execute(
@@ -183,8 +200,34 @@ def record_hit(session: Session, token: str, kind: str) -> str | None:
     if row is None:
         return None
     link, subscriber_id, step_id, step_key = row
-    session.add(LinkClick(link_id=link.id, subscriber_id=subscriber_id, step_id=step_id, kind=kind))
-    if kind == CLICK:
+    if _counts(session, link, settings, client_ip):
+        _record(session, link, subscriber_id, step_id, step_key)
+    return link.url or ""
+
+
+def _counts(session: Session, link: TrackedLink, settings: Settings, client_ip: str | None) -> bool:
+    """Take this hit's place in its client's window (clicks) and in its link's window, or answer False."""
+    windows = []
+    if link.kind == CLICK:
+        # Opens are left out: mail providers fetch every recipient's pixel through a few proxy addresses.
+        key = ratelimit.client_key("click", client_ip, settings.secret_key)
+        limit, seconds = settings.click_ip_limit, settings.click_ip_window_seconds
+        windows.append(ratelimit.Window.of(key, limit=limit, window_seconds=seconds))
+    windows.append(ratelimit.Window.of(f"hit:{link.id}", limit=1, window_seconds=HIT_WINDOW_SECONDS))
+    try:
+        for window in windows:
+            ratelimit.count_hit(session.connection(), window)
+    except ratelimit.RateLimited:
+        return False
+    return True
+
+
+def _record(session: Session, link: TrackedLink, subscriber_id: int, step_id: int, step_key: str) -> None:
+    # A goal link locks the subscriber before any row refers to it: each insert takes a share lock on the
+    # subscriber row, and two clicks each holding one while waiting for FOR UPDATE would deadlock.
+    subscriber = goals.lock_subscriber(session, subscriber_id) if link.goal else None
+    session.add(LinkClick(link_id=link.id, subscriber_id=subscriber_id, step_id=step_id, kind=link.kind))
+    if link.kind == CLICK:
         events.record(
             session,
             "clicked",
@@ -197,18 +240,15 @@ def record_hit(session: Session, token: str, kind: str) -> str | None:
         events.record(
             session, "opened", subscriber_id=subscriber_id, delivery_id=link.delivery_id, step_key=step_key
         )
-    if link.goal:
-        subscriber = goals.lock_subscriber(session, subscriber_id)
-        if subscriber is not None:
-            result = goals.apply_event(session, subscriber, link.goal, source="click")
-            session.add(
-                ExternalEvent(
-                    idempotency_key=None,
-                    subscriber_id=subscriber_id,
-                    event=link.goal,
-                    source="click",
-                    properties={"step_key": step_key},
-                    result=result,
-                )
+    if link.goal and subscriber is not None:
+        result = goals.apply_event(session, subscriber, link.goal, source="click")
+        session.add(
+            ExternalEvent(
+                idempotency_key=None,
+                subscriber_id=subscriber_id,
+                event=link.goal,
+                source="click",
+                properties={"step_key": step_key},
+                result=result,
             )
-    return link.url or ""
+        )

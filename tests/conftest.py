@@ -24,6 +24,10 @@ BASE_ENV = {
     "NURTURE_CONTACT_URL": "https://clinic.test/contact",
     "NURTURE_SMTP_URL": "memory://",
 }
+# Also for the whole run, not only per test: some modules read the settings when imported (nurture.celery_app
+# builds its app), and collecting the tests imports them before any fixture runs. Without this they would
+# meet an unset NURTURE_ENV, which is production, and refuse to load.
+os.environ.update(BASE_ENV)
 PG_ADMIN_URL = os.environ.get("NURTURE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_HOST = os.environ.get("NURTURE_TEST_REDIS_HOST", "127.0.0.1:6379")
 IN_CI = os.environ.get("CI", "").lower() == "true"

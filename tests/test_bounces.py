@@ -20,9 +20,12 @@ from nurture import bounces, clock
 from nurture.cli import main
 from nurture.config import get_settings
 from nurture.db import transaction
+from nurture.mail.templates import EmailTemplates
+from nurture.mail.transports import MemoryTransport
 from nurture.models import Event, Subscriber, Suppression
+from nurture.outbox import Outbox
 from nurture.web.app import create_app
-from tests.helpers import deliveries, dispatch_inline, make_sender, statuses, subscribe, sync_sequences
+from tests.helpers import deliveries, dispatch_inline, make_sender, subscribe, sync_sequences
 from tests.support import SmtpServer, wait_until
 
 START = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)
@@ -244,7 +247,14 @@ def test_hard_bounce_suppresses_cancels_pending_and_is_tied_to_the_delivery(worl
 
     tally = bounces.process(dsn("ana@example.com", ana_message), world)
 
-    assert tally.as_dict() == {"hard": 1, "soft": 0, "unrecognised": 0, "duplicate": 0, "suppressed_soft": 0}
+    assert tally.as_dict() == {
+        "hard": 1,
+        "soft": 0,
+        "unrecognised": 0,
+        "duplicate": 0,
+        "suppressed_soft": 0,
+        "ignored": 0,
+    }
     assert suppressions(world) == {"ana@example.com": "hard-bounce"}
     assert subscriber_statuses(world, ana) == ["sent", "cancelled", "cancelled"]
     assert subscriber_statuses(world, bo) == ["sent", "pending", "pending"]
@@ -270,11 +280,23 @@ def test_the_whole_returned_message_and_a_forwarded_address_still_find_the_subsc
     assert kinds(world, "bounced")[0].delivery_id == deliveries(world)[0].id
 
 
-def test_a_hard_bounce_for_an_unknown_address_is_suppressed_for_later(world) -> None:  # type: ignore[no-untyped-def]
-    assert bounces.process(dsn("stranger@example.net", None), world).hard == 1
+def test_a_bounced_confirmation_email_suppresses_the_address_for_later(world, set_env) -> None:  # type: ignore[no-untyped-def]
+    # Someone signs up with a dead address: the confirmation email, not a delivery, is what bounces.
+    set_env(default_sequence="three-step")
+    with TestClient(create_app(), base_url="https://nurture.test") as client:
+        answer = client.post("/subscribe", json={"email": "stranger@example.net", "consent": True})
+    assert answer.status_code == 202
+    transport = MemoryTransport()
+    settings = get_settings()
+    assert Outbox(settings, world, transport, EmailTemplates(settings.templates_dir)).drain()["sent"] == 1
+    [confirmation] = [m.data for m in transport.outbox]
+
+    assert bounces.process(dsn("stranger@example.net", confirmation), world).hard == 1
     assert suppressions(world) == {"stranger@example.net": "hard-bounce"}
     [event] = kinds(world, "bounced")
-    assert event.subscriber_id is None and event.delivery_id is None
+    with transaction(world) as session:
+        stranger = session.scalar(select(Subscriber.id).where(Subscriber.email == "stranger@example.net"))
+    assert event.subscriber_id == stranger and event.delivery_id is None
 
 
 def test_the_same_notification_twice_counts_once(world, set_env, advance):  # type: ignore[no-untyped-def]
@@ -314,32 +336,40 @@ def test_soft_bounces_suppress_at_the_limit_and_cancel_what_is_pending(world, se
 def test_repeated_delay_warnings_about_one_email_are_one_soft_bounce(world, set_env, advance):  # type: ignore[no-untyped-def]
     set_env(soft_bounce_limit="2")
     ana = subscribe(world, "ana@example.com", "three-step")
-    [message] = send_due(world, set_env, advance)
+    message, second = send_due(world, set_env, advance, steps=2)
     for n in range(3):  # the MTA warns after 4 h, 24 h, 48 h: still one email that has not arrived
         assert bounces.process(delayed("ana@example.com", message, f"<warn.{n}@mx.example.net>"), world).soft
     assert suppressions(world) == {}
     assert [e.detail["count"] for e in kinds(world, "soft_bounce")] == [1, 1, 1]
-    # Soft bounces with no original attached count one each.
-    assert bounces.process(delayed("ana@example.com", None, "<other@mx.example.net>"), world).suppressed_soft
+    # A warning about another email is a second soft bounce.
+    assert bounces.process(
+        delayed("ana@example.com", second, "<other@mx.example.net>"), world
+    ).suppressed_soft
     assert suppressions(world) == {"ana@example.com": "soft-bounce-limit"}
-    assert subscriber_statuses(world, ana) == ["sent", "cancelled", "cancelled"]
+    assert subscriber_statuses(world, ana) == ["sent", "sent", "cancelled"]
 
 
-def test_a_foreign_or_forged_message_id_ties_to_no_delivery(world, set_env, advance):  # type: ignore[no-untyped-def]
+def test_a_foreign_or_forged_message_id_is_ignored(world, set_env, advance):  # type: ignore[no-untyped-def]
     ana = subscribe(world, "ana@example.com", "three-step")
     send_due(world, set_env, advance)
     first = next(d for d in deliveries(world) if d.subscriber_id == ana)
     forged = f"Message-ID: <nurture.{first.id}.ffffffffffffffff@example.com>\r\n\r\n".encode()
-    bounces.process(dsn("ana@example.com", forged), world)
-    [event] = kinds(world, "bounced")
-    assert event.subscriber_id == ana and event.delivery_id is None
+    assert bounces.process(dsn("ana@example.com", forged), world).as_dict() == {
+        **bounces.Tally().as_dict(),
+        "ignored": 1,
+    }
+    assert kinds(world, "bounced") == [] and suppressions(world) == {}
+    assert subscriber_statuses(world, ana) == ["sent", "pending", "pending"]
 
 
 @pytest.mark.postgres
-def test_two_inputs_receiving_one_notification_at_once_count_it_once(pg_factory, three_step):  # type: ignore[no-untyped-def]
+def test_two_inputs_receiving_one_notification_at_once_count_it_once(
+    pg_factory, three_step, set_env, advance
+):  # type: ignore[no-untyped-def]
     sync_sequences(pg_factory)
     subscribe(pg_factory, "ana@example.com", "three-step")
-    raw = dsn("ana@example.com", None)
+    [message] = send_due(pg_factory, set_env, advance)
+    raw = dsn("ana@example.com", message)
     results: list[bounces.Tally] = []
     with transaction(pg_factory) as session:
         first = bounces.apply(session, bounces.parse(raw), get_settings())  # holds the notification's lock
@@ -384,7 +414,7 @@ def test_cli_scans_a_maildir_and_moves_what_it_processed_to_cur(world, set_env, 
         box.add(delayed("bo@example.com", bo_message, "<d.bo@mx.example.net>")),
         box.add(OUT_OF_OFFICE),
     ]
-    seen_already = mailbox.MaildirMessage(dsn("old@example.com", None, dsn_id="<old@mx.example.net>"))
+    seen_already = mailbox.MaildirMessage(dsn("bo@example.com", bo_message, dsn_id="<old@mx.example.net>"))
     seen_already.set_subdir("cur")
     seen_already.add_flag("S")
     keys.append(box.add(seen_already))
@@ -393,7 +423,7 @@ def test_cli_scans_a_maildir_and_moves_what_it_processed_to_cur(world, set_env, 
 
     assert code == 0, output
     assert "hard 1, soft 1, unrecognised 1, already processed 1" in output
-    assert suppressions(world) == {"ana@example.com": "hard-bounce"}  # not old@: it was marked seen
+    assert suppressions(world) == {"ana@example.com": "hard-bounce"}  # not bo@: that one was marked seen
     assert subscriber_statuses(world, ana) == ["sent", "cancelled", "cancelled"]
     box = mailbox.Maildir(path, create=False)
     assert sorted(box.keys()) == sorted(keys)
@@ -405,18 +435,25 @@ def test_cli_scans_a_maildir_and_moves_what_it_processed_to_cur(world, set_env, 
     assert code == 0 and "hard 0, soft 0, unrecognised 0, already processed 0" in output
 
 
-def test_cli_delete_removes_bounces_but_keeps_other_mail(world, maildir) -> None:  # type: ignore[no-untyped-def]
+def test_cli_delete_removes_bounces_but_keeps_other_mail(world, set_env, advance, maildir) -> None:  # type: ignore[no-untyped-def]
     path, box = maildir
-    subscribe(world, "ana@example.com", "three-step")
-    box.add(dsn("ana@example.com", None))
-    box.add(delayed("bo@example.com", None, "<d.bo@mx.example.net>"))
+    ana = subscribe(world, "ana@example.com", "three-step")
+    bo = subscribe(world, "bo@example.com", "three-step")
+    sent = send_due(world, set_env, advance)
+    box.add(dsn("ana@example.com", next(m for m in sent if b"To: ana@example.com" in m)))
+    box.add(
+        delayed(
+            "bo@example.com", next(m for m in sent if b"To: bo@example.com" in m), "<d.bo@mx.example.net>"
+        )
+    )
     kept = box.add(OUT_OF_OFFICE)
     code, output = scan(path, "--delete")
     assert code == 0, output
     assert "hard 1, soft 1, unrecognised 1" in output
     box = mailbox.Maildir(path, create=False)
     assert box.keys() == [kept] and "S" in box.get_message(kept).get_flags()
-    assert statuses(world) == ["cancelled"] * 3
+    assert subscriber_statuses(world, ana) == ["sent", "cancelled", "cancelled"]
+    assert subscriber_statuses(world, bo) == ["sent", "pending", "pending"]
 
 
 def test_cli_refuses_a_folder_that_is_not_a_maildir(world, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -434,16 +471,20 @@ def post(client: TestClient, body: bytes, token: str | None = TOKEN, content_typ
     return client.post("/api/v1/bounces", content=body, headers=headers)
 
 
-def test_endpoint_is_absent_without_a_token(world) -> None:  # type: ignore[no-untyped-def]
+def test_endpoint_is_absent_without_a_token(world, set_env, advance) -> None:  # type: ignore[no-untyped-def]
+    subscribe(world, "ana@example.com", "three-step")
+    [message] = send_due(world, set_env, advance)
     with TestClient(create_app()) as client:
-        answer = post(client, dsn("ana@example.com", None), token="")
+        answer = post(client, dsn("ana@example.com", message), token="")
     assert answer.status_code == 404
     assert suppressions(world) == {}
 
 
-def test_endpoint_wants_the_token_and_a_message(world, set_env) -> None:  # type: ignore[no-untyped-def]
+def test_endpoint_wants_the_token_and_a_message(world, set_env, advance) -> None:  # type: ignore[no-untyped-def]
+    subscribe(world, "ana@example.com", "three-step")
+    [message] = send_due(world, set_env, advance)
     set_env(bounce_token=TOKEN)
-    body = dsn("ana@example.com", None)
+    body = dsn("ana@example.com", message)
     with TestClient(create_app()) as client:
         for token in (None, "", "wrong", TOKEN + "x", TOKEN[:-1]):
             answer = post(client, body, token=token)
@@ -468,7 +509,14 @@ def test_endpoint_processes_a_bounce_once(world, set_env, advance) -> None:  # t
         again = post(client, body)
         other = post(client, OUT_OF_OFFICE, content_type="message/rfc822; charset=utf-8")
     assert first.status_code == 202
-    assert first.json() == {"hard": 1, "soft": 0, "unrecognised": 0, "duplicate": 0, "suppressed_soft": 0}
+    assert first.json() == {
+        "hard": 1,
+        "soft": 0,
+        "unrecognised": 0,
+        "duplicate": 0,
+        "suppressed_soft": 0,
+        "ignored": 0,
+    }
     assert again.status_code == 202 and again.json()["duplicate"] == 1 and again.json()["hard"] == 0
     assert other.status_code == 202 and other.json()["unrecognised"] == 1
     assert suppressions(world) == {"ana@example.com": "hard-bounce"}

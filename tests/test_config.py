@@ -8,8 +8,10 @@ from nurture.config import DEV_SECRET_KEY, ConfigError, get_settings
 
 
 def test_development_defaults_need_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in ("NURTURE_ENV", "NURTURE_SECRET_KEY", "NURTURE_SMTP_URL", "NURTURE_BASE_URL"):
+    # Nothing but the choice of development itself (make run makes it; unset is production).
+    for key in ("NURTURE_SECRET_KEY", "NURTURE_SMTP_URL", "NURTURE_BASE_URL"):
         monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("NURTURE_ENV", "development")
     get_settings.cache_clear()
     settings = get_settings()
     assert settings.resolved_database_url.startswith("sqlite:///") and settings.embedded_broker

@@ -2,8 +2,9 @@
 
 Every message has the same shape (a ``multipart/alternative`` with a quoted-printable UTF-8 text and HTML
 part), so it is written directly as bytes: the body encoding is ``binascii.b2a_qp`` (C) and only headers that
-need RFC 2047 encoding go through the ``email`` package. The ``EmailMessage`` API costs several times more CPU
-per message (DESIGN.md, performance notes); tests parse every message we build with the standard parser.
+need RFC 2047 encoding or folding (non-ASCII, or too long for one line) go through the ``email`` package.
+The ``EmailMessage`` API costs several times more CPU per message (DESIGN.md, performance notes); tests
+parse every message we build with the standard parser.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from email.header import Header
@@ -22,6 +24,10 @@ from nurture.config import parsed_address
 from nurture.mail.templates import RenderedEmail
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+MAX_LINE = 78  # RFC 5322 2.1.1: header lines SHOULD be at most 78 characters
+# The width email.header folds to: a continuation line is a space and one encoded word, so each encoded
+# word stays within RFC 2047's 75 characters (folding to 78 would allow words of 77).
+_FOLD_WIDTH = 76
 
 
 class HeaderInjection(ValueError):
@@ -40,11 +46,39 @@ def strict_address(address: str) -> str:
     return address
 
 
+def signature(kind: str, number: int, secret: str) -> str:
+    """The HMAC in our Message-IDs: 16 hex digits over what the id names (``delivery:42``, ``outbox:7``)."""
+    return hmac.new(secret.encode(), f"{kind}:{number}".encode(), hashlib.sha256).hexdigest()[:16]
+
+
 def message_id_for(delivery_id: int, secret: str, domain: str) -> str:
     """Stable per delivery, so a retried send carries the same Message-ID and receivers can drop repeats;
     the HMAC keeps ids unguessable without the secret."""
-    digest = hmac.new(secret.encode(), f"delivery:{delivery_id}".encode(), hashlib.sha256).hexdigest()[:16]
-    return f"<nurture.{delivery_id}.{digest}@{domain}>"
+    return f"<nurture.{delivery_id}.{signature('delivery', delivery_id, secret)}@{domain}>"
+
+
+_DELIVERY_MESSAGE_ID = re.compile(r"<nurture\.(\d{1,18})\.([0-9a-f]{16})@[^<>\s]+>")
+
+
+def verified_number(
+    message_id: str, pattern: re.Pattern[str], kind: str, secrets: Iterable[str]
+) -> int | None:
+    """The number a Message-ID of ours names when ``pattern`` matches it and its HMAC verifies under one of
+    ``secrets``; None for anyone else's id or a forged one."""
+    match = pattern.fullmatch(message_id)
+    if match is None:
+        return None
+    number, given = int(match.group(1)), match.group(2)
+    if any(hmac.compare_digest(given, signature(kind, number, secret)) for secret in secrets):
+        return number
+    return None
+
+
+def delivery_id_of(message_id: str, secrets: Iterable[str]) -> int | None:
+    """The delivery a Message-ID made by ``message_id_for`` names, if its HMAC verifies under one of
+    ``secrets`` (the current key and those still listed while it rotates, so mail sent before a rotation
+    keeps its proof); None otherwise. It proves we sent the message: without a key there is no HMAC."""
+    return verified_number(message_id, _DELIVERY_MESSAGE_ID, "delivery", secrets)
 
 
 @dataclass(frozen=True)
@@ -65,9 +99,34 @@ def _quoted_printable(body: str) -> bytes:
     return encoded.replace(b"\n", b"\r\n")
 
 
-def _header_value(value: str) -> str:
-    """ASCII as is; anything else as RFC 2047 encoded words, folded with CRLF."""
-    return value if value.isascii() else Header(value, "utf-8", maxlinelen=76).encode(linesep="\r\n")
+def _folded(name: str, value: str, charset: str) -> str:
+    """``value`` folded for the header ``name``: lines within _FOLD_WIDTH where spaces (or, in UTF-8, the
+    split into encoded words, which never splits a character) allow, continuation lines starting with a
+    space. The first line counts ``name: ``."""
+    return Header(value, charset, maxlinelen=_FOLD_WIDTH, header_name=name, continuation_ws=" ").encode(
+        splitchars=" ", linesep="\r\n"
+    )
+
+
+def _text_header(name: str, value: str) -> str:
+    """An unstructured header (Subject): ASCII that fits one line as is, the common case at no cost;
+    longer ASCII folded at spaces; anything else as RFC 2047 encoded words."""
+    if value.isascii():
+        return value if len(name) + 2 + len(value) <= MAX_LINE else _folded(name, value, "us-ascii")
+    return _folded(name, value, "utf-8")
+
+
+def _mailbox(name: str, display: str, address: str) -> str:
+    """``Display <address>`` for From and To: one line when it fits (formataddr's quoting, or one encoded
+    word); otherwise the display name as folded encoded words and the address after the last, on a line of
+    its own if it would not fit there."""
+    value = formataddr((display, address), charset="utf-8")
+    if not display or len(name) + 2 + len(value) <= MAX_LINE:
+        return value
+    phrase = _folded(name, display, "utf-8")  # encoded words need no quoting, ASCII or not
+    last_line = phrase.rpartition("\n")[2] if "\n" in phrase else f"{name}: {phrase}"
+    separator = " " if len(last_line) + len(address) + 3 <= MAX_LINE else "\r\n "
+    return f"{phrase}{separator}<{address}>"
 
 
 def _part(content_type: str, body: str) -> bytes:
@@ -80,12 +139,9 @@ def _part(content_type: str, body: str) -> bytes:
 def compose(rendered: RenderedEmail, envelope: Envelope) -> bytes:
     from_name, from_addr = parsed_address(envelope.from_address)
     headers = [
-        ("From", formataddr((header_safe(from_name), strict_address(from_addr)), charset="utf-8")),
-        (
-            "To",
-            formataddr((header_safe(envelope.to_name or ""), strict_address(envelope.to_address)), "utf-8"),
-        ),
-        ("Subject", _header_value(header_safe(rendered.subject))),
+        ("From", _mailbox("From", header_safe(from_name), strict_address(from_addr))),
+        ("To", _mailbox("To", header_safe(envelope.to_name or ""), strict_address(envelope.to_address))),
+        ("Subject", _text_header("Subject", header_safe(rendered.subject))),
         ("Date", format_datetime(envelope.date)),
         ("Message-ID", header_safe(envelope.message_id)),
     ]

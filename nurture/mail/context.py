@@ -82,19 +82,8 @@ def step_message(
     else:
         rendered = templates.render(template, context)
     if links is not None:
-        samples = tuple(
-            templates.render_sample(
-                template,
-                template_context(
-                    settings,
-                    nobody,
-                    sequence_name=sequence_name,
-                    step_number=step_number,
-                    step_count=step_count,
-                ),
-                subject,
-            )
-            for nobody in _NOBODY
+        samples = _samples_of_step(
+            settings, templates, template, subject, sequence_name, step_number, step_count
         )
         rendered = links.rewrite(rendered, written_by=samples)
     message_id = message_id_for(delivery_id, settings.secret_key, settings.from_domain)
@@ -109,3 +98,30 @@ def step_message(
         reply_to=settings.reply_to or None,
     )
     return rendered, compose(rendered, envelope), message_id
+
+
+def _samples_of_step(
+    settings: Settings,
+    templates: EmailTemplates,
+    template: str,
+    subject: str | None,
+    sequence_name: str,
+    step_number: int,
+    step_count: int,
+) -> tuple[RenderedEmail, ...]:
+    """The step rendered for nobody in particular (cached per step): what its templates write themselves."""
+
+    def context_of(nobody: Recipient) -> dict[str, Any]:
+        return template_context(
+            settings, nobody, sequence_name=sequence_name, step_number=step_number, step_count=step_count
+        )
+
+    return tuple(
+        templates.render_sample(
+            template,
+            subject,
+            (nobody, sequence_name, step_number, step_count),
+            lambda n=nobody: context_of(n),
+        )
+        for nobody in _NOBODY
+    )

@@ -13,7 +13,7 @@ placeholder, so it never mangles template syntax, and the compiled template is c
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -191,16 +191,21 @@ class EmailTemplates:
         return RenderedEmail(subject=one_line(subject), text=tidy_text(text), html=html)
 
     def render_sample(
-        self, template_dir: str, context: Mapping[str, Any], subject: str | None = None
+        self,
+        template_dir: str,
+        subject: str | None,
+        key: Hashable,
+        context_of: Callable[[], Mapping[str, Any]],
     ) -> RenderedEmail:
-        """:meth:`render`, remembered for a context that carries no subscriber's data (the same for every
-        email of a step), so comparing against it costs one render per step and process."""
-        key = (template_dir, subject, tuple(sorted(context.items())))
-        sample = self._samples.get(key)
+        """:meth:`render` with the context ``context_of()`` builds, remembered under ``key``: for a context
+        that carries no subscriber's data (the same for every email of a step), so comparing against it
+        costs one render per step and process."""
+        cache_key = (template_dir, subject, key)
+        sample = self._samples.get(cache_key)
         if sample is None:
             if len(self._samples) > 1024:  # steps x sequences is small; this only bounds a leak
                 self._samples.clear()
-            sample = self._samples[key] = self.render(template_dir, context, subject)
+            sample = self._samples[cache_key] = self.render(template_dir, context_of(), subject)
         return sample
 
 

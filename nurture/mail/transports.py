@@ -2,6 +2,8 @@
 
 Every transport raises one of three failures so the sender can decide without knowing the transport:
 temporary (retry later), permanent (give up, suppress) and ambiguous (the server may have accepted it).
+Permanent means the recipient was refused: a refusal of our own side (the envelope sender, a command out of
+sequence) is temporary, so that it never suppresses an address.
 """
 
 from __future__ import annotations
@@ -29,11 +31,12 @@ class TemporaryFailure(SendFailure):
 
 
 class ConnectFailure(TemporaryFailure):
-    """The server could not be reached at all: says nothing about the message, so no attempt is counted."""
+    """The server could not be reached, or takes no mail from us now (login or envelope sender refused): says
+    nothing about the message, so no attempt is counted."""
 
 
 class PermanentFailure(SendFailure):
-    """5xx: the server refused; retrying will not help."""
+    """5xx for this recipient or message: the server refused; retrying will not help."""
 
 
 class AmbiguousFailure(SendFailure):
@@ -96,6 +99,7 @@ class MaildirTransport:
 # --- smtp -----------------------------------------------------------------------------------------------
 
 _LEADING_DOT = re.compile(rb"(?m)^\.")
+BAD_SEQUENCE = 503  # "bad sequence of commands" (RFC 5321): the transaction is out of step, whoever's fault
 
 
 @dataclass(frozen=True)
@@ -191,8 +195,29 @@ class SmtpTransport:
             self._conn = self._connect()
         conn = self._conn
         try:
+            self._hand_over(conn, envelope_from, recipient, data)
+        except (SendFailure, _StaleConnection):
+            raise
+        except Exception as exc:
+            # Anything else (an address smtplib cannot encode, a bug) may leave the server inside our
+            # transaction, where the next MAIL FROM meets "503 sender already given" and would read as that
+            # recipient's bounce: this connection is never used again. The final dot was not sent.
+            self._drop()
+            raise TemporaryFailure(f"SMTP transaction aborted: {type(exc).__name__}: {exc}") from exc
+        try:
+            code, reply = conn.getreply()
+        except Exception as exc:
+            self._drop()
+            raise AmbiguousFailure(f"SMTP connection lost after DATA, before the reply: {exc}") from exc
+        if code != 250:
+            self._fail(code, reply, "end of DATA")  # the transaction is over either way: nothing to reset
+
+    def _hand_over(self, conn: smtplib.SMTP, envelope_from: str, recipient: str, data: bytes) -> None:
+        """Everything up to and including the final dot; the reply to it is read by the caller."""
+        try:
             code, reply = conn.mail(envelope_from)
-            self._expect(conn, code, reply, {250}, "MAIL FROM")
+            if code != 250:
+                self._sender_refused(conn, code, reply)
             code, reply = conn.rcpt(recipient)
             self._expect(conn, code, reply, {250, 251}, "RCPT TO")
             code, reply = conn.docmd("DATA")
@@ -211,29 +236,45 @@ class SmtpTransport:
             # Without the final dot the server cannot have accepted the message.
             self._drop()
             raise TemporaryFailure(f"SMTP connection lost during DATA: {exc}") from exc
-        try:
-            code, reply = conn.getreply()
-        except (smtplib.SMTPServerDisconnected, OSError) as exc:
-            self._drop()
-            raise AmbiguousFailure(f"SMTP connection lost after DATA, before the reply: {exc}") from exc
-        if code != 250:
-            self._fail(code, reply, "end of DATA")
+
+    def _sender_refused(self, conn: smtplib.SMTP, code: int, reply: bytes) -> None:
+        """MAIL FROM refused: about our envelope sender or our session, never about the recipient, so never a
+        bounce. A 5xx meets every message alike: no attempt is counted, as when the server is down."""
+        if code == -1:
+            raise smtplib.SMTPServerDisconnected("MAIL FROM: no reply")
+        self._clean_up(conn, code)
+        message = f"MAIL FROM: {code} {_text(reply)}"
+        if 500 <= code < 600:
+            raise ConnectFailure(f"SMTP server refused our sender: {message}", code)
+        raise TemporaryFailure(message, code)
 
     def _expect(self, conn: smtplib.SMTP, code: int, reply: bytes, ok: set[int], stage: str) -> None:
         if code in ok:
             return
         if code == -1:
             raise smtplib.SMTPServerDisconnected(f"{stage}: no reply")
-        try:
-            conn.rset()
-        except (smtplib.SMTPException, OSError):
-            self._drop()
+        self._clean_up(conn, code)
         self._fail(code, reply, stage)
 
-    @staticmethod
-    def _fail(code: int, reply: bytes, stage: str) -> None:
-        text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
-        message = f"{stage}: {code} {text}"
+    def _clean_up(self, conn: smtplib.SMTP, code: int) -> None:
+        """Leave no half transaction behind a refused command: RSET, or drop a connection that cannot be
+        reset or answered "bad sequence" (its idea of the transaction is not ours)."""
+        if code == BAD_SEQUENCE:
+            self._drop()
+            return
+        try:
+            reset, _ = conn.rset()
+        except (smtplib.SMTPException, OSError):
+            reset = -1
+        if reset != 250:
+            self._drop()
+
+    def _fail(self, code: int, reply: bytes, stage: str) -> None:
+        message = f"{stage}: {code} {_text(reply)}"
+        if code == BAD_SEQUENCE:
+            # Out of step with the server: a fault of our transaction, not the recipient's; try again anew.
+            self._drop()
+            raise TemporaryFailure(message, code)
         if 500 <= code < 600:
             raise PermanentFailure(message, code)
         raise TemporaryFailure(message, code)
@@ -248,6 +289,10 @@ class SmtpTransport:
 
 class _StaleConnection(Exception):
     pass
+
+
+def _text(reply: bytes | str) -> str:
+    return reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
 
 
 def transport_from_url(

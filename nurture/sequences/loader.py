@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 from jinja2 import TemplateError
 
+from nurture.ids import parse_id
 from nurture.mail.templates import EmailTemplates, UnsafeTemplateError
 from nurture.schedule import ScheduleError, SendWindow, format_delay, parse_delay, zone
 from nurture.sequences.policy import POLICY_KEYS, parse_policy
@@ -87,8 +88,9 @@ class SequenceDefinition:
         for step in self.steps:
             if step.key == key_or_position:
                 return step
-        if key_or_position.isdigit() and 1 <= int(key_or_position) <= len(self.steps):
-            return self.steps[int(key_or_position) - 1]
+        position = parse_id(key_or_position)
+        if position is not None and 1 <= position <= len(self.steps):
+            return self.steps[position - 1]
         keys = ", ".join(s.key for s in self.steps)
         raise KeyError(f"sequence {self.slug!r} has no step {key_or_position!r} (steps: {keys})")
 

@@ -18,6 +18,7 @@ from nurture import clock, control, staff, subscriber_admin
 from nurture.addresses import InvalidInput, normalise_email
 from nurture.catalog import window_of
 from nurture.db import transaction
+from nurture.ids import parse_id
 from nurture.models import (
     ConsentRecord,
     Delivery,
@@ -382,10 +383,9 @@ def list_subscribers(request: Request, email: str | None = None, q: str | None =
 )
 def get_subscriber(request: Request, subscriber_id: str) -> JSONResponse:
     _actor(request, StaffRole.viewer)
-    if not subscriber_id.isdigit() or len(subscriber_id) > 18:
-        raise ApiError(404, "not_found", "no such subscriber")
+    target = _subscriber_id(subscriber_id)
     with transaction() as session:
-        subscriber = session.get(Subscriber, int(subscriber_id))
+        subscriber = session.get(Subscriber, target)
         if subscriber is None:
             raise ApiError(404, "not_found", "no such subscriber")
         return JSONResponse(explain(session, subscriber))
@@ -395,9 +395,10 @@ def get_subscriber(request: Request, subscriber_id: str) -> JSONResponse:
 
 
 def _subscriber_id(value: str) -> int:
-    if not value.isdigit() or len(value) > 18:
+    parsed = parse_id(value)
+    if parsed is None:
         raise ApiError(404, "not_found", "no such subscriber")
-    return int(value)
+    return parsed
 
 
 _ACTION_STATUS = {"invalid": 400, "not_found": 404, "conflict": 409}
@@ -589,9 +590,10 @@ def user_dict(user: Any, tokens: list[Any] | None = None) -> dict[str, Any]:
 
 
 def _user_id(value: str) -> int:
-    if not value.isdigit() or len(value) > 18:
+    parsed = parse_id(value)
+    if parsed is None:
         raise ApiError(404, "not_found", "no such staff user")
-    return int(value)
+    return parsed
 
 
 def user_change(actor: Actor, user_id: int, action: str, change: Any) -> dict[str, Any]:
@@ -710,11 +712,12 @@ async def revoke_user_token(request: Request, user_id: str, token_id: str) -> JS
     actor = await run_in_threadpool(_actor, request, StaffRole.admin)
     await _json(request)
     target = _user_id(user_id)
-    if not token_id.isdigit() or len(token_id) > 18:
+    token = parse_id(token_id)
+    if token is None:
         raise ApiError(404, "not_found", "that user has no such token")
 
     def revoke(session: Any, user: Any) -> dict[str, Any]:
-        token = staff.revoke_token(session, user, int(token_id))
-        return {"revoked_token": token.id}
+        revoked = staff.revoke_token(session, user, token)
+        return {"revoked_token": revoked.id}
 
     return JSONResponse(await run_in_threadpool(user_change, actor, target, "revoke-token", revoke))

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from nurture import bounces
+from nurture.ids import parse_id
 
 router = APIRouter()
 
@@ -44,8 +45,8 @@ async def receive_bounce(request: Request) -> JSONResponse:
     kind = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     if kind != MEDIA_TYPE:
         return _error(415, "unsupported_media_type", f"send the raw message as {MEDIA_TYPE}")
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_MESSAGE_BYTES:
+    declared = parse_id(request.headers.get("content-length", ""))
+    if declared is not None and declared > MAX_MESSAGE_BYTES:
         return _error(413, "too_large", f"the message must be at most {MAX_MESSAGE_BYTES} bytes")
     data = bytearray()
     async for chunk in request.stream():

@@ -16,9 +16,11 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from nurture import consent, events, tokens
+from nurture.addresses import known_zones
 from nurture.config import Settings
 from nurture.db import transaction
 from nurture.enrollment import unsubscribe
+from nurture.ids import parse_id
 from nurture.models import Enrollment, EnrollmentStatus, Sequence, Subscriber, SubscriberStatus
 from nurture.preferences import (
     PAUSE_CHOICES,
@@ -30,7 +32,7 @@ from nurture.preferences import (
     update_profile,
 )
 from nurture.schedule import resolve_zone
-from nurture.signup import SLUG, FieldErrors, known_zones, text_field, validate_name, validate_zone
+from nurture.signup import SLUG, FieldErrors, text_field, validate_name, validate_zone
 from nurture.web.forms import BadBody, origin_of, read_body
 from nurture.web.pages import render
 from nurture.web.subscribe import bad_body
@@ -165,12 +167,8 @@ def _dispatch(
             raise FieldErrors(errors)
         update_profile(session, subscriber, name, zone)
     elif action == "pause" and active:
-        days = fields.get("days")
-        pause(
-            session,
-            subscriber,
-            int(days) if isinstance(days, str) and days.isascii() and days.isdigit() else -1,
-        )
+        days = parse_id(fields.get("days"))
+        pause(session, subscriber, -1 if days is None else days)
     elif action == "resume" and active:
         resume(session, subscriber)
     elif action == "leave" and active:

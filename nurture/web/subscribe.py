@@ -14,12 +14,13 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from nurture import consent
+from nurture.addresses import known_zones
 from nurture.catalog import get_sequence
 from nurture.config import Settings
 from nurture.db import transaction
 from nurture.models import SequenceStatus
 from nurture.ratelimit import RateLimited
-from nurture.signup import SLUG, FieldErrors, honeypot_filled, known_zones, parse_signup, signup
+from nurture.signup import SLUG, FieldErrors, honeypot_filled, parse_signup, signup
 from nurture.web.forms import FORM, JSON, BadBody, origin_of, read_body, wants_json
 from nurture.web.pages import render
 

@@ -4,14 +4,14 @@ malformed or tampered token is a 404 with no ``Location``, so these routes can n
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from nurture import tracking
 from nurture.db import transaction
 
 router = APIRouter(include_in_schema=False)
-# Neither the answer nor the click may be cached: each visit is counted, and no referrer leaks the token.
+# Neither the answer nor the click may be cached: each visit may count, and no referrer leaks the token.
 NO_STORE = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
 NOT_FOUND = (
     '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Link not found</title></head>'
@@ -23,12 +23,19 @@ def _not_found() -> HTMLResponse:
     return HTMLResponse(NOT_FOUND, status_code=404, headers=NO_STORE)
 
 
+def _hit(request: Request, token: str, kind: str) -> str | None:
+    """What the token names; the hit is recorded only when it counts (nurture.tracking.record_hit)."""
+    client_ip = request.client.host if request.client else None
+    with transaction() as session:
+        return tracking.record_hit(session, token, kind, request.app.state.settings, client_ip)
+
+
 @router.get("/l/{token}")
-def follow_link(token: str) -> Response:
+def follow_link(request: Request, token: str) -> Response:
+    """Always the redirect for a known link, counted or not: a flood is recorded once, never refused."""
     if not tracking.TOKEN.match(token):  # malformed: no database round trip
         return _not_found()
-    with transaction() as session:
-        url = tracking.record_hit(session, token, tracking.CLICK)
+    url = _hit(request, token, tracking.CLICK)
     if not url:
         return _not_found()
     return RedirectResponse(url, status_code=302, headers=NO_STORE)
@@ -48,11 +55,10 @@ def peek_link(token: str) -> Response:
 
 
 @router.get("/o/{token}")
-def open_pixel(token: str) -> Response:
+def open_pixel(request: Request, token: str) -> Response:
     if not tracking.TOKEN.match(token):
         return _not_found()
-    with transaction() as session:
-        found = tracking.record_hit(session, token, tracking.OPEN)
+    found = _hit(request, token, tracking.OPEN)
     if found is None:
         return _not_found()
     return Response(tracking.PIXEL, media_type="image/gif", headers=NO_STORE)

@@ -11,6 +11,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from nurture.logs import redact_tokens
 from nurture.web.forms import wants_json
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,8 @@ PAGE = (
 
 
 async def _service_unavailable(request: Request, exc: Exception) -> Response:
-    log.warning("database unavailable for %s %s: %s", request.method, request.url.path, type(exc).__name__)
+    path = redact_tokens(request.url.path)  # here too, for logging set up by something other than nurture
+    log.warning("database unavailable for %s %s: %s", request.method, path, type(exc).__name__)
     headers = {"Retry-After": str(RETRY_AFTER_SECONDS), "Cache-Control": "no-store"}
     if request.url.path.startswith("/api/") or wants_json(request):
         body = {"error": {"code": "unavailable", "message": MESSAGE}}

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from nurture import clock, staff
 from nurture.config import Settings
+from nurture.ids import parse_id
 from nurture.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from nurture.staff import Actor
 from nurture.webhooks import secrets as endpoint_secrets
@@ -71,9 +72,10 @@ def snapshot(endpoint: WebhookEndpoint) -> dict[str, Any]:
 
 def get(session: Session, endpoint_id: int | str, *, lock: bool = False) -> WebhookEndpoint:
     if isinstance(endpoint_id, str):
-        if not endpoint_id.isdigit() or len(endpoint_id) > 18:
+        parsed = parse_id(endpoint_id)
+        if parsed is None:
             raise WebhookError("not_found", "no such webhook endpoint")
-        endpoint_id = int(endpoint_id)
+        endpoint_id = parsed
     query = select(WebhookEndpoint).where(WebhookEndpoint.id == endpoint_id)
     endpoint = session.scalar(query.with_for_update() if lock else query)
     if endpoint is None:
@@ -205,9 +207,10 @@ def queue_test(session: Session, actor: Actor | None, endpoint_id: int | str) ->
 
 def delivery_for_replay(session: Session, actor: Actor | None, delivery_id: int | str) -> WebhookDelivery:
     if isinstance(delivery_id, str):
-        if not delivery_id.isdigit() or len(delivery_id) > 18:
+        parsed = parse_id(delivery_id)
+        if parsed is None:
             raise WebhookError("not_found", "no such delivery")
-        delivery_id = int(delivery_id)
+        delivery_id = parsed
     delivery = session.get(WebhookDelivery, delivery_id)
     if delivery is None:
         raise WebhookError("not_found", "no such delivery")

@@ -32,9 +32,43 @@ def relaxed(settings: Settings) -> bool:
     return settings.env in {Environment.development, Environment.test}
 
 
+# NAT64's well-known prefix (RFC 6052): the translator forwards to the IPv4 address in the last 32 bits.
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+# IPv4-compatible addresses (RFC 4291, deprecated): ::a.b.c.d, except :: and ::1 themselves.
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> tuple[str, list[ipaddress.IPv4Address]] | None:
+    """The transition mechanism and the IPv4 addresses an IPv6 address leads to, or None: traffic to a 6to4,
+    Teredo, NAT64 or IPv4-compatible address ends up at the IPv4 host it carries."""
+    if ip.sixtofour is not None:
+        return "6to4", [ip.sixtofour]
+    if ip.teredo is not None:
+        return "Teredo", list(ip.teredo)  # the relay server and the client behind it
+    if ip in _NAT64:
+        return "NAT64", [ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)]
+    if ip in _IPV4_COMPATIBLE and int(ip) > 1:
+        return "IPv4-compatible", [ipaddress.IPv4Address(int(ip))]
+    return None
+
+
 def address_problem(ip: IPAddress, *, allow_loopback: bool) -> str | None:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+        ip = ip.ipv4_mapped  # the IPv4 address itself, in IPv6 notation
+    if isinstance(ip, ipaddress.IPv6Address) and (embedded := _embedded_ipv4(ip)) is not None:
+        # Each embedded IPv4 address meets the IPv4 rule; a 6to4 address is then as public as its IPv4
+        # address (its IPv6 properties vary between Python versions), the other forms must pass as IPv6 too.
+        mechanism, targets = embedded
+        for target in targets:
+            problem = _own_problem(target, allow_loopback=allow_loopback)
+            if problem:
+                return f"{problem} ({target}, via {mechanism})"
+        if mechanism == "6to4":
+            return None
+    return _own_problem(ip, allow_loopback=allow_loopback)
+
+
+def _own_problem(ip: IPAddress, *, allow_loopback: bool) -> str | None:
     if ip.is_loopback:
         return None if allow_loopback else "a loopback address"
     for test, name in (

@@ -27,7 +27,8 @@ def verify(body: bytes, headers: Mapping[str, str], secret: str, now: float | No
         signatures = lowered["webhook-signature"]
     except KeyError as missing:
         raise InvalidWebhook(f"missing header {missing}") from None
-    if not timestamp.isdigit():
+    # ASCII digits only, and few: str.isdigit() also accepts "²" (int() then raises) and "١" (read as 1).
+    if not (timestamp.isascii() and timestamp.isdigit()) or len(timestamp) > 12:
         raise InvalidWebhook("bad timestamp")
     # A captured request replayed later carries its old timestamp, and the signature covers it.
     if abs((time.time() if now is None else now) - int(timestamp)) > TOLERANCE_SECONDS:

@@ -56,7 +56,9 @@ def version_count(world) -> int:  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize("template", ATTACKS)
 def test_api_refuses_a_subject_that_reaches_beyond_the_context(api, world, tmp_path, template) -> None:  # type: ignore[no-untyped-def]
     marker = tmp_path / "ran"
-    refused = api("editor", "PUT", "/api/v1/sequences/course/draft", json=draft_body(attack(template, marker)))
+    refused = api(
+        "editor", "PUT", "/api/v1/sequences/course/draft", json=draft_body(attack(template, marker))
+    )
     assert refused.status_code == 400, refused.text
     message = refused.json()["error"]["message"]
     assert "goodbye" in message and "subject" in message
@@ -122,7 +124,7 @@ def test_a_template_file_that_reaches_beyond_the_context_fails_validation(tmp_pa
         (bad / part).write_text((source / "demo" / "hello" / part).read_text())
     (bad / "body.txt").write_text("{{ self.__init__.__globals__ }}\n")
     templates = EmailTemplates(root)
-    with pytest.raises(UnsafeTemplateError, match="__init__|__globals__"):
+    with pytest.raises(UnsafeTemplateError, match=r"__init__|__globals__"):
         templates.check("bad")
     templates.check("demo/hello")
 

@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from nurture import staff, versions
 from nurture.db import transaction
+from nurture.ids import parse_id
 from nurture.mail.templates import PARTS, EmailTemplates
 from nurture.models import SequenceVersion, StaffRole
 from nurture.schedule import format_delay
@@ -102,11 +103,8 @@ def _text(fields: dict[str, Any], name: str, limit: int = 300) -> str:
 
 def _read_form(fields: dict[str, Any]) -> dict[str, Any]:
     """The submitted form as the editor shows it again (on error) and as the raw steps to validate."""
-    try:
-        count = int(_text(fields, "step_count", 4) or "0")
-    except ValueError:
-        raise FormError("the form is damaged: reload the page") from None
-    if not 0 <= count <= MAX_STEPS:
+    count = parse_id(_text(fields, "step_count", 4) or "0")
+    if count is None or count > MAX_STEPS:
         raise FormError("the form is damaged: reload the page")
     rows: list[dict[str, Any]] = []
     for prefix in [f"steps-{i}" for i in range(count)] + [f"new-{j}" for j in range(NEW_ROWS)]:

@@ -22,6 +22,7 @@ from nurture import clock, control, staff, subscriber_admin
 from nurture.catalog import window_of
 from nurture.config import Settings
 from nurture.db import transaction
+from nurture.ids import parse_id
 from nurture.models import AuditLog, Delivery, Enrollment, Sequence, StaffRole, Subscriber
 from nurture.schedule import ScheduleError, format_delay, localize, resolve_zone, schedule_steps, zone
 from nurture.stats import sequence_stats, standing_counts
@@ -116,16 +117,21 @@ async def login(request: Request) -> Response:
 
     def attempt() -> tuple[staff.Actor | None, str | None, int | None]:
         try:
+            # Committed before the password is checked, so parallel attempts see each other's counts.
             with transaction() as session:
-                user = staff.authenticate(session, email, password, ip, staff.LoginLimits.of(settings))
+                claim = staff.claim_attempt(session, email, ip, settings)
+        except staff.LoginThrottled as exc:
+            return None, None, exc.retry_after
+        try:
+            with transaction() as session:
+                user = staff.authenticate(session, email, password)
+                staff.release_attempt(session, claim)
                 return staff.Actor.of(user), staff.session_fingerprint(user), None
         except staff.BadCredentials:
             # Recorded in its own transaction: the sign-in's was rolled back with the error.
             with transaction() as session:
                 staff.record_failure(session, email, ip)
             return None, None, None
-        except staff.LoginThrottled as exc:
-            return None, None, exc.retry_after
 
     actor, fingerprint, retry_after = await run_in_threadpool(attempt)
     if retry_after is not None:
@@ -551,9 +557,10 @@ def audit_page(request: Request) -> HTMLResponse:
 
 
 def _subscriber_id(value: str) -> int:
-    if not value.isdigit() or len(value) > 18:
+    parsed = parse_id(value)
+    if parsed is None:
         raise NotFound("There is no such subscriber.")
-    return int(value)
+    return parsed
 
 
 def _subscriber_detail(
@@ -1026,7 +1033,8 @@ USER_ACTIONS = ("role", "deactivate", "reactivate", "password", "token", "revoke
 
 @router.post("/users/{user_id}/{action}")
 async def user_action(request: Request, user_id: str, action: str) -> Response:
-    if action not in USER_ACTIONS or not user_id.isdigit() or len(user_id) > 18:
+    target = parse_id(user_id)
+    if action not in USER_ACTIONS or target is None:
         raise NotFound("There is no such staff user or action.")
     actor, current, fields = await _post(request, StaffRole.admin)
 
@@ -1044,16 +1052,16 @@ async def user_action(request: Request, user_id: str, action: str) -> Response:
             if not user.active:
                 raise staff.StaffError("the user is deactivated; reactivate them first")
             return f"Token issued for {user.email}.", staff.issue_token(session, user)
-        token_id = str(fields.get("token_id", ""))
-        if not token_id.isdigit() or len(token_id) > 18:
+        token_id = parse_id(fields.get("token_id"))
+        if token_id is None:
             raise staff.StaffError("that user has no such token")
-        staff.revoke_token(session, user, int(token_id))
+        staff.revoke_token(session, user, token_id)
         return f"Token revoked for {user.email}.", None
 
     def work() -> tuple[str | None, str | None, str | None, str]:
         try:
             with transaction() as session:
-                user = staff.get_user(session, int(user_id), lock=True)
+                user = staff.get_user(session, target, lock=True)
                 before = staff.user_snapshot(user)
                 message, token = change(session, user)
                 audit_action = "revoke-token" if action == "revoke" else action
