@@ -53,7 +53,7 @@ compose-client: ## Install Debian's docker-compose to validate docker-compose.ym
 
 soak: $(STAMP) services ## The long fault-injection run: 100 worker kills over 10,000 emails
 	NURTURE_SOAK_KILLS=100 NURTURE_SOAK_EMAILS=10000 $(BIN)/pytest -s \
-		tests/reliability/test_worker_faults.py::test_sigkilled_workers_lose_nothing_and_duplicate_only_the_group_in_flight
+		tests/reliability/test_worker_faults.py::test_sigkilled_workers_lose_nothing_and_leave_at_most_one_unknown_per_kill
 
 lint: $(STAMP) ## ruff check and format check
 	$(BIN)/ruff check .

@@ -13,6 +13,9 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, text
 
+# Benchmarks run on a developer's machine with the development key, like `make run` (the benchmarks that
+# measure production settings set NURTURE_ENV=production themselves).
+os.environ.setdefault("NURTURE_ENV", "development")
 ADMIN_URL = os.environ.get("NURTURE_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("NURTURE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
 
@@ -161,6 +164,19 @@ def process_tree(pid: int) -> list[int]:
         current = todo.pop()
         found.append(current)
         todo.extend(children.get(current, []))
+    return found
+
+
+def pids_named(name: str) -> list[int]:
+    """Every process whose command name is ``name`` (e.g. every PostgreSQL backend: "postgres")."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == name:
+                    found.append(int(entry.name))
+            except OSError:
+                continue
     return found
 
 

@@ -25,9 +25,12 @@ sys.path.insert(0, str(ROOT))
 from bench.common import (  # noqa: E402
     REDIS_URL,
     banner,
+    cpu_seconds,
     first_steps_due_now,
     fresh_database,
     load_average,
+    pids_named,
+    process_tree,
     save_result,
     verdict,
 )
@@ -128,6 +131,11 @@ def main() -> None:
             for _ in range(args.workers)
         ]  # fmt: skip
         time.sleep(4)  # let the workers connect; not part of the measurement
+        # CPU per email by process kind, over the run: where the time goes (the sink is this process).
+        database_before = {pid: cpu_seconds([pid]) for pid in pids_named("postgres")}
+        redis_before = cpu_seconds(pids_named("redis-server"))
+        self_before = time.process_time()
+        workers_before = cpu_seconds([pid for p in processes for pid in process_tree(p.pid)])
         started = time.perf_counter()
         beat_env = {**child_env, "NURTURE_VAR_DIR": "/tmp/nurture-bench-beat"}
         processes.append(
@@ -140,6 +148,14 @@ def main() -> None:
             while sink.count < args.count and time.perf_counter() < deadline:
                 time.sleep(0.05)
             finished = time.perf_counter()
+            sink_cpu = time.process_time() - self_before
+            workers_cpu = cpu_seconds([pid for p in processes[:-1] for pid in process_tree(p.pid)])
+            workers_cpu -= workers_before
+            beat_cpu = cpu_seconds(process_tree(processes[-1].pid))
+            database_cpu = sum(
+                cpu_seconds([pid]) - database_before.get(pid, 0.0) for pid in pids_named("postgres")
+            )
+            redis_cpu = cpu_seconds(pids_named("redis-server")) - redis_before
         finally:
             for process in processes:
                 process.terminate()
@@ -153,6 +169,18 @@ def main() -> None:
     print(f"nurture: {sink.count} of {args.count} emails in {elapsed:.1f} s = {rate:.0f} emails/s")
     print(f"  ({args.workers} worker process(es) x concurrency {args.concurrency}, beat tick 1 s)")
     print(f"ratio: {rate / raw:.2f} (target >= 0.5): {verdict(passed)}")
+    sent = max(sink.count, 1)
+    shares = {
+        "worker processes": workers_cpu,
+        "PostgreSQL": database_cpu,
+        "SMTP sink (this process)": sink_cpu,
+        "beat": beat_cpu,
+        "Redis": redis_cpu,
+    }
+    print("CPU per email: " + ", ".join(f"{name} {1000 * cpu / sent:.2f} ms" for name, cpu in shares.items()))
+    print(
+        f"  in all {1000 * sum(shares.values()) / sent:.2f} ms, of {2000 * elapsed / sent:.2f} ms on 2 cores"
+    )
     save_result(
         "send_throughput_dkim" if args.dkim else "send_throughput",
         {

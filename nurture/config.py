@@ -91,7 +91,8 @@ class Settings(BaseSettings):
     claim_limit: int = Field(default=10_000, ge=1, le=100_000)
     batch_size: int = Field(default=50, ge=1, le=1000)  # deliveries carried by one Celery task
     # Group commits (nurture.sender): one transaction marks up to this many emails "sending" before they are
-    # handed over, so a worker killed mid-group leaves at most this many ambiguous (docs/reliability.md)...
+    # handed over one by one, each with its own receipt, so a worker killed mid-group still leaves only the
+    # email on the wire unknown (docs/reliability.md, "Crashes")...
     send_group_max: int = Field(default=20, ge=1, le=1000)
     # ...and a group is only as large as the SMTP server accepts in this long (measured per process), which
     # bounds how long after an unsubscribe commits an email already marked "sending" may still go out.
@@ -99,7 +100,9 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=8, ge=1, le=50)
     retry_base_seconds: float = Field(default=30.0, gt=0)
     retry_cap_seconds: float = Field(default=3600.0, gt=0)
-    ambiguous_policy: Literal["hold", "resend"] = "hold"
+    # The one email per crash (or dropped connection) whose fate is unknown: sent again with its Message-ID
+    # (receivers fold repeats), or "hold" it for a person to decide (docs/reliability.md).
+    ambiguous_policy: Literal["hold", "resend"] = "resend"
     smtp_timeout: float = Field(default=30.0, gt=0)
     # Redis redelivers an unacknowledged task after this long; harmless here (tasks re-check every row) and
     # never the schedule itself, which lives in the database.

@@ -7,6 +7,7 @@ dispatchers take disjoint rows without waiting on each other; on SQLite the writ
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -14,23 +15,24 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from nurture import clock, events, leases
+from nurture import events, leases
 from nurture.config import Settings, get_settings
 from nurture.db import transaction
 from nurture.models import Delivery, DeliveryStatus
 from nurture.throttle import parse_rate
 
-
-@dataclass(frozen=True)
-class Claim:
-    token: str
-    delivery_ids: list[int]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class ReapResult:
     returned: int  # queued rows whose task never ran: back to pending
-    ambiguous: int  # rows that died mid-send: held as ambiguous (or returned, if the policy says resend)
+    settled: leases.Settled  # rows whose worker died mid-send: accepted, unknown (one per attempt), returned
+
+    @property
+    def ambiguous(self) -> int:
+        """Deliveries whose outcome a crash made unknown (resent, or held under ``hold``)."""
+        return len(self.settled.unknown)
 
 
 @dataclass(frozen=True)
@@ -39,27 +41,34 @@ class DispatchResult:
     claimed: int
 
 
-def claim_due(session: Session, *, limit: int, lease_seconds: int, now: datetime | None = None) -> Claim:
-    now = now or clock.db_now(session)
-    token = leases.new_token()  # short: the sender appends a per-attempt suffix
-    ids = leases.claim_due(session, Delivery, token=token, limit=limit, lease_seconds=lease_seconds, now=now)
-    return Claim(token=token, delivery_ids=ids)
+def claim_due(
+    session: Session, *, limit: int, lease_seconds: int, now: datetime | None = None
+) -> leases.Claim:
+    return leases.DELIVERIES.claim(session, limit=limit, lease_seconds=lease_seconds, now=now)
 
 
 def release(session: Session, token: str, ids: list[int]) -> int:
     """Give back claimed rows that never reached a worker."""
-    return leases.release(session, Delivery, token, ids)
+    return leases.DELIVERIES.release(session, token, ids)
 
 
 def reap_expired(session: Session, *, policy: str, now: datetime | None = None) -> ReapResult:
-    now = now or clock.db_now(session)
-    returned = leases.return_expired_claims(session, Delivery, now)
-    # A lease that ran out while "sending" means the worker died between deciding to send and recording the
-    # outcome: the server may have the message. Held for a person unless the operator chose resend.
-    died = leases.settle_lost_sends(session, Delivery, now, policy=policy)
-    for delivery_id in died:
-        events.record(session, "ambiguous", delivery_id=delivery_id, cause="lease expired while sending")
-    return ReapResult(returned=returned, ambiguous=len(died))
+    reaped = leases.DELIVERIES.reap(session, policy=policy, now=now)
+    settled = reaped.settled
+    resolution = "resent" if settled.resent else "held"
+    # The one delivery per dead worker whose fate is unknown: an event staff see (results, subscriber page,
+    # /metrics), with how it was resolved. Rows with a receipt were accepted and already have their event.
+    for delivery_id in settled.unknown:
+        events.record(
+            session, "ambiguous", delivery_id=delivery_id, cause="lease expired while sending",
+            resolution=resolution,
+        )  # fmt: skip
+    if settled.unknown or settled.returned or settled.accepted:
+        log.warning(
+            "reaped a dead worker's sends: %d accepted, %d unknown (%s), %d returned unsent",
+            len(settled.accepted), len(settled.unknown), resolution, len(settled.returned),
+        )  # fmt: skip
+    return ReapResult(returned=reaped.returned, settled=settled)
 
 
 def batches(ids: list[int], size: int) -> list[list[int]]:
@@ -99,12 +108,12 @@ def dispatch_once(
         claim = claim_due(session, limit=room, lease_seconds=settings.lease_seconds)
     handed: list[int] = []
     try:
-        for batch in batches(claim.delivery_ids, settings.batch_size):
+        for batch in batches(claim.ids, settings.batch_size):
             enqueue(claim.token, batch)
             handed.extend(batch)
     except Exception:
         # Broker unreachable: return what was not handed over now rather than after the lease expires.
         with transaction(factory) as session:
-            release(session, claim.token, claim.delivery_ids[len(handed) :])
+            release(session, claim.token, claim.ids[len(handed) :])
         raise
-    return DispatchResult(reaped=reaped, claimed=len(claim.delivery_ids))
+    return DispatchResult(reaped=reaped, claimed=len(claim.ids))

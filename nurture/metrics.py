@@ -286,6 +286,7 @@ class DatabaseCollector:
             signups.add_metric([label], kinds[kind])
         yield signups
         yield _counter("nurture_confirmations", "Signups confirmed (double opt-in).", kinds["confirmed"])
+        yield from _unknown_outcomes(events)
         every = CounterMetricFamily("nurture_events", "Every event-log entry, by kind.", labels=["kind"])
         for kind, count in sorted(kinds.items()):
             every.add_metric([_label(kind)], count)
@@ -317,6 +318,40 @@ class DatabaseCollector:
         )
 
 
+def _unknown_outcomes(events: Counter[tuple[str, str]]) -> Iterator[Metric]:
+    """Sends a crash or a broken connection left unknown (nurture.unknown_outcomes), by resolution, and
+    the held ones staff resolved since; their difference is what still waits for a person."""
+    unknown = CounterMetricFamily(
+        "nurture_unknown_outcomes",
+        "Sends whose outcome was unknown, by resolution: resent (same Message-ID) or held for a person.",
+        labels=["resolution"],
+    )
+    by_resolution = Counter({"resent": 0, "held": 0})
+    for (kind, detail), count in events.items():
+        if kind == "ambiguous":
+            by_resolution[_label(detail) if detail else "held"] += count
+    for resolution, count in sorted(by_resolution.items()):
+        unknown.add_metric([resolution], count)
+    yield unknown
+    resolved = CounterMetricFamily(
+        "nurture_unknown_outcomes_resolved",
+        "Held unknown outcomes staff resolved, by action (mark-sent, send-again).",
+        labels=["action"],
+    )
+    by_action = Counter({"mark-sent": 0, "send-again": 0})
+    for (kind, detail), count in events.items():
+        if kind == "ambiguous-resolved":
+            by_action[_label(detail)] += count
+    for action, count in sorted(by_action.items()):
+        resolved.add_metric([action], count)
+    yield resolved
+    yield _gauge(
+        "nurture_unknown_outcomes_held",
+        "Deliveries held with an unknown outcome, waiting for a person (mark sent or send again).",
+        max(0, by_resolution["held"] - sum(by_action.values())),
+    )
+
+
 def _count_events(session: Session, after_id: int, up_to: int | None) -> Counter[tuple[str, str]]:
     from nurture.models import Event
 
@@ -328,6 +363,8 @@ def _count_events(session: Session, after_id: int, up_to: int | None) -> Counter
     detail = case(
         (Event.kind == "skipped", Event.detail["reason"].as_string()),
         (Event.kind == "bounced", bounce_origin),
+        (Event.kind == "ambiguous", Event.detail["resolution"].as_string()),
+        (Event.kind == "ambiguous-resolved", Event.detail["action"].as_string()),
         else_=None,
     )
     query = select(Event.kind, detail, func.count()).where(Event.id > after_id)

@@ -21,7 +21,6 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import timedelta
 
 from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -218,23 +217,16 @@ class Outbox:
                 if message.status == OutboxStatus.queued and message.claim_token == token:
                     return _skip(session, message, reason)
                 return "not-claimed"
-            moved = session.execute(
-                update(OutboxMessage)
-                .where(*leases.still_claimed(OutboxMessage, [message_id], token))
-                .values(
-                    status=OutboxStatus.sending,
-                    attempts=OutboxMessage.attempts + 1,
-                    lease_until=clock.db_now(session) + timedelta(seconds=self.settings.lease_seconds),
-                )
-                .execution_options(synchronize_session=False)
-            ).rowcount
-            return None if moved == 1 else "not-claimed"
+            # Under the claim token itself: one message at a time, so it is its attempt's only row.
+            moved = leases.OUTBOX.begin(
+                session, token, [message_id], attempt=token, lease_seconds=self.settings.lease_seconds
+            )
+            return None if moved else "not-claimed"
 
     def _defer(self, token: str, message_id: int, seconds: float) -> str:
         """The breaker is open: hand the message back unsent, due again when the breaker may close."""
         with transaction(self.factory) as session:
-            due_at = clock.db_now(session) + timedelta(seconds=seconds)
-            leases.release(session, OutboxMessage, token, [message_id], due_at=due_at)
+            leases.OUTBOX.release(session, token, [message_id], after_seconds=seconds)
         return "deferred"
 
     def _after_temporary(self, token: str, message_id: int, error: str, from_status: str) -> str:
@@ -321,32 +313,19 @@ def _finish(
     **values: object,
 ) -> bool:
     """Record an outcome only while the row is still ours; a later certainty beats a reaper's guess."""
-    allowed = [from_status]
-    if from_status == OutboxStatus.sending:
-        allowed.append(OutboxStatus.ambiguous)
-    result = session.execute(
-        update(OutboxMessage)
-        .where(
-            OutboxMessage.id == message_id,
-            OutboxMessage.claim_token == token,
-            OutboxMessage.status.in_(allowed),
-        )
-        .values(lease_until=None, **values)
-        .execution_options(synchronize_session=False)
-    )
-    return result.rowcount == 1
+    return bool(leases.OUTBOX.finish(session, token, [message_id], from_status, **values))
 
 
 def claim_due(session: Session, *, limit: int, lease_seconds: int) -> tuple[str, list[int]]:
-    token = leases.new_token()
-    # The database's clock, as for deliveries: a worker whose clock runs fast sends nothing early.
-    now = clock.db_now(session)
-    return token, leases.claim_due(
-        session, OutboxMessage, token=token, limit=limit, lease_seconds=lease_seconds, now=now
-    )
+    claim = leases.OUTBOX.claim(session, limit=limit, lease_seconds=lease_seconds)
+    return claim.token, claim.ids
 
 
 def reap_expired(session: Session, *, policy: str) -> None:
-    now = clock.db_now(session)
-    leases.return_expired_claims(session, OutboxMessage, now)
-    leases.settle_lost_sends(session, OutboxMessage, now, policy=policy)
+    """Expired claims back to pending; a message whose worker died mid-send is resent (or held)."""
+    settled = leases.OUTBOX.reap(session, policy=policy).settled
+    for message_id in settled.unknown:
+        events.record(
+            session, "outbox-ambiguous", outbox_id=message_id, cause="lease expired while sending",
+            resolution="resent" if settled.resent else "held",
+        )  # fmt: skip

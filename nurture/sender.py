@@ -1,25 +1,28 @@
 """Send claimed deliveries, exactly once each, and record what happened.
 
 A batch is prepared in one read (rows, subscribers, steps, suppressions), then sent in groups: render the
-group; one short transaction that records the previous group's successes, re-checks this group (subscribers
-share-locked, so an unsubscribe cannot slip between check and mark) and moves it ``queued -> sending``; then
-one SMTP transaction per email. So there is one commit per group, not per email (docs/reliability.md, "Group
-commits": a group is only as large as the server accepts in 50 ms, at most 20), and an unsubscribe that lands
-while we render still wins. A worker that dies after "sending" leaves rows the reaper marks ambiguous instead
-of sending them blindly again. Every database step retries on a lost connection; each is a conditional
-UPDATE, so a repeat changes nothing.
+group; one short transaction that records the previous group's rows as sent, re-checks this group
+(subscribers share-locked, so an unsubscribe cannot slip between check and mark) and moves it
+``queued -> sending``; then one SMTP transaction per email, in id order, each followed by its *receipt*: the
+``sent`` event, in a commit of its own (one narrow INSERT, without waiting for the disk on PostgreSQL) before
+the next email starts. A worker that dies therefore leaves at most one email whose fate is unknown: the
+reaper (nurture.leases) records the group's emails that have a receipt as sent, resends (or, under ``hold``,
+holds) the first without one, and returns the rest to pending (docs/reliability.md, "Crashes"). A group is
+only as large as the server accepts in 50 ms (at most 20), so an unsubscribe that lands while we render still
+wins. Every database step retries on a lost connection; each is a conditional write, so a repeat changes
+nothing.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-import secrets
 import time
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
-from sqlalchemy import ColumnElement, bindparam, case, exists, func, insert, select, update
+from sqlalchemy import ColumnElement, bindparam, case, exists, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -43,7 +46,6 @@ from nurture.models import (
     DeliveryStatus,
     Enrollment,
     EnrollmentStatus,
-    Event,
     Sequence,
     SequenceStatus,
     SequenceVersion,
@@ -52,6 +54,7 @@ from nurture.models import (
     SubscriberStatus,
     Suppression,
 )
+from nurture.receipts import ReceiptWriter
 from nurture.schedule import next_open, resolve_zone
 from nurture.sequences.policy import Policy
 from nurture.throttle import RateLimiter, Unlimited
@@ -91,11 +94,13 @@ class _Ready:
 
 @dataclass(frozen=True)
 class _Accepted:
-    """A message the server accepted, whose row is recorded as sent in the next transaction."""
+    """A message the server accepted and whose receipt is stored; its row is recorded as sent in the next
+    transaction (or by the reaper, from the receipt, if this worker dies first)."""
 
     token: str
     delivery_id: int
     message_id: str
+    receipt: bool = True  # False: writing it failed, so the group's record writes the sent event instead
 
 
 class _StopBatch(Exception):
@@ -106,8 +111,11 @@ class _StopBatch(Exception):
         self.error = error
 
 
+DELIVERIES = leases.DELIVERIES
+
+
 def _still_claimed(delivery_ids: list[int], claim_token: str) -> tuple[ColumnElement[bool], ...]:
-    return leases.still_claimed(Delivery, delivery_ids, claim_token)
+    return DELIVERIES.still_claimed(delivery_ids, claim_token)
 
 
 # A batch's rows with what sending them needs, in one statement built once (it runs for every 50 emails).
@@ -198,6 +206,10 @@ class Sender:
         self.breaker = breaker or NeverOpen()
         self.db_clock = clock.DatabaseClock()
         self._smtp_seconds: float | None = None  # moving average of one SMTP hand-over, for _group_size
+
+    @functools.cached_property
+    def receipts(self) -> ReceiptWriter:
+        return ReceiptWriter(self.factory.kw["bind"])
 
     def send_batch(self, claim_token: str, delivery_ids: list[int]) -> Counter[str]:
         outcomes: Counter[str] = Counter()
@@ -292,8 +304,10 @@ class Sender:
             metrics.observe_rate_limit_wait(self.limiter.acquire())
         # From here the rows carry a token unique to this attempt: if the commit below succeeds but its reply
         # is lost with the connection, the retry recognises its own change instead of giving the rows up; a
-        # redelivered copy of this task, holding only the claim token, cannot take them.
-        sending_token = f"{claim_token}.{secrets.token_hex(4)}"
+        # redelivered copy of this task, holding only the claim token, cannot take them. The reaper also
+        # reads the attempt's rows in id order, the order they are handed over in.
+        sending_token = leases.attempt_token(claim_token)
+        ready.sort(key=lambda r: r.delivery_id)
 
         def record_then_begin(session: Session) -> dict[int, str | None]:
             self._record_accepted(session, accepted)
@@ -314,13 +328,17 @@ class Sender:
             try:
                 finished.append(self._hand_over(sending_token, item, accepted))
             except _StopBatch as stop:
-                rest = [r.delivery_id for r in go[position:]]
+                taken = {a.delivery_id for a in accepted}  # the one whose receipt failed was accepted
+                rest = [r.delivery_id for r in go[position:] if r.delivery_id not in taken]
                 self._undo_sending(sending_token, rest, stop.error, stop.retry_in)
                 finished.extend([DEFERRED] * len(rest))
                 raise
-            except Exception:  # one broken row must not strand the rest of the group; the reaper has it
+            except Exception as exc:  # one broken row must not strand the rest of the group
                 log.exception("delivery=%s outcome=error", item.delivery_id)
-                finished.append("error")
+                # Settled now, before the next email: the reaper counts on every row of this attempt before
+                # the one on the wire having its outcome written. What the server got is unknown.
+                error = f"internal error: {type(exc).__name__}"
+                finished.append(self._after_ambiguous(sending_token, item.delivery_id, error))
 
     def _render(self, claim_token: str, delivery_id: int, prepared: Prepared) -> _Ready | str:
         try:
@@ -370,10 +388,20 @@ class Sender:
         except AmbiguousFailure as exc:
             self.breaker.record(ok=False)
             return self._after_ambiguous(sending_token, delivery_id, str(exc))
-        accepted.append(
-            _Accepted(sending_token, delivery_id, item.message_id)
-        )  # first: nothing may lose this
         self._observe_smtp(time.perf_counter() - started)
+        # Before anything else, and before the next email: the receipt is what tells a reaper that this one
+        # arrived if the worker dies from here on.
+        receipt_error: Exception | None = None
+        try:
+            self.receipts.write(delivery_id, item.message_id, clock.now())
+        except Exception as exc:  # the database is away: no later email may go without its receipt
+            receipt_error = exc
+        accepted.append(_Accepted(sending_token, delivery_id, item.message_id, receipt_error is None))
+        if receipt_error is not None:
+            log.error(
+                "delivery=%s accepted, but its receipt could not be written: %s", delivery_id, receipt_error
+            )
+            raise _StopBatch(self.settings.retry_base_seconds, "database unavailable") from receipt_error
         self.breaker.record(ok=True)
         log_transition(delivery_id, "sent", subscriber=prepared.subscriber_id, step=prepared.step_key)
         return "sent"
@@ -384,19 +412,8 @@ class Sender:
         self, session: Session, claim_token: str, delivery_ids: list[int]
     ) -> dict[int, Prepared | str]:
         """Renew the batch's lease and load everything it needs in two queries (columns, not objects)."""
-        # The claim's lease covered the wait in the queue; a task that starts work renews it for the batch,
-        # but only where less than half of it is left: rewriting a row costs PostgreSQL a new version in
-        # every index, and a task usually starts seconds after its claim.
-        now = self.db_clock.now(session)
-        session.execute(
-            update(Delivery)
-            .where(
-                *_still_claimed(delivery_ids, claim_token),
-                Delivery.lease_until < now + timedelta(seconds=self.settings.lease_seconds / 2),
-            )
-            .values(lease_until=now + timedelta(seconds=self.settings.lease_seconds))
-            .execution_options(synchronize_session=False)
-        )
+        # The claim's lease covered the wait in the queue; a task that starts work renews it for the batch.
+        DELIVERIES.renew(session, claim_token, delivery_ids, lease_seconds=self.settings.lease_seconds)
         rows = {row.id: row for row in session.execute(_BATCH_ROWS, {"ids": delivery_ids})}
         versions = {
             version.id: (Policy.of(version.definition), version.step_count)
@@ -479,19 +496,9 @@ class Sender:
             else:
                 verdicts[row.id] = self._skip(session, row.id, row.subscriber_id, claim_token, reason)
         if ready:
-            moved = session.scalars(
-                update(Delivery)
-                .where(*_still_claimed(ready, claim_token))
-                .values(
-                    status=DeliveryStatus.sending,
-                    claim_token=sending_token,
-                    attempts=Delivery.attempts + 1,
-                    lease_until=self.db_clock.now(session) + timedelta(seconds=self.settings.lease_seconds),
-                )
-                .returning(Delivery.id)
-                .execution_options(synchronize_session=False)
-            ).all()
-            moved_ids = set(moved)
+            moved_ids = DELIVERIES.begin(
+                session, claim_token, ready, attempt=sending_token, lease_seconds=self.settings.lease_seconds
+            )
             for delivery_id in ready:
                 verdicts[delivery_id] = None if delivery_id in moved_ids else "not-claimed"
         return verdicts
@@ -500,55 +507,28 @@ class Sender:
         self, session: Session, token: str, delivery_id: int, from_status: str, /, **values: object
     ) -> bool:
         """Record an outcome, only while the row is still ours (same token, expected status)."""
-        # A reaper may have marked the row ambiguous while we were slow; what we now know for certain wins.
-        allowed = [from_status]
-        if from_status == DeliveryStatus.sending:
-            allowed.append(DeliveryStatus.ambiguous)
-        result = session.execute(
-            update(Delivery)
-            .where(Delivery.id == delivery_id, Delivery.claim_token == token, Delivery.status.in_(allowed))
-            .values(lease_until=None, **values)
-            .execution_options(synchronize_session=False)
-        )
-        return result.rowcount == 1
+        return bool(DELIVERIES.finish(session, token, [delivery_id], from_status, **values))
 
     def _record_accepted(self, session: Session, accepted: list[_Accepted]) -> None:
-        """Record a group's accepted emails as sent: one UPDATE per sending token, one event each."""
+        """Record a group's accepted emails as sent (their events are the receipts): one UPDATE per token."""
         sent_at = clock.now()
         by_token: dict[str, dict[int, str]] = {}
         for item in accepted:
             by_token.setdefault(item.token, {})[item.delivery_id] = item.message_id
         for token, message_ids in by_token.items():
-            # A reaper may have marked a row ambiguous while we were slow; what we now know for certain wins.
-            recorded = session.scalars(
-                update(Delivery)
-                .where(
-                    Delivery.id.in_(list(message_ids)),
-                    Delivery.claim_token == token,
-                    Delivery.status.in_([DeliveryStatus.sending, DeliveryStatus.ambiguous]),
-                )
-                .values(
-                    status=DeliveryStatus.sent,
-                    sent_at=sent_at,
-                    message_id=case(message_ids, value=Delivery.id),
-                    last_error=None,
-                    lease_until=None,
-                )
-                .returning(Delivery.id)
-                .execution_options(synchronize_session=False)
-            ).all()
-            if recorded:
-                session.execute(
-                    insert(Event),
-                    [
-                        {
-                            "kind": "sent",
-                            "delivery_id": delivery_id,
-                            "detail": {"message_id": message_ids[delivery_id]},
-                        }
-                        for delivery_id in sorted(recorded)
-                    ],
-                )
+            recorded = DELIVERIES.finish(
+                session,
+                token,
+                list(message_ids),
+                DeliveryStatus.sending,
+                status=DeliveryStatus.sent,
+                sent_at=sent_at,
+                message_id=case(message_ids, value=Delivery.id),
+                last_error=None,
+            )
+            for item in accepted:
+                if not item.receipt and item.delivery_id in recorded:
+                    events.record(session, "sent", delivery_id=item.delivery_id, message_id=item.message_id)
 
     def _undo_sending(self, token: str, delivery_ids: list[int], error: str, retry_in: float) -> None:
         """Rows marked ``sending`` but never handed over go back to pending, due again in ``retry_in``
@@ -556,23 +536,10 @@ class Sender:
         status until the next transaction records them, hence the explicit ids.)"""
 
         def work(session: Session) -> None:
-            session.execute(
-                update(Delivery)
-                .where(
-                    Delivery.id.in_(delivery_ids),
-                    Delivery.claim_token == token,
-                    Delivery.status == DeliveryStatus.sending,
-                )
-                .values(
-                    status=DeliveryStatus.pending,
-                    attempts=Delivery.attempts - 1,
-                    due_at=clock.db_now(session) + timedelta(seconds=retry_in),
-                    last_error=error,
-                    claim_token=None,
-                    lease_until=None,
-                )
-                .execution_options(synchronize_session=False)
-            )
+            DELIVERIES.release(
+                session, token, delivery_ids, after_seconds=retry_in, from_status=DeliveryStatus.sending,
+                error=error,
+            )  # fmt: skip
 
         retrying(work, self.factory)
 
@@ -580,8 +547,7 @@ class Sender:
         """Hand claimed rows back unsent, due again in ``retry_in`` seconds (nothing counted against them)."""
 
         def work(session: Session) -> None:
-            due_at = clock.db_now(session) + timedelta(seconds=retry_in)
-            leases.release(session, Delivery, claim_token, delivery_ids, due_at=due_at)
+            DELIVERIES.release(session, claim_token, delivery_ids, after_seconds=retry_in)
 
         retrying(work, self.factory)
         log.warning(
@@ -685,7 +651,10 @@ class Sender:
                 last_error=error,
                 claim_token=None,
             )
-            events.record(session, "ambiguous", delivery_id=delivery_id, error=error, resend=resend)
+            events.record(
+                session, "ambiguous", delivery_id=delivery_id, error=error,
+                resolution="resent" if resend else "held",
+            )  # fmt: skip
 
         retrying(work, self.factory)
         log_transition(delivery_id, "ambiguous", resend=resend)

@@ -11,7 +11,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from nurture.models import (
@@ -41,7 +41,10 @@ class StepStats:
     failed: int = 0
     bounced: int = 0
     cancelled: int = 0
-    ambiguous: int = 0
+    ambiguous: int = 0  # held now with an unknown outcome, waiting for a person
+    # Sends whose outcome a crash or a broken connection left unknown, by resolution: resent, held, and the
+    # held ones staff then resolved (mark-sent, send-again). nurture.unknown_outcomes.
+    unknown: dict[str, int] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> count
     unsubscribed_after: int = 0  # left after this was the last step they were sent
     current: int = 0  # live enrollments whose next email is this step
@@ -130,6 +133,21 @@ def sequence_stats(session: Session, sequence: Sequence) -> SequenceStats:
     )
     for step_id, count in bounced:
         steps[by_id[step_id]].bounced += count
+
+    resolution = case(
+        (Event.kind == "ambiguous", Event.detail["resolution"].as_string()),
+        else_=Event.detail["action"].as_string(),
+    )
+    unknown = session.execute(
+        select(Delivery.step_id, resolution, func.count())
+        .select_from(Event)
+        .join(Delivery, Delivery.id == Event.delivery_id)
+        .where(Event.kind.in_(["ambiguous", "ambiguous-resolved"]), Delivery.step_id.in_(step_ids))
+        .group_by(Delivery.step_id, resolution)
+    )
+    for step_id, how, count in unknown:
+        tally = steps[by_id[step_id]].unknown
+        tally[how or "held"] = tally.get(how or "held", 0) + count
 
     # Unsubscribed after step N: the last step each unsubscribed enrollment was sent.
     last_sent = (

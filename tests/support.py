@@ -59,6 +59,7 @@ class SmtpScript:
     data_replies: list[str] = field(default_factory=list)
     rcpt_replies: dict[str, str] = field(default_factory=dict)  # address -> reply for every RCPT to it
     drop_after_data: int = 0  # close the connection (no reply) after this many DATA phases
+    pipelining: bool = False  # advertise PIPELINING (RFC 2920), so clients send MAIL, RCPT, DATA at once
 
 
 class RecordingHandler:
@@ -67,6 +68,14 @@ class RecordingHandler:
         self.received: list[Received] = []
         self.data_attempts = 0
         self.lock = threading.Lock()
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        if self.script.pipelining:
+            responses = [*responses[:-1], "250-PIPELINING", responses[-1]]
+        return responses
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
         reply = self.script.rcpt_replies.get(address.lower())

@@ -36,10 +36,10 @@ def test_claims_only_due_pending_rows_and_only_once(world):  # type: ignore[no-u
         advance(timedelta(seconds=1))
         with transaction(world) as session:
             later = claim_due(session, limit=1, lease_seconds=60)
-    assert len(first.delivery_ids) == 2 and again.delivery_ids == []
-    assert len(later.delivery_ids) == 1  # the limit holds
+    assert len(first.ids) == 2 and again.ids == []
+    assert len(later.ids) == 1  # the limit holds
     rows = {d.id: d for d in deliveries(world)}
-    for delivery_id in first.delivery_ids:
+    for delivery_id in first.ids:
         assert rows[delivery_id].status == "queued"
         assert rows[delivery_id].claim_token == first.token
         assert rows[delivery_id].lease_until == START + timedelta(seconds=60)
@@ -51,9 +51,7 @@ def test_reaper_returns_lost_claims_and_holds_rows_that_died_sending(world):  # 
         subscribe(world, "b@example.com", "three-step")
         with transaction(world) as session:
             claim = claim_due(session, limit=100, lease_seconds=60)
-            session.execute(
-                update(Delivery).where(Delivery.id == claim.delivery_ids[1]).values(status="sending")
-            )
+            session.execute(update(Delivery).where(Delivery.id == claim.ids[1]).values(status="sending"))
         with transaction(world) as session:
             early = reap_expired(session, policy="hold")
         advance(timedelta(seconds=61))
@@ -62,8 +60,8 @@ def test_reaper_returns_lost_claims_and_holds_rows_that_died_sending(world):  # 
     assert (early.returned, early.ambiguous) == (0, 0)
     assert (late.returned, late.ambiguous) == (1, 1)
     rows = {d.id: d for d in deliveries(world)}
-    assert rows[claim.delivery_ids[0]].status == "pending" and rows[claim.delivery_ids[0]].claim_token is None
-    assert rows[claim.delivery_ids[1]].status == "ambiguous"
+    assert rows[claim.ids[0]].status == "pending" and rows[claim.ids[0]].claim_token is None
+    assert rows[claim.ids[1]].status == "ambiguous"
 
 
 def test_a_broker_failure_releases_the_claim_at_once(world):  # type: ignore[no-untyped-def]
@@ -115,9 +113,9 @@ def test_concurrent_dispatchers_on_postgres_never_claim_the_same_row(world):  # 
         while True:
             with transaction(world) as session:
                 claim = claim_due(session, limit=7, lease_seconds=60, now=START + timedelta(seconds=5))
-            if not claim.delivery_ids:
+            if not claim.ids:
                 break
-            mine.extend(claim.delivery_ids)
+            mine.extend(claim.ids)
         claimed.append(mine)
 
     threads = [threading.Thread(target=dispatcher) for _ in range(4)]

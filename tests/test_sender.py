@@ -111,10 +111,10 @@ def test_unsubscribed_while_claimed_is_not_sent(world, set_env):  # type: ignore
         subscriber_id = subscribe(world, "cy@example.com", "three-step")
         with transaction(world) as session:
             claim = claim_due(session, limit=10, lease_seconds=60)
-        assert len(claim.delivery_ids) == 1
+        assert len(claim.ids) == 1
         with transaction(world) as session:
             unsubscribe(session, session.get(Subscriber, subscriber_id), source="test")
-        outcome = make_sender(world).send_batch(claim.token, claim.delivery_ids)
+        outcome = make_sender(world).send_batch(claim.token, claim.ids)
     assert smtp.received == []
     assert outcome == {"not-claimed": 1}  # the unsubscribe cancelled the queued row itself
     assert statuses(world) == ["cancelled", "cancelled", "cancelled"]
@@ -127,7 +127,7 @@ def test_suppressed_while_claimed_is_skipped_with_its_reason(world, set_env):  #
         with transaction(world) as session:
             claim = claim_due(session, limit=10, lease_seconds=60)
             session.add(Suppression(email="di@example.com", reason="complaint"))
-        outcome = make_sender(world).send_batch(claim.token, claim.delivery_ids)
+        outcome = make_sender(world).send_batch(claim.token, claim.ids)
     assert smtp.received == []
     assert outcome == {"skipped:suppressed": 1}
     first = deliveries(world)[0]
@@ -154,9 +154,9 @@ def test_unsubscribe_that_lands_while_rendering_wins(world, set_env):  # type: i
     assert set(statuses(world)) == {"cancelled"}
 
 
-def test_connection_lost_after_data_is_ambiguous_and_not_resent(world, set_env):  # type: ignore[no-untyped-def]
+def test_connection_lost_after_data_is_held_under_the_hold_policy(world, set_env):  # type: ignore[no-untyped-def]
     with SmtpServer(SmtpScript(drop_after_data=1)) as smtp, clock.frozen(START) as advance:
-        set_env(smtp_url=smtp.url)
+        set_env(smtp_url=smtp.url, ambiguous_policy="hold")
         subscribe(world, "fi@example.com", "three-step")
         sender = make_sender(world)
         assert dispatch_inline(world, sender) == {"ambiguous": 1}
@@ -186,9 +186,9 @@ def test_a_redelivered_task_with_a_stale_claim_sends_nothing(world, set_env):  #
         with transaction(world) as session:
             claim = claim_due(session, limit=10, lease_seconds=60)
         sender = make_sender(world)
-        assert sender.send_batch(claim.token, claim.delivery_ids) == {"sent": 1}
-        assert sender.send_batch(claim.token, claim.delivery_ids) == {"not-claimed": 1}
-        assert sender.send_batch("someone-elses-token", claim.delivery_ids) == {"not-claimed": 1}
+        assert sender.send_batch(claim.token, claim.ids) == {"sent": 1}
+        assert sender.send_batch(claim.token, claim.ids) == {"not-claimed": 1}
+        assert sender.send_batch("someone-elses-token", claim.ids) == {"not-claimed": 1}
     assert len(smtp.received) == 1
 
 
@@ -213,7 +213,7 @@ def test_a_batch_renews_its_lease_only_when_less_than_half_is_left(world, set_en
         with transaction(world) as session:
             claim = claim_due(session, limit=10, lease_seconds=claim_lease)
         with transaction(world) as session:
-            make_sender(world)._prepare_batch(session, claim.token, claim.delivery_ids)
+            make_sender(world)._prepare_batch(session, claim.token, claim.ids)
     [lease] = [d.lease_until for d in deliveries(world) if d.status == "queued"]
     # A row rewritten only to move its lease costs PostgreSQL a new entry in every index of the table.
     expected = START + timedelta(seconds=300 if renewed else claim_lease)

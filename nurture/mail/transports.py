@@ -215,13 +215,16 @@ class SmtpTransport:
     def _hand_over(self, conn: smtplib.SMTP, envelope_from: str, recipient: str, data: bytes) -> None:
         """Everything up to and including the final dot; the reply to it is read by the caller."""
         try:
-            code, reply = conn.mail(envelope_from)
-            if code != 250:
-                self._sender_refused(conn, code, reply)
-            code, reply = conn.rcpt(recipient)
-            self._expect(conn, code, reply, {250, 251}, "RCPT TO")
-            code, reply = conn.docmd("DATA")
-            self._expect(conn, code, reply, {354}, "DATA")
+            if conn.does_esmtp and conn.has_extn("pipelining"):
+                self._envelope_pipelined(conn, envelope_from, recipient)
+            else:
+                code, reply = conn.mail(envelope_from)
+                if code != 250:
+                    self._sender_refused(conn, code, reply)
+                code, reply = conn.rcpt(recipient)
+                self._expect(conn, code, reply, {250, 251}, "RCPT TO")
+                code, reply = conn.docmd("DATA")
+                self._expect(conn, code, reply, {354}, "DATA")
         except (smtplib.SMTPServerDisconnected, ConnectionError) as exc:
             raise _StaleConnection(str(exc)) from exc
         except OSError as exc:
@@ -236,6 +239,24 @@ class SmtpTransport:
             # Without the final dot the server cannot have accepted the message.
             self._drop()
             raise TemporaryFailure(f"SMTP connection lost during DATA: {exc}") from exc
+
+    def _envelope_pipelined(self, conn: smtplib.SMTP, envelope_from: str, recipient: str) -> None:
+        """MAIL, RCPT and DATA in one write, their three replies read in order (RFC 2920): one round trip
+        instead of three. smtplib has no pipelining; the commands are written as smtplib writes them and
+        its own reply parser reads the answers."""
+        commands = (
+            f"MAIL FROM:{smtplib.quoteaddr(envelope_from)}\r\nRCPT TO:{smtplib.quoteaddr(recipient)}\r\n"
+        )
+        conn.send(commands.encode("ascii") + b"DATA\r\n")
+        (mail, mail_reply), (rcpt, rcpt_reply), (data, data_reply) = (conn.getreply() for _ in range(3))
+        if data == 354 and (mail != 250 or rcpt not in (250, 251)):
+            # A server that opened DATA although the envelope failed (RFC 2920 3.1): end it with nothing.
+            conn.send(b".\r\n")
+            conn.getreply()
+        if mail != 250:
+            self._sender_refused(conn, mail, mail_reply)
+        self._expect(conn, rcpt, rcpt_reply, {250, 251}, "RCPT TO")
+        self._expect(conn, data, data_reply, {354}, "DATA")
 
     def _sender_refused(self, conn: smtplib.SMTP, code: int, reply: bytes) -> None:
         """MAIL FROM refused: about our envelope sender or our session, never about the recipient, so never a

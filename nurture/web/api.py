@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import or_, select
 from starlette.concurrency import run_in_threadpool
 
-from nurture import clock, control, staff, subscriber_admin
+from nurture import clock, control, staff, subscriber_admin, unknown_outcomes
 from nurture.addresses import InvalidInput, normalise_email
 from nurture.catalog import window_of
 from nurture.db import transaction
@@ -357,6 +357,10 @@ def explain(session: Any, subscriber: Subscriber) -> dict[str, Any]:
             for c in consents
         ],
         "events": [{"kind": e.kind, "at": _iso(e.created_at), "detail": e.detail} for e in events],
+        # Sends a crash or a broken connection left unknown, and how each was resolved (held: a person).
+        "unknown_outcomes": [
+            u.as_dict() for u in unknown_outcomes.unknown_outcomes(session, subscriber_id=subscriber.id)
+        ],
     }
 
 

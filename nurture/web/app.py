@@ -9,6 +9,7 @@ from nurture.logs import RequestIdMiddleware
 from nurture.web import (
     admin,
     api,
+    api_deliveries,
     api_events,
     api_versions,
     api_webhooks,
@@ -38,6 +39,7 @@ def create_app() -> FastAPI:
     app.include_router(api_webhooks.router)  # /api/v1/webhooks (outbound webhooks)
     app.include_router(admin_webhooks.router)  # /admin/webhooks
     app.include_router(api_versions.router)  # /api/v1/sequences/{slug}/plan|publish|archive
+    app.include_router(api_deliveries.router)  # /api/v1/deliveries: unknown outcomes, held ones resolved
     app.include_router(api_events.router)  # POST /api/v1/events (goals and exit events)
     app.include_router(tracking.router)  # /l/{token} clicks, /o/{token} opens
     unavailable.install(app)  # the database unreachable or saturated: 503 with Retry-After, never a 500

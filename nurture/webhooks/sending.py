@@ -237,7 +237,7 @@ class WebhookSender:
                     label = "retry"
                     values |= {
                         "status": WebhookDeliveryStatus.pending,
-                        "due_at": clock.now() + timedelta(seconds=delay),
+                        "due_at": clock.db_now(session) + timedelta(seconds=delay),
                     }
             if _finish(session, token, item.delivery_id, **values):
                 outcomes[label] += 1
@@ -350,13 +350,7 @@ def _attempt_row(delivery_id: int, trigger: str, started: datetime, outcome: Out
 
 def _finish(session: Session, token: str, delivery_id: int, **values: object) -> bool:
     """Record an outcome only while the row is still ours (the reaper may have handed it on)."""
-    result = session.execute(
-        update(WebhookDelivery)
-        .where(*leases.still_claimed(WebhookDelivery, [delivery_id], token))
-        .values(lease_until=None, **values)
-        .execution_options(synchronize_session=False)
-    )
-    return result.rowcount == 1
+    return bool(leases.WEBHOOKS.finish(session, token, [delivery_id], leases.QUEUED, **values))
 
 
 def _endpoint_results(
@@ -415,22 +409,17 @@ def _auto_disable(session: Session, endpoint: WebhookEndpoint, now: datetime) ->
 
 def claim_due(session: Session, *, limit: int, lease_seconds: int) -> tuple[str, list[int]]:
     """The claim rules of every work table (nurture/leases.py), for endpoints that are enabled."""
-    token = leases.new_token()
     enabled = select(WebhookEndpoint.id).where(WebhookEndpoint.enabled.is_(True))
-    ids = leases.claim_due(
-        session,
-        WebhookDelivery,
-        token=token,
-        limit=limit,
-        lease_seconds=lease_seconds,
-        now=clock.now(),
-        only=(WebhookDelivery.endpoint_id.in_(enabled),),
+    claim = leases.WEBHOOKS.claim(
+        session, limit=limit, lease_seconds=lease_seconds, only=(WebhookDelivery.endpoint_id.in_(enabled),)
     )
-    return token, ids
+    return claim.token, claim.ids
 
 
 def reap_expired(session: Session) -> int:
-    return leases.return_expired_claims(session, WebhookDelivery, clock.now())
+    """Claims whose lease ran out go back to pending (a webhook row is never ``sending``: a POST whose
+    answer was lost is simply posted again, with the same webhook-id for receivers to drop repeats)."""
+    return leases.WEBHOOKS.reap(session, policy="resend").returned
 
 
 def purge_finished(session: Session, older_than: timedelta) -> int:

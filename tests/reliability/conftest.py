@@ -42,6 +42,8 @@ class Cluster:
     env: dict[str, str]
     tmp: Path
     names: Counter[str] = field(default_factory=Counter)
+    # The embedded broker is a folder under NURTURE_VAR_DIR: every process must share it to share the queue.
+    embedded_broker: bool = False
 
     def _name(self, kind: str) -> str:
         self.names[kind] += 1
@@ -55,8 +57,9 @@ class Cluster:
 
     def beat(self, prefix: list[str] | None = None, **env: str) -> subprocess.Popen[bytes]:
         name = self._name("beat")
-        # Each beat keeps its own schedule file, as on separate machines.
-        env = {**self.env, "NURTURE_VAR_DIR": str(self.tmp / name), **env}
+        # Each beat keeps its own schedule file, as on separate machines (with a broker that is no folder).
+        own = {} if self.embedded_broker else {"NURTURE_VAR_DIR": str(self.tmp / name)}
+        env = {**self.env, **own, **env}
         return self.processes.start(name, ["beat"], env, prefix=prefix)
 
     @staticmethod
@@ -80,6 +83,9 @@ class Cluster:
         with transaction(self.factory) as session:
             return list(session.scalars(select(Event).where(Event.kind == kind)))
 
+    def log(self, name: str) -> str:
+        return (self.tmp / f"{name}.log").read_text(errors="replace")
+
 
 def seed(factory: sessionmaker[Session], count: int, slug: str, prefix: str = "reader") -> None:
     """``count`` confirmed subscribers enrolled in ``slug``, in one transaction."""
@@ -93,15 +99,34 @@ def duplicates(smtp: SmtpServer) -> dict[str, int]:
     return {message_id: n for message_id, n in counts.items() if n > 1}
 
 
+def _run(group: Cluster, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    yield group
+    group.processes.stop_all()
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        print(group.processes.logs())
+
+
 @pytest.fixture
 def cluster(pg_factory, redis_url, one_step, tmp_path, request) -> Iterator[Cluster]:  # type: ignore[no-untyped-def]
     sync_sequences(pg_factory)
-    processes = Processes(tmp_path)
     url = pg_factory.kw["bind"].url.render_as_string(hide_password=False)
     env = {"NURTURE_DATABASE_URL": url, "NURTURE_BROKER_URL": redis_url, **FAST}
-    group = Cluster(processes, pg_factory, env, tmp_path)
-    yield group
-    processes.stop_all()
-    report = getattr(request.node, "rep_call", None)
-    if report is not None and report.failed:
-        print(processes.logs())
+    yield from _run(Cluster(Processes(tmp_path), pg_factory, env, tmp_path), request)
+
+
+@pytest.fixture(params=["postgres", "sqlite"])
+def any_cluster(request, tmp_path, one_step) -> Iterator[Cluster]:  # type: ignore[no-untyped-def]
+    """The same processes on PostgreSQL with Redis, or on embedded defaults: SQLite and a broker folder."""
+    if request.param == "postgres":
+        yield request.getfixturevalue("cluster")
+        return
+    from nurture.db import session_factory
+
+    request.getfixturevalue("set_env")(database_url=request.getfixturevalue("sqlite_url"))
+    factory = session_factory()
+    sync_sequences(factory)
+    url = factory.kw["bind"].url.render_as_string(hide_password=False)
+    env = {"NURTURE_DATABASE_URL": url, "NURTURE_VAR_DIR": str(tmp_path / "var"), **FAST}
+    group = Cluster(Processes(tmp_path), factory, env, tmp_path, embedded_broker=True)
+    yield from _run(group, request)

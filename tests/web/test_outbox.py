@@ -21,7 +21,7 @@ from nurture.mail.transports import (
     PermanentFailure,
     TemporaryFailure,
 )
-from nurture.models import OutboxMessage, Subscriber, Suppression
+from nurture.models import Event, OutboxMessage, Subscriber, Suppression
 from nurture.outbox import Outbox, claim_due
 from tests.web.support import drain
 
@@ -98,7 +98,8 @@ def test_a_hard_bounce_fails_and_suppresses(app_factory, queued) -> None:  # typ
     assert _row(app_factory).last_error == "550 no such user"
 
 
-def test_ambiguous_sends_are_held_not_repeated(app_factory, queued) -> None:  # type: ignore[no-untyped-def]
+def test_ambiguous_sends_are_held_not_repeated_under_hold(app_factory, queued, set_env) -> None:  # type: ignore[no-untyped-def]
+    set_env(ambiguous_policy="hold")
     transport = Failing(AmbiguousFailure("connection lost after DATA"))
     assert drain(app_factory, transport)[0] == {"ambiguous": 1}
     queued(timedelta(hours=1))
@@ -106,7 +107,10 @@ def test_ambiguous_sends_are_held_not_repeated(app_factory, queued) -> None:  # 
     assert _row(app_factory).status == "ambiguous"
 
 
-def test_expired_leases_come_back_and_a_death_mid_send_is_ambiguous(app_factory, queued) -> None:  # type: ignore[no-untyped-def]
+def test_expired_leases_come_back_and_a_death_mid_send_is_ambiguous_under_hold(
+    app_factory, queued, set_env
+) -> None:  # type: ignore[no-untyped-def]
+    set_env(ambiguous_policy="hold")
     with transaction(app_factory) as session:
         claim_due(session, limit=10, lease_seconds=60)  # a worker claimed it and died
     queued(timedelta(seconds=61))
@@ -136,6 +140,22 @@ def test_expired_leases_come_back_and_a_death_mid_send_is_ambiguous(app_factory,
             )
             == "ambiguous"
         )
+
+
+def test_a_death_mid_send_is_resent_once_by_default(app_factory, queued) -> None:  # type: ignore[no-untyped-def]
+    """The default policy: the one confirmation whose fate a crash made unknown goes again, once."""
+    with transaction(app_factory) as session:
+        token, _ids = claim_due(session, limit=10, lease_seconds=60)
+        session.execute(update(OutboxMessage).values(status="sending", claim_token=token, attempts=1))
+    queued(timedelta(seconds=61))
+    sent, transport = drain(app_factory)
+    assert sent == {"sent": 1} and len(transport) == 1
+    with transaction(app_factory) as session:
+        row = session.scalar(select(OutboxMessage))
+        unknown = session.scalars(select(Event).where(Event.kind == "outbox-ambiguous")).all()
+    assert row.status == "sent" and row.attempts == 2
+    assert [(e.detail["outbox_id"], e.detail["resolution"]) for e in unknown] == [(row.id, "resent")]
+    assert drain(app_factory)[0] == {}  # and only once
 
 
 def test_suppressed_addresses_get_the_same_answer_but_no_email(

@@ -6,7 +6,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from nurture.web.admin import editor
+from nurture.web.admin import editor, unknown
 from nurture.web.admin.auth import BadRequest, Forbidden, LoginRequired, login_url
 from nurture.web.admin.views import NotFound, page, router
 
@@ -39,3 +39,4 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(BadRequest, on_bad_request)
     app.include_router(router)
     app.include_router(editor.router)  # edit a sequence, its versions and plan (nurture.versions)
+    app.include_router(unknown.router)  # resolve deliveries held with an unknown outcome
