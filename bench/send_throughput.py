@@ -5,7 +5,9 @@
 N due deliveries of the ketamine-therapy sequence on PostgreSQL, the Redis broker, Celery workers sending to a
 loopback sink that only counts (bench/smtp_sink.py). In the same run: the raw limit, the same number of
 pre-built messages sent by plain smtplib from 2 processes over reused connections to the same sink.
-``--dkim`` signs every message with a fresh 2048-bit key (the raw limit stays unsigned). Target: ratio >= 0.5.
+``--dkim`` signs every message with a fresh 2048-bit key (the raw limit stays unsigned). Targets: ratio
+>= 0.5, and >= 0.35 with DKIM. Also prints the CPU per email of each kind of process (worker, PostgreSQL,
+the sink).
 """
 
 from __future__ import annotations
@@ -163,12 +165,15 @@ def main() -> None:
                 process.wait(60)
     elapsed = finished - started
     rate = sink.count / elapsed
-    passed = sink.count == args.count and rate / raw >= 0.5
+    target = (
+        0.35 if args.dkim else 0.5
+    )  # the send-path issue's targets: signing costs CPU the raw run does not
+    passed = sink.count == args.count and rate / raw >= target
     print(f"load average at the end: {load_average()}")
     print(f"raw limit (pre-built messages, smtplib, 2 processes): {raw:.0f} msg/s")
     print(f"nurture: {sink.count} of {args.count} emails in {elapsed:.1f} s = {rate:.0f} emails/s")
     print(f"  ({args.workers} worker process(es) x concurrency {args.concurrency}, beat tick 1 s)")
-    print(f"ratio: {rate / raw:.2f} (target >= 0.5): {verdict(passed)}")
+    print(f"ratio: {rate / raw:.2f} (target >= {target}): {verdict(passed)}")
     sent = max(sink.count, 1)
     shares = {
         "worker processes": workers_cpu,
@@ -187,7 +192,7 @@ def main() -> None:
             "title": "Throughput" + (" (DKIM-signed)" if args.dkim else ""),
             "figure": f"{rate:.0f} emails/s end to end vs raw {raw:.0f} msg/s: ratio {rate / raw:.2f} "
             f"({sink.count:,} emails)",
-            "target": "ratio >= 0.5",
+            "target": f"ratio >= {target}",
             "passed": passed,
             "rate": rate,
             "raw": raw,

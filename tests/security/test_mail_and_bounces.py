@@ -2,6 +2,8 @@
 URL guard, and an SMTP connection left mid-transaction. Real databases (SQLite and PostgreSQL) and a real SMTP
 server on loopback."""
 
+# ruff: noqa: F811  (fixtures imported from the modules that define them are redefined by name)
+
 from __future__ import annotations
 
 import mailbox
@@ -26,21 +28,9 @@ from nurture.webhooks.urls import UnsafeUrl, validate_url
 from tests.conftest import TEST_SECRET
 from tests.helpers import deliveries, dispatch_inline, make_sender, subscribe, sync_sequences
 from tests.support import RecordingHandler, SmtpScript, SmtpServer
-from tests.test_bounces import START, TOKEN, dsn, post, send_due
+from tests.test_bounces import START, TOKEN, advance, dsn, post, send_due, world  # noqa: F401 (fixtures)
 
 # --- item 6: a bounce report acts only with proof that we sent the message it reports on ----------------
-
-
-@pytest.fixture
-def advance():  # type: ignore[no-untyped-def]
-    with clock.frozen(START) as move:
-        yield move
-
-
-@pytest.fixture
-def world(factory, three_step, advance):  # type: ignore[no-untyped-def]
-    sync_sequences(factory)
-    return factory
 
 
 def suppressed(factory) -> dict[str, str]:  # type: ignore[no-untyped-def]

@@ -2,6 +2,8 @@
 left open, parallel password guesses, ids that only look like numbers, an unset NURTURE_ENV and link tokens
 in logs. Races run on PostgreSQL with real threads; time moves only through nurture.clock."""
 
+# ruff: noqa: F811  (fixtures imported from the modules that define them are redefined by name)
+
 from __future__ import annotations
 
 import re
@@ -35,6 +37,7 @@ from nurture.webhooks import fanout
 from nurture.webhooks import secrets as endpoint_secrets
 from tests.conftest import TEST_SECRET
 from tests.helpers import sync_sequences
+from tests.ops.conftest import processes  # noqa: F401 (a fixture: real processes, logs on failure)
 from tests.staff.conftest import PASSWORD, csrf_of, login
 from tests.support import Processes, free_port, wait_until
 from tests.test_tracking import CONTACT, COURSE, START, TRACKED, parts, send_first
@@ -482,16 +485,6 @@ def test_an_unset_environment_sets_secure_cookies(sqlite_url, set_env, monkeypat
     get_settings.cache_clear()
     cookie = app_client().get("/admin/login").headers["set-cookie"].lower()
     assert "secure" in cookie and "httponly" in cookie
-
-
-@pytest.fixture
-def processes(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Processes]:
-    group = Processes(tmp_path)
-    yield group
-    group.stop_all()
-    report = getattr(request.node, "rep_call", None)
-    if report is not None and report.failed:
-        print(group.logs())
 
 
 @pytest.mark.slow
