@@ -15,7 +15,7 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from nurture import events, leases
+from nurture import events, leases, receipts
 from nurture.config import Settings, get_settings
 from nurture.db import transaction
 from nurture.models import Delivery, DeliveryStatus
@@ -56,8 +56,13 @@ def reap_expired(session: Session, *, policy: str, now: datetime | None = None) 
     reaped = leases.DELIVERIES.reap(session, policy=policy, now=now)
     settled = reaped.settled
     resolution = "resent" if settled.resent else "held"
+    # Rows with a receipt were accepted: the `sent` event their group would have written, receipts done.
+    for delivery_id in settled.accepted:
+        message_id = settled.receipts[delivery_id]["message_id"]
+        events.record(session, "sent", delivery_id=delivery_id, message_id=message_id)
+    receipts.forget(session, settled.accepted)
     # The one delivery per dead worker whose fate is unknown: an event staff see (results, subscriber page,
-    # /metrics), with how it was resolved. Rows with a receipt were accepted and already have their event.
+    # /metrics), with how it was resolved.
     for delivery_id in settled.unknown:
         events.record(
             session, "ambiguous", delivery_id=delivery_id, cause="lease expired while sending",

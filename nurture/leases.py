@@ -11,7 +11,7 @@ table's rules is a fix to every table's.
 
 What a reaper knows about a worker that died while ``sending`` (docs/reliability.md, "Crashes"): a worker
 sends the rows it marked under one attempt token one at a time, in id order, and records each accepted
-message (a *receipt*, for deliveries the ``sent`` event) in its own commit before the next one starts. So of
+message (a *receipt*, nurture.receipts) in its own commit before the next one starts. So of
 a dead attempt's rows, those with a receipt were accepted, the first one without a receipt is the only one
 whose fate is unknown, and every later one was never handed over.
 """
@@ -67,6 +67,7 @@ class Settled:
     unknown: list[int] = field(default_factory=list)  # on the wire when the worker died: at most one a worker
     returned: list[int] = field(default_factory=list)  # never handed over: pending again, nothing counted
     policy: str = "resend"
+    receipts: dict[int, dict[str, Any]] = field(default_factory=dict)  # of the accepted ones
 
     @property
     def resent(self) -> bool:
@@ -265,7 +266,7 @@ class WorkTable:
             last_error=LOST_MID_SEND,
         )
         self._settle(session, returned, status=PENDING, attempts=model.attempts - 1)
-        return Settled(accepted, unknown, returned, policy)
+        return Settled(accepted, unknown, returned, policy, receipts)
 
     def _settle(self, session: Session, ids: list[int], **values: object) -> None:
         if ids:

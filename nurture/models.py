@@ -224,6 +224,20 @@ class Event(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=clock.now)
 
 
+class SendReceipt(Base):
+    """Proof that the SMTP server accepted one delivery's email (nurture.receipts), written right after its
+    250 and deleted when the delivery is recorded as sent. No foreign key on purpose: the check would take a
+    share lock on the delivery row on every email, which cost PostgreSQL four times the insert itself
+    (docs/benchmarks.md); a receipt outlives an erased delivery only until the group records or the reaper
+    settles it."""
+
+    __tablename__ = "send_receipts"
+
+    delivery_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    message_id: Mapped[str] = mapped_column(String(255))
+    accepted_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 class Suppression(Base):
     """Addresses we must never mail (hard bounces, complaints, manual blocks), kept apart from subscribers
     so a suppression outlives an erased or re-created subscriber."""

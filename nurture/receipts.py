@@ -1,35 +1,39 @@
 """Receipts: the proof, written right after the SMTP server's 250, that one email was accepted.
 
-A receipt is the delivery's ``sent`` event. The sender writes it before it starts the next email, so a
-worker that dies leaves at most one email without a receipt whose fate is unknown (nurture.leases reads the
-receipts back). That is one write per email on the hottest path, so it is as small as a write gets: one
-single-statement INSERT in autocommit on a connection kept for nothing else, as a prepared statement, and on
-PostgreSQL with ``synchronous_commit = off`` (the commit does not wait for the disk: a killed *worker* loses
-nothing, since the server has the row; only a crash of the database server itself can lose the last few
-hundred milliseconds of receipts, and what that costs is a resend of those emails, never a lost one).
+A receipt is a row of the narrow ``send_receipts`` table. The sender writes it before it starts the next
+email, so a worker that dies leaves at most one email without a receipt whose fate is unknown
+(nurture.leases reads the receipts back). When the group's rows are recorded as sent, with their ``sent``
+events, their receipts are deleted in the same transaction, so the table only ever holds emails in flight.
 
-The statement is written out per dialect rather than built through SQLAlchemy: the ORM and Core paths cost
-three to six times the CPU of the driver call for this one statement (docs/benchmarks.md, "Receipts").
+That is one write per email on the hottest path, so it is as small as a write gets: one single-statement
+INSERT in autocommit on a connection kept for nothing else, as a prepared statement, into a table with one
+index and no foreign key, and on PostgreSQL with ``synchronous_commit = off``. The commit does not wait for
+the disk: a killed *worker* loses nothing, since the server has the row; only a crash of the database server
+itself can lose the last few hundred milliseconds of receipts, and what that costs is a resend of those
+emails, never a lost one. (Writing the ``sent`` event itself as the receipt cost PostgreSQL four times as
+much: its foreign key share-locks the delivery row on every email.)
+
+The statement is written out rather than built through SQLAlchemy: the ORM and Core paths cost several
+times the CPU of the driver call for this one statement (bench/analysis.md).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, delete, select
 from sqlalchemy.orm import Session
 
-from nurture.models import Event
+from nurture.models import SendReceipt
 
 log = logging.getLogger(__name__)
 
 # Written once however often a retry repeats it (a commit whose reply was lost).
 _INSERT = (
-    "INSERT INTO events (kind, delivery_id, detail, created_at) SELECT 'sent', {p}, {p}, {p} "
-    "WHERE NOT EXISTS (SELECT 1 FROM events WHERE kind = 'sent' AND delivery_id = {p})"
+    "INSERT INTO send_receipts (delivery_id, message_id, accepted_at) VALUES ({p}, {p}, {p}) "
+    "ON CONFLICT (delivery_id) DO NOTHING"
 )
 _SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"  # SQLAlchemy's storage format for DateTime on SQLite
 
@@ -44,9 +48,8 @@ class ReceiptWriter:
         self._connection: Any = None
 
     def write(self, delivery_id: int, message_id: str, at: datetime) -> None:
-        detail = json.dumps({"message_id": message_id})
         when: Any = at if self.postgresql else at.replace(tzinfo=None).strftime(_SQLITE_TIME)
-        params = (delivery_id, detail, when, delivery_id)
+        params = (delivery_id, message_id, when)
         for attempt in range(3):
             try:
                 self._execute(params)
@@ -91,11 +94,18 @@ class ReceiptWriter:
 def accepted(session: Session, delivery_ids: list[int]) -> dict[int, dict[str, Any]]:
     """The receipts among ``delivery_ids``: id -> the values that record the row as sent."""
     rows = session.execute(
-        select(Event.delivery_id, Event.created_at, Event.detail).where(
-            Event.kind == "sent", Event.delivery_id.in_(delivery_ids)
+        select(SendReceipt.delivery_id, SendReceipt.message_id, SendReceipt.accepted_at).where(
+            SendReceipt.delivery_id.in_(delivery_ids)
         )
     )
-    return {
-        row.delivery_id: {"sent_at": row.created_at, "message_id": (row.detail or {}).get("message_id")}
-        for row in rows
-    }
+    return {row.delivery_id: {"sent_at": row.accepted_at, "message_id": row.message_id} for row in rows}
+
+
+def forget(session: Session, delivery_ids: list[int]) -> None:
+    """Receipts of rows now recorded as sent: no longer needed (in the transaction that records them)."""
+    if delivery_ids:
+        session.execute(
+            delete(SendReceipt)
+            .where(SendReceipt.delivery_id.in_(delivery_ids))
+            .execution_options(synchronize_session=False)
+        )

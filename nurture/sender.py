@@ -22,11 +22,11 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, bindparam, case, exists, func, select, update
+from sqlalchemy import ColumnElement, bindparam, case, exists, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from nurture import clock, events, leases, metrics
+from nurture import clock, events, leases, metrics, receipts
 from nurture.breaker import Breaker, NeverOpen
 from nurture.catalog import window_of
 from nurture.config import Settings
@@ -46,6 +46,7 @@ from nurture.models import (
     DeliveryStatus,
     Enrollment,
     EnrollmentStatus,
+    Event,
     Sequence,
     SequenceStatus,
     SequenceVersion,
@@ -100,7 +101,6 @@ class _Accepted:
     token: str
     delivery_id: int
     message_id: str
-    receipt: bool = True  # False: writing it failed, so the group's record writes the sent event instead
 
 
 class _StopBatch(Exception):
@@ -396,7 +396,7 @@ class Sender:
             self.receipts.write(delivery_id, item.message_id, clock.now())
         except Exception as exc:  # the database is away: no later email may go without its receipt
             receipt_error = exc
-        accepted.append(_Accepted(sending_token, delivery_id, item.message_id, receipt_error is None))
+        accepted.append(_Accepted(sending_token, delivery_id, item.message_id))  # recorded with the group
         if receipt_error is not None:
             log.error(
                 "delivery=%s accepted, but its receipt could not be written: %s", delivery_id, receipt_error
@@ -510,7 +510,8 @@ class Sender:
         return bool(DELIVERIES.finish(session, token, [delivery_id], from_status, **values))
 
     def _record_accepted(self, session: Session, accepted: list[_Accepted]) -> None:
-        """Record a group's accepted emails as sent (their events are the receipts): one UPDATE per token."""
+        """Record a group's accepted emails as sent: one UPDATE per sending token, one ``sent`` event each,
+        and their receipts deleted (nurture.receipts)."""
         sent_at = clock.now()
         by_token: dict[str, dict[int, str]] = {}
         for item in accepted:
@@ -526,9 +527,19 @@ class Sender:
                 message_id=case(message_ids, value=Delivery.id),
                 last_error=None,
             )
-            for item in accepted:
-                if not item.receipt and item.delivery_id in recorded:
-                    events.record(session, "sent", delivery_id=item.delivery_id, message_id=item.message_id)
+            if recorded:
+                session.execute(
+                    insert(Event),
+                    [
+                        {
+                            "kind": "sent",
+                            "delivery_id": delivery_id,
+                            "detail": {"message_id": message_ids[delivery_id]},
+                        }
+                        for delivery_id in sorted(recorded)
+                    ],
+                )
+        receipts.forget(session, [item.delivery_id for item in accepted])
 
     def _undo_sending(self, token: str, delivery_ids: list[int], error: str, retry_in: float) -> None:
         """Rows marked ``sending`` but never handed over go back to pending, due again in ``retry_in``

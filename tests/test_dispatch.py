@@ -9,11 +9,11 @@ import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from nurture import clock
+from nurture import clock, leases, receipts
 from nurture.config import get_settings
-from nurture.db import transaction
+from nurture.db import engine_of, transaction
 from nurture.dispatch import claim_due, claim_room, dispatch_once, reap_expired
-from nurture.models import Delivery, Enrollment
+from nurture.models import Delivery, Enrollment, Event, SendReceipt
 from tests.helpers import deliveries, statuses, subscribe, sync_sequences
 
 START = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)
@@ -149,3 +149,45 @@ def test_a_tick_claims_no_more_than_the_room_left_by_waiting_claims(world, set_e
         )  # still queued
     assert sum(len(ids) for ids in handed) == 3
     assert sorted(statuses(world)).count("queued") == 3
+
+
+@pytest.mark.parametrize("policy", ["resend", "hold"])
+def test_the_reaper_settles_a_dead_attempt_by_its_receipts(world, policy):  # type: ignore[no-untyped-def]
+    """A worker died after the server took two emails of a group of five (their receipts are written) and
+    while the third was on the wire: two sent, one unknown, two never handed over."""
+    with clock.frozen(START) as advance:
+        for n in range(5):
+            subscribe(world, f"r{n}@example.com", "three-step")
+        with transaction(world) as session:
+            claim = claim_due(session, limit=100, lease_seconds=60)
+            ids = claim.ids
+            attempt = f"{claim.token}.dead"
+            assert leases.DELIVERIES.begin(session, claim.token, ids, attempt=attempt, lease_seconds=60)
+        writer = receipts.ReceiptWriter(engine_of(world))
+        for delivery_id in ids[:2]:
+            writer.write(delivery_id, f"<m{delivery_id}@example.com>", clock.now())
+        writer.close()
+        advance(timedelta(seconds=61))
+        with transaction(world) as session:
+            reaped = reap_expired(session, policy=policy)
+    assert (reaped.settled.accepted, reaped.settled.unknown, reaped.settled.returned) == (
+        ids[:2],
+        ids[2:3],
+        ids[3:],
+    )
+    rows = {d.id: d for d in deliveries(world)}
+    assert [rows[i].status for i in ids] == [
+        "sent",
+        "sent",
+        "pending" if policy == "resend" else "ambiguous",
+    ] + ["pending"] * 2
+    assert rows[ids[0]].message_id == f"<m{ids[0]}@example.com>"
+    assert [rows[i].attempts for i in ids] == [1, 1, 1, 0, 0]  # only the unknown one counts an attempt
+    with transaction(world) as session:
+        sent = sorted(session.scalars(select(Event.delivery_id).where(Event.kind == "sent")))
+        unknown = session.scalars(select(Event).where(Event.kind == "ambiguous")).all()
+        left = session.scalar(select(func.count()).select_from(SendReceipt))
+    assert sent == ids[:2] and left == 0
+    assert [(e.delivery_id, e.detail["resolution"]) for e in unknown] == [
+        (ids[2], "resent" if policy == "resend" else "held")
+    ]
