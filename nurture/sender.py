@@ -22,7 +22,7 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, bindparam, case, exists, func, insert, select, update
+from sqlalchemy import ColumnElement, bindparam, case, exists, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -116,6 +116,42 @@ DELIVERIES = leases.DELIVERIES
 
 def _still_claimed(delivery_ids: list[int], claim_token: str) -> tuple[ColumnElement[bool], ...]:
     return DELIVERIES.still_claimed(delivery_ids, claim_token)
+
+
+# Recording a group as sent on PostgreSQL: one statement, the same for every group (so SQLAlchemy builds and
+# compiles nothing per group), the ids and Message-IDs as arrays. It is WorkTable.finish's rule (same token,
+# "sending" or a reaper's "ambiguous") written out; elsewhere finish itself records the group, with a CASE.
+_RECORD_SENT_PG = text(
+    "UPDATE deliveries AS d SET status = 'sent', sent_at = :sent_at, message_id = v.message_id, "
+    "last_error = NULL, lease_until = NULL "
+    "FROM unnest(CAST(:ids AS integer[]), CAST(:message_ids AS varchar[])) AS v(id, message_id) "
+    "WHERE d.id = v.id AND d.claim_token = :token AND d.status IN ('sending', 'ambiguous') "
+    "RETURNING d.id"
+)
+_SENT_EVENT = insert(Event.__table__).values(kind="sent")  # many rows: SQLAlchemy sends one INSERT
+
+
+def _record_sent(session: Session, token: str, message_ids: dict[int, str], sent_at: datetime) -> set[int]:
+    """Mark the rows still ours under ``token`` sent, each with its Message-ID; the ids recorded."""
+    if session.get_bind().dialect.name == "postgresql":
+        ids = list(message_ids)
+        params = {
+            "ids": ids,
+            "message_ids": [message_ids[i] for i in ids],
+            "sent_at": sent_at,
+            "token": token,
+        }
+        return set(session.execute(_RECORD_SENT_PG, params).scalars())
+    return DELIVERIES.finish(
+        session,
+        token,
+        list(message_ids),
+        DeliveryStatus.sending,
+        status=DeliveryStatus.sent,
+        sent_at=sent_at,
+        message_id=case(message_ids, value=Delivery.id),
+        last_error=None,
+    )
 
 
 # A batch's rows with what sending them needs, in one statement built once (it runs for every 50 emails).
@@ -517,27 +553,11 @@ class Sender:
         for item in accepted:
             by_token.setdefault(item.token, {})[item.delivery_id] = item.message_id
         for token, message_ids in by_token.items():
-            recorded = DELIVERIES.finish(
-                session,
-                token,
-                list(message_ids),
-                DeliveryStatus.sending,
-                status=DeliveryStatus.sent,
-                sent_at=sent_at,
-                message_id=case(message_ids, value=Delivery.id),
-                last_error=None,
-            )
+            recorded = _record_sent(session, token, message_ids, sent_at)
             if recorded:
-                session.execute(
-                    insert(Event),
-                    [
-                        {
-                            "kind": "sent",
-                            "delivery_id": delivery_id,
-                            "detail": {"message_id": message_ids[delivery_id]},
-                        }
-                        for delivery_id in sorted(recorded)
-                    ],
+                session.connection().execute(
+                    _SENT_EVENT,
+                    [{"delivery_id": d, "detail": {"message_id": message_ids[d]}} for d in sorted(recorded)],
                 )
         receipts.forget(session, [item.delivery_id for item in accepted])
 

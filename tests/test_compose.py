@@ -79,3 +79,41 @@ def test_an_address_with_control_characters_is_refused(address: str) -> None:
 def test_no_list_headers_without_an_unsubscribe_url() -> None:
     message = message_from_bytes(compose(RenderedEmail("s", "t", "<p>h</p>"), envelope(unsubscribe_url=None)))
     assert message["List-Unsubscribe"] is None and message["List-Unsubscribe-Post"] is None
+
+
+def test_quoted_printable_line_by_line_decodes_like_the_whole_body_and_keeps_lines_short() -> None:
+    """compose encodes a body a line at a time (each distinct line once per process): the result must
+    decode to exactly what encoding the whole body at once gives, never carry a line over 76 characters
+    (RFC 2045; b2a_qp over a whole body writes 78 before a line end that follows a space), and never a
+    bare CR."""
+    import binascii
+    import random
+
+    from nurture.mail.compose import _quoted_printable
+
+    pieces = [
+        "a",
+        " ",
+        "\t",
+        "\n",
+        "\r\n",
+        "=",
+        "é",
+        "€",
+        "😀",
+        ".",
+        "x" * 90,
+        "  \n",
+        "From ",
+        "y" * 75,
+        " " * 80,
+    ]
+    rng = random.Random(7)
+    for _ in range(5000):
+        body = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 40)))
+        encoded = _quoted_printable(body)
+        whole = binascii.b2a_qp(body.replace("\r\n", "\n").encode(), quotetabs=False, istext=True)
+        assert binascii.a2b_qp(encoded) == binascii.a2b_qp(whole.replace(b"\n", b"\r\n"))
+        assert all(len(line) <= 76 for line in encoded.split(b"\r\n"))
+        assert b"\r" not in encoded.replace(b"\r\n", b"")
+    assert _quoted_printable("one\rtwo") == b"one\r\ntwo"  # a bare CR ends its line
