@@ -18,13 +18,14 @@ whose fate is unknown, and every later one was never handed over.
 
 from __future__ import annotations
 
+import functools
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, any_, func, literal_column, select, update
+from sqlalchemy import ColumnElement, any_, bindparam, func, literal_column, select, update
 from sqlalchemy.orm import Session
 
 from nurture import clock, receipts
@@ -154,19 +155,31 @@ class WorkTable:
         self, session: Session, token: str, ids: list[int], *, attempt: str, lease_seconds: float
     ) -> set[int]:
         """``queued -> sending`` under the attempt token, counting an attempt; the ids that moved."""
-        moved = session.scalars(
-            update(self.model)
-            .where(*self.still_claimed(ids, token))
+        lease_until = _LEASE_CLOCK.now(session) + timedelta(seconds=lease_seconds)
+        params = {"ids": ids, "token": token, "attempt": attempt, "lease_until": lease_until}
+        return set(session.scalars(self._begin_statement, params))
+
+    @functools.cached_property
+    def _begin_statement(self) -> Any:
+        # Built once per table: it runs for every group of emails, and building it was a tenth of the
+        # sender's database work.
+        model = self.model
+        return (
+            update(model)
+            .where(
+                model.id.in_(bindparam("ids", expanding=True)),
+                model.claim_token == bindparam("token"),
+                model.status == QUEUED,
+            )
             .values(
                 status=SENDING,
-                claim_token=attempt,
-                attempts=self.model.attempts + 1,
-                lease_until=_LEASE_CLOCK.now(session) + timedelta(seconds=lease_seconds),
+                claim_token=bindparam("attempt"),
+                attempts=model.attempts + 1,
+                lease_until=bindparam("lease_until", type_=model.lease_until.type),
             )
-            .returning(self.model.id)
+            .returning(model.id)
             .execution_options(synchronize_session=False)
         )
-        return set(moved)
 
     def finish(
         self, session: Session, token: str, ids: list[int], from_status: str, /, **values: object

@@ -230,7 +230,9 @@ class SmtpTransport:
         except OSError as exc:
             self._drop()
             raise TemporaryFailure(f"SMTP error before DATA: {exc}") from exc
-        payload = _LEADING_DOT.sub(b"..", data)
+        # Dot-stuffing (RFC 5321 4.5.2); the regular expression only where a line does start with a dot,
+        # which a find in C rules out for almost every message at a fraction of the cost.
+        payload = _LEADING_DOT.sub(b"..", data) if data.startswith(b".") or b"\n." in data else data
         if not payload.endswith(b"\r\n"):
             payload += b"\r\n"
         try:
