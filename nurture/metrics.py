@@ -253,16 +253,12 @@ class DatabaseCollector:
             deliveries.add_metric([outcome], count)
         yield deliveries
 
-        skips = CounterMetricFamily(
-            "nurture_delivery_skips", "Deliveries not sent, by reason, from the event log.", labels=["reason"]
+        yield _labelled_counter(
+            "nurture_delivery_skips",
+            "Deliveries not sent, by reason, from the event log.",
+            "reason",
+            _details_of(events, "skipped", SKIP_REASONS),
         )
-        reasons = Counter({reason: 0 for reason in SKIP_REASONS})
-        for (kind, detail), count in events.items():
-            if kind == "skipped":
-                reasons[_label(detail)] += count
-        for reason, count in sorted(reasons.items()):
-            skips.add_metric([reason], count)
-        yield skips
 
         bounces = CounterMetricFamily(
             "nurture_bounces",
@@ -321,35 +317,43 @@ class DatabaseCollector:
 def _unknown_outcomes(events: Counter[tuple[str, str]]) -> Iterator[Metric]:
     """Sends a crash or a broken connection left unknown (nurture.unknown_outcomes), by resolution, and
     the held ones staff resolved since; their difference is what still waits for a person."""
-    unknown = CounterMetricFamily(
+    by_resolution = _details_of(events, "ambiguous", ("resent", "held"), missing="held")
+    by_action = _details_of(events, "ambiguous-resolved", ("mark-sent", "send-again"))
+    yield _labelled_counter(
         "nurture_unknown_outcomes",
         "Sends whose outcome was unknown, by resolution: resent (same Message-ID) or held for a person.",
-        labels=["resolution"],
+        "resolution",
+        by_resolution,
     )
-    by_resolution = Counter({"resent": 0, "held": 0})
-    for (kind, detail), count in events.items():
-        if kind == "ambiguous":
-            by_resolution[_label(detail) if detail else "held"] += count
-    for resolution, count in sorted(by_resolution.items()):
-        unknown.add_metric([resolution], count)
-    yield unknown
-    resolved = CounterMetricFamily(
+    yield _labelled_counter(
         "nurture_unknown_outcomes_resolved",
         "Held unknown outcomes staff resolved, by action (mark-sent, send-again).",
-        labels=["action"],
+        "action",
+        by_action,
     )
-    by_action = Counter({"mark-sent": 0, "send-again": 0})
-    for (kind, detail), count in events.items():
-        if kind == "ambiguous-resolved":
-            by_action[_label(detail)] += count
-    for action, count in sorted(by_action.items()):
-        resolved.add_metric([action], count)
-    yield resolved
     yield _gauge(
         "nurture_unknown_outcomes_held",
         "Deliveries held with an unknown outcome, waiting for a person (mark sent or send again).",
         max(0, by_resolution["held"] - sum(by_action.values())),
     )
+
+
+def _details_of(
+    events: Counter[tuple[str, str]], kind: str, known: tuple[str, ...], missing: str = "other"
+) -> Counter[str]:
+    """The counts of one event kind by its detail label, every ``known`` label present from zero."""
+    counts: Counter[str] = Counter(dict.fromkeys(known, 0))
+    for (event_kind, detail), count in events.items():
+        if event_kind == kind:
+            counts[_label(detail) if detail else missing] += count
+    return counts
+
+
+def _labelled_counter(name: str, documentation: str, label: str, counts: Counter[str]) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, documentation, labels=[label])
+    for value, count in sorted(counts.items()):
+        family.add_metric([value], count)
+    return family
 
 
 def _count_events(session: Session, after_id: int, up_to: int | None) -> Counter[tuple[str, str]]:
