@@ -2,8 +2,9 @@
 
 Staff and files change these templates (a step's subject override is saved from the editor and the API), so
 they are untrusted code: they compile in :class:`ImmutableSandboxedEnvironment`, with none of Jinja's default
-globals, and :meth:`EmailTemplates.verify` refuses at save time a template that names anything but the
-documented :data:`CONTEXT_VARIABLES` or reaches for an attribute the sandbox forbids (docs/security.md).
+globals, and :meth:`EmailTemplates.check` (a step's parts) and :meth:`EmailTemplates.compile_subject` (a
+subject override) refuse at save time a template that names anything but the documented
+:data:`CONTEXT_VARIABLES` or reaches for an attribute the sandbox forbids (docs/security.md).
 
 CSS from ``email/_base/email.css`` is inlined into the HTML templates once, when each template is loaded, not
 for every email: the inliner sees the template source with every Jinja construct swapped for an opaque
@@ -56,7 +57,7 @@ CONTEXT_VARIABLES: dict[str, str] = {
     "step_count": "how many steps the sequence has",
     "confirm_url": "the double opt-in link (confirmation emails only)",
 }
-# Filled in for the trial render of :meth:`EmailTemplates.verify`.
+# Filled in for the trial render that check and compile_subject make of every template.
 _SAMPLE_CONTEXT: dict[str, Any] = {
     name: "https://example.invalid/sample" if name.endswith("_url") else "Sample"
     for name in CONTEXT_VARIABLES
