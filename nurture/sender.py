@@ -22,7 +22,7 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, bindparam, case, exists, func, insert, select, text, update
+from sqlalchemy import bindparam, case, exists, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -112,10 +112,6 @@ class _StopBatch(Exception):
 
 
 DELIVERIES = leases.DELIVERIES
-
-
-def _still_claimed(delivery_ids: list[int], claim_token: str) -> tuple[ColumnElement[bool], ...]:
-    return DELIVERIES.still_claimed(delivery_ids, claim_token)
 
 
 # Recording a group as sent on PostgreSQL: one statement, the same for every group (so SQLAlchemy builds and
@@ -240,7 +236,6 @@ class Sender:
         self.templates = templates
         self.limiter = limiter or Unlimited()
         self.breaker = breaker or NeverOpen()
-        self.db_clock = clock.DatabaseClock()
         self._smtp_seconds: float | None = None  # moving average of one SMTP hand-over, for _group_size
 
     @functools.cached_property
@@ -491,7 +486,7 @@ class Sender:
         held = reason == HOLD
         moved = session.execute(
             update(Delivery)
-            .where(*_still_claimed([delivery_id], claim_token))
+            .where(*DELIVERIES.still_claimed([delivery_id], claim_token))
             .values(
                 status=DeliveryStatus.held if held else DeliveryStatus.skipped,
                 skip_reason=None if held else reason,
