@@ -138,6 +138,7 @@ def main() -> None:
         redis_before = cpu_seconds(pids_named("redis-server"))
         self_before = time.process_time()
         workers_before = cpu_seconds([pid for p in processes for pid in process_tree(p.pid)])
+        consumers_before = cpu_seconds([p.pid for p in processes])  # Celery's main process, per worker
         started = time.perf_counter()
         beat_env = {**child_env, "NURTURE_VAR_DIR": "/tmp/nurture-bench-beat"}
         processes.append(
@@ -153,6 +154,7 @@ def main() -> None:
             sink_cpu = time.process_time() - self_before
             workers_cpu = cpu_seconds([pid for p in processes[:-1] for pid in process_tree(p.pid)])
             workers_cpu -= workers_before
+            consumers_cpu = cpu_seconds([p.pid for p in processes[:-1]]) - consumers_before
             beat_cpu = cpu_seconds(process_tree(processes[-1].pid))
             database_cpu = sum(
                 cpu_seconds([pid]) - database_before.get(pid, 0.0) for pid in pids_named("postgres")
@@ -185,6 +187,10 @@ def main() -> None:
     print("CPU per email: " + ", ".join(f"{name} {1000 * cpu / sent:.2f} ms" for name, cpu in shares.items()))
     print(
         f"  in all {1000 * sum(shares.values()) / sent:.2f} ms, of {2000 * elapsed / sent:.2f} ms on 2 cores"
+    )
+    print(
+        f"  of the workers': Celery's main process (receiving tasks) {1000 * consumers_cpu / sent:.2f} ms, "
+        f"the pool processes (sending) {1000 * (workers_cpu - consumers_cpu) / sent:.2f} ms"
     )
     save_result(
         "send_throughput_dkim" if args.dkim else "send_throughput",

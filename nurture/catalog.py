@@ -10,7 +10,6 @@ YAML, after which sync finds nothing to do.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import time
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -127,13 +126,10 @@ def _rate() -> int:
 
 
 def window_of(version: SequenceVersion) -> SendWindow | None:
-    if not version.window_days or not version.window_start or not version.window_end:
-        return None
-    return SendWindow(
-        days=frozenset(int(d) for d in version.window_days.split(",")),
-        start=time.fromisoformat(version.window_start),
-        end=time.fromisoformat(version.window_end),
-    )
+    """The version's send window, for display; due times come from nurture.timetable."""
+    from nurture.timetable import Rules
+
+    return Rules.of_version(version).window
 
 
 def get_sequence(session: Session, slug: str) -> Sequence | None:

@@ -42,7 +42,8 @@ def broker_settings(settings: Settings) -> tuple[str, dict[str, Any]]:
         "store_processed": False,
         "polling_interval": 0.25,
     }
-    return "filesystem://", options
+    # The folder transport ignores the host; naming one spares every start kombu's "No hostname" warning.
+    return "filesystem://localhost/", options
 
 
 def create_app(settings: Settings | None = None) -> Celery:

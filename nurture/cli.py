@@ -236,6 +236,50 @@ def sequences_export(slug: str, draft: bool) -> None:
         click.echo(versions.to_yaml(version), nl=False)
 
 
+@sequences.command("enroll")
+@click.argument("slug")
+@click.option("--all", "everyone", is_flag=True, help="Every active subscriber not yet in SLUG.")
+@click.option(
+    "--file",
+    "address_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Addresses one a line, or a CSV with an email column.",
+)
+def sequences_enroll(slug: str, everyone: bool, address_file: Path | None) -> None:
+    """Enroll subscribers who are already here in SLUG, with a progress bar on a terminal. Unsubscribed,
+    unconfirmed, suppressed and already enrolled people are skipped and counted."""
+    from sqlalchemy import func, select
+
+    from nurture.db import transaction
+    from nurture.importer import addresses_in, enroll_existing
+    from nurture.models import Sequence, Subscriber
+    from nurture.staff import audit
+
+    _settings()
+    if everyone == (address_file is not None):
+        raise click.UsageError("give either --all or --file FILE")
+    emails = None if address_file is None else addresses_in(address_file.read_bytes())
+    with transaction() as session:
+        sequence = session.scalar(select(Sequence).where(Sequence.slug == slug))
+        if sequence is None:
+            raise click.ClickException(f"no sequence {slug!r}")
+        total = len(emails) if emails is not None else None
+        try:
+            if sys.stderr.isatty():
+                if total is None:
+                    total = session.scalar(select(func.count()).where(Subscriber.status == "active")) or 0
+                with click.progressbar(length=total, label="enrolling", file=sys.stderr) as bar:
+                    counts = enroll_existing(session, sequence, emails=emails, progress=bar.update)
+            else:  # piped or logged: no bar (it would fill the log with carriage returns)
+                counts = enroll_existing(session, sequence, emails=emails)
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from None
+        invalid = len(counts.pop("invalid"))  # type: ignore[arg-type]
+        audit(session, None, "sequence.enroll", f"sequence:{slug}", None, {**counts, "invalid": invalid})
+    summary = ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in counts.items())
+    click.echo(f"{summary}, invalid {invalid}")
+
+
 @sequences.command("list")
 def sequences_list() -> None:
     """Sequences in the database with their current version and enrollment counts."""
@@ -266,28 +310,41 @@ def sequences_list() -> None:
 @click.argument("slug")
 @click.option("--signup-at", "signup_at", required=True, help="ISO date-time; naive means local to --tz.")
 @click.option("--tz", "tz_name", default=None, help="Subscriber's IANA time zone (default: the sequence's).")
-def sequences_timeline(slug: str, signup_at: str, tz_name: str | None) -> None:
-    """When each step would be sent for someone who confirms at SIGNUP_AT."""
-    from nurture.schedule import ScheduleError, localize, resolve_zone, schedule_steps, zone
+@click.option(
+    "--country",
+    default=None,
+    help="Subscriber's holiday country, e.g. US or GB-SCT (default: the sequence's holidays).",
+)
+def sequences_timeline(slug: str, signup_at: str, tz_name: str | None, country: str | None) -> None:
+    """When each step would be sent for someone who confirms at SIGNUP_AT, and what moved each email."""
+    from nurture.calendars import CalendarError, parse_calendar
+    from nurture.schedule import ScheduleError, localize, zone
+    from nurture.timetable import Rules
 
     definition = _load_one(slug)
     try:
         if tz_name:
             zone(tz_name)
+        if country:
+            parse_calendar(country)
         anchor_raw = datetime.fromisoformat(signup_at)
-    except (ScheduleError, ValueError) as exc:
+    except (ScheduleError, CalendarError, ValueError) as exc:
         raise click.BadParameter(str(exc)) from None
-    tz = resolve_zone(tz_name, definition.timezone)
+    table = Rules.of_definition(definition).for_subscriber(tz_name, country)
+    tz = table.tz
     anchor = anchor_raw.astimezone() if anchor_raw.tzinfo else localize(anchor_raw, tz)
-    due = schedule_steps(anchor, [s.delay for s in definition.steps], definition.window, tz)
+    placements = table.plan(anchor, definition.steps)
     window = definition.window.describe() if definition.window else "any time"
-    click.echo(f"{definition.name} ({slug}); window {window} in {tz.key}")
+    holidays = f"; closed on {table.calendar.code} public holidays" if table.calendar else ""
+    click.echo(f"{definition.name} ({slug}); window {window} in {tz.key}{holidays}")
     click.echo(f"signup  {anchor:%Y-%m-%d %H:%M} UTC   {anchor.astimezone(tz):%a %Y-%m-%d %H:%M %Z}")
-    for step, when in zip(definition.steps, due, strict=True):
+    for step, placement in zip(definition.steps, placements, strict=True):
+        when = placement.due
         local = when.astimezone(tz)
+        note = placement.note()
         click.echo(
             f"{step.position:>2}. {step.key:<22} +{_delay(step.delay):<5} "
-            f"{when:%Y-%m-%d %H:%M} UTC   {local:%a %Y-%m-%d %H:%M %Z}"
+            f"{when:%Y-%m-%d %H:%M} UTC   {local:%a %Y-%m-%d %H:%M %Z}" + (f"   [{note}]" if note else "")
         )
 
 
@@ -305,9 +362,16 @@ def _delay(delta) -> str:  # type: ignore[no-untyped-def]
     "--name", default=None, help="First name to personalise with (default: none, neutral greeting)."
 )
 @click.option("--to", "to_email", default="preview@example.com", show_default=True)
-def sequences_preview(slug: str, step: str, fmt: str, name: str | None, to_email: str) -> None:
+@click.option(
+    "--variant",
+    default=None,
+    help="The A/B variant to render (default: the step as written; docs/experiments.md).",
+)
+def sequences_preview(
+    slug: str, step: str, fmt: str, name: str | None, to_email: str, variant: str | None
+) -> None:
     """Print STEP (key or 1-based position) of SLUG rendered: the full RFC 5322 message by default."""
-    rendered, data = _render_step(slug, step, name, to_email)
+    rendered, data = _render_step(slug, step, name, to_email, variant)
     if fmt == "html":
         click.echo(rendered.html)
     elif fmt == "text":
@@ -316,13 +380,17 @@ def sequences_preview(slug: str, step: str, fmt: str, name: str | None, to_email
         click.echo(data.decode("utf-8").replace("\r\n", "\n"), nl=False)
 
 
-def _render_step(slug: str, step_ref: str, name: str | None, to_email: str):  # type: ignore[no-untyped-def]
+def _render_step(  # type: ignore[no-untyped-def]
+    slug: str, step_ref: str, name: str | None, to_email: str, variant: str | None = None
+):
     from nurture.addresses import InvalidInput, clean_name, normalise_email
     from nurture.mail.context import Recipient, step_message
 
     definition = _load_one(slug)
     try:
         step = definition.step(step_ref)
+        if variant is not None:
+            step = step.variant(variant)  # its subject and template overrides applied
         recipient = Recipient(normalise_email(to_email), clean_name(name), public_id="preview")
     except KeyError as exc:
         raise click.BadParameter(str(exc.args[0])) from None
@@ -339,6 +407,8 @@ def _render_step(slug: str, step_ref: str, name: str | None, to_email: str):  # 
         delivery_id=0,
         date=clock.now(),
         subject=step.subject,
+        reviewed_by=definition.review.by,
+        reviewed_on=definition.review.on_text,
     )
     return rendered, data
 
@@ -348,12 +418,17 @@ def _render_step(slug: str, step_ref: str, name: str | None, to_email: str):  # 
 @click.argument("step")
 @click.option("--to", "to_email", required=True, help="Address to send the test to.")
 @click.option("--name", default=None)
-def send_test(slug: str, step: str, to_email: str, name: str | None) -> None:
+@click.option(
+    "--variant",
+    default=None,
+    help="The A/B variant to render (default: the step as written; docs/experiments.md).",
+)
+def send_test(slug: str, step: str, to_email: str, name: str | None, variant: str | None) -> None:
     """Send one step to an address now, through the configured transport (no subscriber is created)."""
     from nurture.mail.transports import SendFailure, transport_from_url
 
     settings = _settings()
-    _, data = _render_step(slug, step, name, to_email)
+    _, data = _render_step(slug, step, name, to_email, variant)
     transport = transport_from_url(settings.resolved_smtp_url, local_hostname=settings.from_domain)
     try:
         transport.send(settings.envelope_from, to_email.strip().lower(), data)
@@ -448,12 +523,20 @@ def subscribers_import(csv_file: Path, slug: str, consent_source: str) -> None:
 @click.argument("csv_file", type=click.Path(dir_okay=False, path_type=Path))
 def subscribers_export(csv_file: Path) -> None:
     """Write every subscriber to CSV_FILE (attributes as a JSON column)."""
+    from sqlalchemy import func, select
+
     from nurture.db import transaction
     from nurture.importer import export_csv
+    from nurture.models import Subscriber
 
     _settings()
     with csv_file.open("w", encoding="utf-8", newline="") as handle, transaction() as session:
-        count = export_csv(session, handle)
+        if sys.stderr.isatty():
+            total = session.scalar(select(func.count()).select_from(Subscriber)) or 0
+            with click.progressbar(length=total, label="exporting", file=sys.stderr) as bar:
+                count = export_csv(session, handle, progress=bar.update)
+        else:  # piped or logged: no bar (it would fill the log with carriage returns)
+            count = export_csv(session, handle)
     click.echo(f"exported {count} subscribers to {csv_file}")
 
 
@@ -609,6 +692,31 @@ def users_token(email: str) -> None:
         token = issue_token(session, user)
         audit(session, None, "user.token", f"user:{user.email}")
     click.echo(token)
+
+
+def _setup_token(settings: Settings) -> str | None:
+    """A fresh first-admin setup token while no admin exists (nurture.setup), else None."""
+    from datetime import timedelta
+
+    from nurture import setup
+    from nurture.db import transaction
+
+    with transaction() as session:
+        return setup.issue(session, timedelta(hours=settings.setup_link_hours))
+
+
+@users.command("setup-link")
+def users_setup_link() -> None:
+    """Print a one-time link that creates the first admin in the browser (only while no admin exists)."""
+    from nurture import setup
+
+    settings = _settings()
+    token = _setup_token(settings)
+    if token is None:
+        raise click.ClickException("an admin exists already: sign in, or ask them for an account")
+    click.echo(setup.link(settings.base_url, token))
+    hours = settings.setup_link_hours
+    click.echo(f"It works once, for {hours} hours, and only until an admin exists.", err=True)
 
 
 @users.command("list")
@@ -938,10 +1046,22 @@ def beat() -> None:
     _celery(["beat", "--loglevel", "INFO"])
 
 
+# `nurture run` sets this for its worker and beat: it has printed its own summary, so Celery's start-up
+# banners and its warning about running as root (said once in that summary) would only bury it.
+QUIET_ENV = "NURTURE_QUIET_START"
+
+
 def _celery(args: list[str]) -> None:
     from nurture.celery_app import app
 
     _settings().var_dir.mkdir(parents=True, exist_ok=True)
+    if os.environ.get(QUIET_ENV) == "1":
+        import warnings
+
+        from celery.exceptions import SecurityWarning
+
+        warnings.filterwarnings("ignore", category=SecurityWarning)
+        args = ["--quiet", *args]
     app.start(argv=args)
 
 
@@ -950,16 +1070,16 @@ def _celery(args: list[str]) -> None:
 @click.option("--port", default=8000, show_default=True, type=int)
 def run(host: str, port: int) -> None:
     """Everything in one command: migrate, sync sequences, then web + worker + beat until Ctrl-C."""
+    from nurture.run_summary import summary
+
     settings = _settings()
     settings.var_dir.mkdir(parents=True, exist_ok=True)
     _upgrade()
     for line in _sync():
         click.echo(line)  # a refused sequence is reported and keeps its live version; the rest start
-    broker = "embedded (var/broker)" if settings.embedded_broker else settings.broker_url.split("@")[-1]
-    # Say which rules apply: development is only ever chosen (make run sets NURTURE_ENV), never assumed.
-    click.echo(f"env: {settings.env.value}; database: {settings.resolved_database_url.split('@')[-1]}")
-    click.echo(f"broker: {broker}")
-    click.echo(f"mail: {settings.resolved_smtp_url.split('@')[-1]}; web: http://{host}:{port}/healthz")
+    base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    click.echo(summary(settings, base, _setup_token(settings)))
+    os.environ[QUIET_ENV] = "1"
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Worker-side metrics (send latency) reach the web's /metrics through files shared by all children.
         metrics_dir = (settings.var_dir / "metrics").resolve()

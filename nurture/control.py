@@ -29,13 +29,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
-from nurture import clock, events
-from nurture.catalog import window_of
+from nurture import clock, events, timetable
 from nurture.models import (
     Delivery,
     DeliveryStatus,
@@ -48,7 +46,7 @@ from nurture.models import (
     Subscriber,
     SubscriberStatus,
 )
-from nurture.schedule import SendWindow, add_delay, next_open, resolve_zone
+from nurture.timetable import Timetable
 
 # Two steps of one subscriber are never closer than this after a resume or a schedule change.
 MIN_GAP = timedelta(minutes=1)
@@ -160,13 +158,13 @@ class _Row:
     due_at: datetime
     position: int
     delay: timedelta
-    window: SendWindow | None
-    tz: ZoneInfo
+    table: Timetable  # the subscriber's window, zone and holidays
+    use_window: bool  # False: the step skips the window (nurture.timetable)
     enrolled_at: datetime
 
 
 class SlotLimiter:
-    """Hands out send times at most ``per_minute`` per wall-clock minute, each inside its send window.
+    """Hands out send times at most ``per_minute`` per wall-clock minute, each fitted by its timetable.
 
     Full minutes point at the next minute (path-compressed), so placing n rows costs about n steps even when
     most minutes are already full.
@@ -186,14 +184,14 @@ class SlotLimiter:
             self.skip[visited] = minute
         return minute
 
-    def place(self, earliest: datetime, window: SendWindow | None, tz: ZoneInfo) -> datetime:
-        at = next_open(earliest, window, tz)
+    def place(self, earliest: datetime, table: Timetable, *, use_window: bool = True) -> datetime:
+        at = table.fit(earliest, use_window=use_window)
         while True:
             minute = int(at.timestamp() // 60)
             free = self._free(minute)
             if free != minute:
                 # Later than asked: that minute may be outside the window, so fit it again.
-                at = next_open(datetime.fromtimestamp(free * 60, UTC), window, tz)
+                at = table.fit(datetime.fromtimestamp(free * 60, UTC), use_window=use_window)
                 if int(at.timestamp() // 60) != free:
                     continue
             self.used[free] += 1
@@ -204,7 +202,7 @@ class SlotLimiter:
 
 def _held_rows(session: Session, sequence: Sequence) -> tuple[list[_Row], list[int]]:
     """Held rows of live enrollments (in enrollment, step order), and ids of held rows of ended ones."""
-    versions: dict[int, SequenceVersion] = {}
+    rules: dict[int, timetable.Rules] = {}
     live: list[_Row] = []
     ended: list[int] = []
     query = (
@@ -219,6 +217,8 @@ def _held_rows(session: Session, sequence: Sequence) -> tuple[list[_Row], list[i
             Subscriber.timezone,
             Subscriber.status,
             Enrollment.enrolled_at,
+            Step.use_window,
+            timetable.country_column().label("country"),
         )
         .join(Step, Step.id == Delivery.step_id)
         .join(Enrollment, Enrollment.id == Delivery.enrollment_id)
@@ -230,9 +230,10 @@ def _held_rows(session: Session, sequence: Sequence) -> tuple[list[_Row], list[i
         if row[6] != EnrollmentStatus.active or row[8] != SubscriberStatus.active:
             ended.append(row.id)
             continue
-        version = versions.get(row.version_id)
-        if version is None:
-            version = versions[row.version_id] = session.get_one(SequenceVersion, row.version_id)
+        version_rules = rules.get(row.version_id)
+        if version_rules is None:
+            version = session.get_one(SequenceVersion, row.version_id)
+            version_rules = rules[row.version_id] = timetable.Rules.of_version(version)
         live.append(
             _Row(
                 id=row.id,
@@ -240,8 +241,8 @@ def _held_rows(session: Session, sequence: Sequence) -> tuple[list[_Row], list[i
                 due_at=row.due_at,
                 position=row.position,
                 delay=timedelta(seconds=row.delay_seconds),
-                window=window_of(version),
-                tz=resolve_zone(row.timezone, version.timezone),
+                table=version_rules.for_subscriber(row.timezone, row.country),
+                use_window=row.use_window,
                 enrolled_at=row.enrolled_at,
             )
         )
@@ -274,20 +275,20 @@ def plan_resume(
         previous = new[group[0].id]
         for row in group[1:]:
             wanted = wanted_for(row)
-            after_previous = max(add_delay(previous, row.delay, row.tz), previous + MIN_GAP)
+            after_previous = max(row.table.after(previous, row.delay), previous + MIN_GAP)
             if wanted >= after_previous and wanted > now:
-                new[row.id] = next_open(wanted, row.window, row.tz)
+                new[row.id] = row.table.fit(wanted, use_window=row.use_window)
             else:
-                new[row.id] = limiter.place(max(after_previous, now), row.window, row.tz)
+                new[row.id] = limiter.place(max(after_previous, now), row.table, use_window=row.use_window)
             previous = new[row.id]
     return new
 
 
 def _fit(wanted: datetime, row: _Row, now: datetime, limiter: SlotLimiter) -> datetime:
     if wanted > now:
-        return next_open(wanted, row.window, row.tz)
+        return row.table.fit(wanted, use_window=row.use_window)
     # Due already: this is the would-be flood, spread by the rate limit.
-    return limiter.place(now, row.window, row.tz)
+    return limiter.place(now, row.table, use_window=row.use_window)
 
 
 def resume(
@@ -349,7 +350,7 @@ def schedule(session: Session, sequence: Sequence, activate_at: datetime, now: d
     sequence.activate_at = activate_at.astimezone(UTC)
     sequence.paused_at = None
     session.flush()
-    versions: dict[int, SequenceVersion] = {}
+    rules: dict[int, timetable.Rules] = {}
     query = (
         select(
             Delivery.id,
@@ -359,6 +360,8 @@ def schedule(session: Session, sequence: Sequence, activate_at: datetime, now: d
             Step.delay_seconds,
             Enrollment.version_id,
             Subscriber.timezone,
+            Step.use_window,
+            timetable.country_column().label("country"),
         )
         .join(Step, Step.id == Delivery.step_id)
         .join(Enrollment, Enrollment.id == Delivery.enrollment_id)
@@ -375,19 +378,20 @@ def schedule(session: Session, sequence: Sequence, activate_at: datetime, now: d
             continue
         if row.status not in (DeliveryStatus.pending, DeliveryStatus.held):
             continue
-        version = versions.get(row.version_id)
-        if version is None:
-            version = versions[row.version_id] = session.get_one(SequenceVersion, row.version_id)
-        tz = resolve_zone(row.timezone, version.timezone)
+        version_rules = rules.get(row.version_id)
+        if version_rules is None:
+            version = session.get_one(SequenceVersion, row.version_id)
+            version_rules = rules[row.version_id] = timetable.Rules.of_version(version)
+        table = version_rules.for_subscriber(row.timezone, row.country)
         delay = timedelta(seconds=row.delay_seconds)
         if row.enrollment_id in previous:
             last = previous[row.enrollment_id]
-            wanted = max(add_delay(last, delay, tz), last + MIN_GAP)
+            wanted = max(table.after(last, delay), last + MIN_GAP)
         elif row.enrollment_id in started:
             wanted = max(row.due_at, activate_at)  # in flight: the next email waits for activation
         else:
-            wanted = add_delay(activate_at, delay, tz)  # not started: the whole timetable from activation
-        due = next_open(wanted, window_of(version), tz)
+            wanted = table.after(activate_at, delay)  # not started: the whole timetable from activation
+        due = table.fit(wanted, use_window=row.use_window)
         previous[row.enrollment_id] = due
         moves[row.status].append((row.id, due))
     for status, rows in moves.items():

@@ -15,7 +15,7 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from nurture import events, leases, receipts
+from nurture import clock, events, frequency, leases, receipts
 from nurture.config import Settings, get_settings
 from nurture.db import transaction
 from nurture.models import Delivery, DeliveryStatus
@@ -45,6 +45,22 @@ def claim_due(
     session: Session, *, limit: int, lease_seconds: int, now: datetime | None = None
 ) -> leases.Claim:
     return leases.DELIVERIES.claim(session, limit=limit, lease_seconds=lease_seconds, now=now)
+
+
+def _claim_spaced(session: Session, settings: Settings, room: int) -> leases.Claim:
+    """Claim up to ``room`` due rows, after the frequency cap moved those that must wait (nurture.frequency);
+    with the cap off, the plain claim."""
+    if settings.frequency_cap_hours <= 0:
+        return claim_due(session, limit=room, lease_seconds=settings.lease_seconds)
+    now = clock.db_now(session)
+    passing = frequency.space_out(session, cap_hours=settings.frequency_cap_hours, limit=room, now=now)
+    return leases.DELIVERIES.claim(
+        session,
+        limit=max(1, len(passing)),
+        lease_seconds=settings.lease_seconds,
+        only=(Delivery.id.in_(passing or [0]),),
+        now=now,
+    )
 
 
 def release(session: Session, token: str, ids: list[int]) -> int:
@@ -110,7 +126,7 @@ def dispatch_once(
         room = claim_room(settings, outstanding or 0)
         if room <= 0:
             return DispatchResult(reaped=reaped, claimed=0)
-        claim = claim_due(session, limit=room, lease_seconds=settings.lease_seconds)
+        claim = _claim_spaced(session, settings, room)
     handed: list[int] = []
     try:
         for batch in batches(claim.ids, settings.batch_size):

@@ -6,14 +6,14 @@ Enrolling writes one delivery row per step, with its due time, in the same trans
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from nurture import clock, events
+from nurture import clock, events, timetable
 from nurture.addresses import clean_name, clean_zone, normalise_email
-from nurture.catalog import get_sequence, window_of
+from nurture.catalog import get_sequence
 from nurture.models import (
     OPEN_DELIVERY_STATUSES,
     Delivery,
@@ -25,7 +25,6 @@ from nurture.models import (
     Subscriber,
     SubscriberStatus,
 )
-from nurture.schedule import resolve_zone, schedule_steps
 
 UNSENT_STATUSES = (DeliveryStatus.pending, DeliveryStatus.queued, DeliveryStatus.held)
 
@@ -73,11 +72,9 @@ def enroll(
     )
     session.add(enrollment)
     session.flush()
-    tz = resolve_zone(subscriber.timezone, version.timezone)
+    table = timetable.of_version(version, subscriber.timezone, timetable.country_of(subscriber.attributes))
     steps = list(version.steps)
-    due_times = schedule_steps(
-        anchor, [timedelta(seconds=s.delay_seconds) for s in steps], window_of(version), tz
-    )
+    due_times = table.due_times(anchor, steps)
     # Joining a paused sequence: the emails wait, held, for staff to resume it (nurture.control).
     initial = DeliveryStatus.held if sequence.status == SequenceStatus.paused else DeliveryStatus.pending
     session.add_all(

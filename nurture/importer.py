@@ -16,15 +16,14 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ARRAY, JSON, Table, any_, bindparam, delete, exists, insert, or_, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from nurture import clock, csvsafe
+from nurture import clock, csvsafe, timetable
 from nurture.addresses import MAX_EMAIL_LENGTH, InvalidInput, clean_name, clean_zone, normalise_email
-from nurture.catalog import window_of
 from nurture.db import transaction
 from nurture.models import (
     ConsentRecord,
@@ -39,9 +38,10 @@ from nurture.models import (
     SubscriberStatus,
     Suppression,
 )
-from nurture.schedule import resolve_zone, schedule_steps
 
 CHUNK = 500
+# Whose clock and calendar a timetable follows: (IANA zone, holiday country), either unknown.
+Clock = tuple[str | None, str | None]
 
 
 def erased_key(email: str) -> str:
@@ -72,8 +72,10 @@ def enroll_existing(
     *,
     emails: list[str] | None = None,
     start_at: datetime | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> dict[str, object]:
-    """Enroll the given addresses (or, with ``emails=None``, every active subscriber) in ``sequence``."""
+    """Enroll the given addresses (or, with ``emails=None``, every active subscriber) in ``sequence``;
+    ``progress(n)`` hears of each chunk of candidates handled (a browser's progress bar, nurture.jobs)."""
     if sequence.status in (SequenceStatus.archived, SequenceStatus.draft):
         raise ValueError(f"sequence {sequence.slug!r} is {sequence.status}")
     counts: Counter[str] = Counter()
@@ -119,7 +121,7 @@ def enroll_existing(
                     )
                 )
             )
-    to_enroll: list[tuple[int, str | None]] = []
+    to_enroll: list[tuple[int, Clock]] = []
     for subscriber in candidates:
         if subscriber.status == SubscriberStatus.unsubscribed:
             counts["unsubscribed"] += 1
@@ -130,14 +132,29 @@ def enroll_existing(
         elif subscriber.id in enrolled_ids:
             counts["already_enrolled"] += 1
         else:
-            to_enroll.append((subscriber.id, subscriber.timezone))
+            to_enroll.append((subscriber.id, _clock_of(subscriber)))
             counts["enrolled"] += 1
+    skipped = len(candidates) - len(to_enroll)
+    if progress is not None and skipped:
+        progress(skipped)  # those are decided already: only the enrolments take time
     for start in range(0, len(to_enroll), IMPORT_CHUNK):  # bounded lookups, whatever the count
-        _bulk_enroll(
-            session, sequence, to_enroll[start : start + IMPORT_CHUNK], at=start_at, record_events=True
-        )
+        chunk = to_enroll[start : start + IMPORT_CHUNK]
+        _bulk_enroll(session, sequence, chunk, at=start_at, record_events=True)
+        if progress is not None:
+            progress(len(chunk))
     keys = ("enrolled", "already_enrolled", "unsubscribed", "suppressed", "not_confirmed", "not_found")
     return {**{key: counts[key] for key in keys}, "invalid": invalid}
+
+
+def addresses_in(data: bytes) -> list[str]:
+    """The addresses in an uploaded file: a CSV's email column (refused rows too, as typed), or, for a file
+    that is not a CSV with a header, one address a line. enroll_existing validates each."""
+    try:
+        rows, errors = read_csv(data)
+    except ImportError_:
+        text = data.decode("utf-8-sig", errors="replace")
+        return [line.strip() for line in text.splitlines() if line.strip()]
+    return [r.email for r in rows] + [e.email for e in errors if e.email]
 
 
 # --- CSV import -----------------------------------------------------------------------------------------
@@ -365,7 +382,7 @@ def _import_chunk(
         elif subscriber.id in enrolled:
             report.already_enrolled += 1
         else:
-            existing_to_enroll.append((subscriber.id, subscriber.timezone))
+            existing_to_enroll.append((subscriber.id, _clock_of(subscriber)))
             report.enrolled_existing += 1
     _bulk_enroll(session, sequence, existing_to_enroll, record_events=True)
     if not new_rows:
@@ -410,7 +427,8 @@ def _import_chunk(
     ids = [by_email[row.email] for row in new_rows]
     consent_text = f"Imported by staff; consent obtained: {source}"
     if _on_postgresql(session):
-        _dependents_in_database(session, sequence, ids, [row.timezone for row in new_rows], consent_text, now)
+        clocks = [(row.timezone, timetable.country_of(row.attributes)) for row in new_rows]
+        _dependents_in_database(session, sequence, ids, clocks, consent_text, now)
         report.imported += len(ids)
         return
     _write_rows(
@@ -427,7 +445,14 @@ def _import_chunk(
         ),
         [(secrets.token_urlsafe(16), sid, "import", "import", consent_text, now, now) for sid in ids],
     )
-    _bulk_enroll(session, sequence, [(sid, row.timezone) for sid, row in zip(ids, new_rows, strict=True)])
+    _bulk_enroll(
+        session,
+        sequence,
+        [
+            (sid, (row.timezone, timetable.country_of(row.attributes)))
+            for sid, row in zip(ids, new_rows, strict=True)
+        ],
+    )
     _write_rows(
         session,
         Event.__table__,
@@ -462,22 +487,25 @@ def _version_and_anchor(
     return version, anchor, initial
 
 
+def _clock_of(subscriber: Subscriber) -> Clock:
+    return subscriber.timezone, timetable.country_of(subscriber.attributes)
+
+
 def _timetables(
-    version: SequenceVersion, anchor: datetime, zone_names: list[str | None]
+    version: SequenceVersion, anchor: datetime, clocks: list[Clock]
 ) -> tuple[list[int], list[tuple[int, int, datetime]]]:
-    """The schedule computed once per time zone (everyone in a zone shares one timetable): each person's
-    zone number, and the rows (zone number, step id, due time)."""
+    """The schedule computed once per (time zone, holiday country) (everyone sharing both shares one
+    timetable): each person's group number, and the rows (group number, step id, due time)."""
     steps = list(version.steps)
-    delays = [timedelta(seconds=s.delay_seconds) for s in steps]
-    window = window_of(version)
-    numbers: dict[str | None, int] = {}
+    rules = timetable.Rules.of_version(version)
+    numbers: dict[Clock, int] = {}
     rows: list[tuple[int, int, datetime]] = []
     people: list[int] = []
-    for name in zone_names:
-        number = numbers.get(name)
+    for clock_key in clocks:
+        number = numbers.get(clock_key)
         if number is None:
-            number = numbers[name] = len(numbers)
-            due_times = schedule_steps(anchor, delays, window, resolve_zone(name, version.timezone))
+            number = numbers[clock_key] = len(numbers)
+            due_times = rules.for_subscriber(*clock_key).due_times(anchor, steps)
             rows.extend((number, step.id, due) for step, due in zip(steps, due_times, strict=True))
         people.append(number)
     return people, rows
@@ -487,7 +515,7 @@ def _dependents_in_database(
     session: Session,
     sequence: Sequence,
     ids: list[int],
-    zone_names: list[str | None],
+    clocks: list[Clock],
     consent_text: str,
     now: datetime,
 ) -> None:
@@ -495,7 +523,7 @@ def _dependents_in_database(
     the database from a few arrays (INSERT ... SELECT unnest), so 800,000 delivery rows never cross the
     wire one by one or pass through Python objects."""
     version, anchor, initial = _version_and_anchor(sequence)
-    people, timetable = _timetables(version, anchor, zone_names)
+    people, table = _timetables(version, anchor, clocks)
     json_type = Event.__table__.c.detail.type.compile(dialect=session.get_bind().dialect)
     session.execute(
         text(
@@ -546,9 +574,9 @@ def _dependents_in_database(
             "status": initial,
             "ids": ids,
             "zones": people,
-            "tt_zone": [row[0] for row in timetable],
-            "tt_step": [row[1] for row in timetable],
-            "tt_due": [row[2] for row in timetable],
+            "tt_zone": [row[0] for row in table],
+            "tt_step": [row[1] for row in table],
+            "tt_due": [row[2] for row in table],
         },
     )
 
@@ -579,7 +607,7 @@ def _write_rows(
 def _bulk_enroll(
     session: Session,
     sequence: Sequence,
-    people: list[tuple[int, str | None]],
+    people: list[tuple[int, Clock]],
     *,
     at: datetime | None = None,
     record_events: bool = False,
@@ -605,9 +633,9 @@ def _bulk_enroll(
             )
         ).all()
     )
-    zones, timetable = _timetables(version, anchor, [tz for _, tz in people])
+    zones, table = _timetables(version, anchor, [clock_key for _, clock_key in people])
     by_zone: dict[int, list[tuple[int, datetime]]] = {}
-    for number, step_id, due in timetable:
+    for number, step_id, due in table:
         by_zone.setdefault(number, []).append((step_id, due))
     _write_rows(
         session,
@@ -643,9 +671,9 @@ EXPORT_COLUMNS = (
 )
 
 
-def export_csv(session: Session, handle: Any) -> int:
+def export_csv(session: Session, handle: Any, progress: Callable[[int], None] | None = None) -> int:
     """Every subscriber as CSV (attributes as one JSON column), streamed; returns the row count. Cells are
-    escaped against spreadsheet formulas (nurture.csvsafe)."""
+    escaped against spreadsheet formulas (nurture.csvsafe). ``progress(n)`` hears of every 1,000 rows."""
     writer = csvsafe.SafeWriter(handle)
     writer.writerow([*EXPORT_COLUMNS, "attributes"])
     count = 0
@@ -662,6 +690,10 @@ def export_csv(session: Session, handle: Any) -> int:
             ]
         )
         count += 1
+        if progress is not None and count % 1000 == 0:
+            progress(1000)
+    if progress is not None and count % 1000:
+        progress(count % 1000)
     return count
 
 

@@ -134,6 +134,11 @@ class WorkTable:
         """The WHERE clause of every write that may only happen while rows are queued under this claim."""
         return (self.model.id.in_(ids), self.model.claim_token == token, self.model.status == QUEUED)
 
+    def lease_half_gone(self, session: Session, lease_until: datetime, lease_seconds: float) -> bool:
+        """Whether a lease ending at ``lease_until`` has less than half of ``lease_seconds`` left: when
+        :meth:`renew` would rewrite it (a caller that read the lease already can skip the statement)."""
+        return lease_until < _LEASE_CLOCK.now(session) + timedelta(seconds=lease_seconds / 2)
+
     def renew(self, session: Session, token: str, ids: list[int], *, lease_seconds: float) -> None:
         """Extend the lease of claimed rows a worker starts on, only where less than half of it is left:
         rewriting a row costs PostgreSQL a new version in every index, and a task usually starts seconds
@@ -157,7 +162,7 @@ class WorkTable:
         """``queued -> sending`` under the attempt token, counting an attempt; the ids that moved."""
         lease_until = _LEASE_CLOCK.now(session) + timedelta(seconds=lease_seconds)
         params = {"ids": ids, "token": token, "attempt": attempt, "lease_until": lease_until}
-        return set(session.scalars(self._begin_statement, params))
+        return set(session.connection().execute(self._begin_statement, params).scalars())
 
     @functools.cached_property
     def _begin_statement(self) -> Any:

@@ -39,7 +39,8 @@ REQUEST_ID_HEADER = "X-Request-ID"
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:+/=@-]{1,128}")
 DISPATCH_TASK = "nurture.dispatch_due"  # the same name as nurture.celery_app.DISPATCH_TASK
 # A public route whose next path segment is a secret token; a token never holds "/", "?", "#" or spaces.
-_TOKEN_PATH = re.compile(r"(/(?:confirm|unsubscribe|preferences|l|o)/)[^/?#\s\"']+")
+# The first-admin setup link (/admin/setup/<token>) is a secret too (nurture.setup).
+_TOKEN_PATH = re.compile(r"(/(?:confirm|unsubscribe|preferences|l|o|admin/setup)/)[^/?#\s\"']+")
 REDACTED_TOKEN = "[token]"
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=`` and goes into the JSON.

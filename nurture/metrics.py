@@ -56,6 +56,7 @@ SKIP_REASONS = (
     "erased",
     "enrollment-ended",
     "sequence-archived",
+    "condition",  # a step's only_if was false when it came due (nurture.sequences.conditions)
 )
 # Event kinds behind the other counters (nurture/signup.py, enrollment.py, bounces.py).
 SIGNUPS = {"form": "signup", "staff": "subscribed"}  # label -> kind: form signups wait for confirmation

@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import secrets
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+    true,
+)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from nurture import clock
@@ -117,6 +129,8 @@ class SequenceVersion(Base):
     window_days: Mapped[str | None] = mapped_column(String(32))  # e.g. "0,1,2,3,4"; NULL: no window
     window_start: Mapped[str | None] = mapped_column(String(5))  # "09:00" local
     window_end: Mapped[str | None] = mapped_column(String(5))
+    # Public-holiday calendar ("US", "GB-SCT"; nurture.calendars) whose dates close the window; NULL: none.
+    holidays: Mapped[str | None] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=clock.now)
     # Versions (nurture.versions): where the definition came from ("file": YAML + sync, "ui": the staff
     # editor), who made it, and when it went live; NULL published_at is a draft nobody is enrolled in.
@@ -140,8 +154,16 @@ class Step(Base):
     template: Mapped[str] = mapped_column(String(200))
     # A subject line (Jinja, like subject.txt) that replaces the template's own; NULL: the template's.
     subject: Mapped[str | None] = mapped_column(String(300))
+    # False: the step goes out at its due time whatever the hour or day (``window: false`` in the file, e.g.
+    # a welcome sent right after confirming); nurture.timetable then skips the send window and holidays.
+    use_window: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
 
     version: Mapped[SequenceVersion] = relationship(back_populates="steps")
+
+    @property
+    def delay(self) -> timedelta:
+        """The delay after the previous step (what nurture.timetable reads from any step-like object)."""
+        return timedelta(seconds=self.delay_seconds)
 
 
 class Enrollment(Base):
@@ -200,6 +222,9 @@ class Delivery(Base):
     message_id: Mapped[str | None] = mapped_column(String(255))
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=clock.now)
+    # The A/B variant (nurture.sequences.variants) this email went out as, written when it is first
+    # prepared: a resend reads it, and the results count by it. NULL: the step has no test.
+    variant: Mapped[str | None] = mapped_column(String(64))
 
     enrollment: Mapped[Enrollment] = relationship(back_populates="deliveries")
     step: Mapped[Step] = relationship()
@@ -593,3 +618,47 @@ class WebhookCursor(Base):
     last_event_id: Mapped[int] = mapped_column(Integer, default=0)
     gaps: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)  # event id -> ISO instant first missed
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=clock.now)
+
+
+class SetupToken(Base):
+    """The one-time link that lets the first admin be created in the browser (nurture.setup).
+
+    Only a hash is stored; the link is printed once by ``nurture run`` (or ``nurture users setup-link``). It
+    works once, until its expiry, and only while no active admin exists."""
+
+    __tablename__ = "setup_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 hex
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=clock.now)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class JobStatus(StrEnum):
+    running = "running"
+    done = "done"
+    failed = "failed"
+
+
+class Job(Base):
+    """Long staff work (an import, an export, enrolling thousands) running in the background of the web
+    process, with counts the browser polls (nurture.jobs). ``heartbeat_at`` moves with the counts, so a job
+    whose process died is told apart from a slow one."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_user_created", "user_id", "created_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # "import", "export", "enroll"
+    label: Mapped[str] = mapped_column(String(200))  # what the page calls it: "Import of people.csv"
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.running)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("staff_users.id", ondelete="SET NULL"))
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    done: Mapped[int] = mapped_column(Integer, default=0)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    output: Mapped[bytes | None] = mapped_column(LargeBinary)  # an export's file, for the job page
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=clock.now)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, default=clock.now)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -18,8 +18,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from nurture import clock, events
-from nurture.catalog import window_of
+from nurture import clock, events, timetable
 from nurture.enrollment import end_enrollment, enroll
 from nurture.models import (
     Delivery,
@@ -31,7 +30,6 @@ from nurture.models import (
     Subscriber,
     SubscriberStatus,
 )
-from nurture.schedule import resolve_zone, schedule_steps
 
 # Rows that have not started sending: a pause or resume may move them.
 MOVABLE = (DeliveryStatus.pending, DeliveryStatus.queued, DeliveryStatus.held)
@@ -68,21 +66,14 @@ def reschedule(session: Session, enrollment: Enrollment, not_before: datetime) -
         return 0
     version = enrollment.version
     steps = list(version.steps)
-    window = window_of(version)
-    tz = resolve_zone(enrollment.subscriber.timezone, version.timezone)
-    original = dict(
-        zip(
-            (s.id for s in steps),
-            schedule_steps(
-                enrollment.enrolled_at, [timedelta(seconds=s.delay_seconds) for s in steps], window, tz
-            ),
-            strict=True,
-        )
-    )
+    subscriber = enrollment.subscriber
+    table = timetable.of_version(version, subscriber.timezone, timetable.country_of(subscriber.attributes))
+    original = dict(zip((s.id for s in steps), table.due_times(enrollment.enrolled_at, steps), strict=True))
     anchor = max(original[rows[0][1].id], not_before)
-    delays = [timedelta(0)] + [timedelta(seconds=step.delay_seconds) for _, step in rows[1:]]
+    # The first unsent email goes at the anchor (fitted to its own window rule); the rest keep their delays.
+    chain = [timetable.StepTiming(timedelta(0), rows[0][1].use_window)] + [step for _, step in rows[1:]]
     moved = 0
-    for (delivery, _), due in zip(rows, schedule_steps(anchor, delays, window, tz), strict=True):
+    for (delivery, _), due in zip(rows, table.due_times(anchor, chain), strict=True):
         # Conditional per row: a worker that already moved a claimed row to "sending" keeps it.
         moved += (
             session.execute(

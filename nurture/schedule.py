@@ -8,6 +8,7 @@ we decide "09:00 on a weekday for this subscriber".
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -21,7 +22,6 @@ __all__ = [
     "next_open",
     "parse_delay",
     "resolve_zone",
-    "schedule_steps",
     "zone",
 ]
 
@@ -291,6 +291,7 @@ def add_delay(previous: datetime, delay: timedelta, tz: ZoneInfo) -> datetime:
 
 
 _LOOKAHEAD_DAYS = 14
+_LOOKAHEAD_CLOSED_DAYS = 60
 _ONE_SECOND = timedelta(seconds=1)
 
 
@@ -335,17 +336,25 @@ def _opening(day: date, window: SendWindow, tz: ZoneInfo, not_before: datetime) 
     return opens
 
 
-def next_open(at: datetime, window: SendWindow | None, tz: ZoneInfo) -> datetime:
-    """The earliest instant >= at that lies inside window on the local clock of tz (UTC)."""
+def next_open(
+    at: datetime, window: SendWindow | None, tz: ZoneInfo, closed: Callable[[date], bool] | None = None
+) -> datetime:
+    """The earliest instant >= at that lies inside window on the local clock of tz (UTC).
+
+    ``closed`` names extra local dates on which the window stays shut (public holidays): they are skipped like
+    days outside ``window.days``. Without a window, a closed date is skipped from its local midnight.
+    """
     _require_aware(at)
     at_utc = at.astimezone(UTC)
     if window is None:
-        return at_utc
+        return at_utc if closed is None else _next_open_day(at_utc, tz, closed)
     local = _wall(at_utc, tz)
     today = local.date()
-    for offset in range(_LOOKAHEAD_DAYS + 1):
+    # Holidays can close several open days in a row (Christmas to New Year), so look further ahead.
+    lookahead = _LOOKAHEAD_DAYS if closed is None else _LOOKAHEAD_CLOSED_DAYS
+    for offset in range(lookahead + 1):
         day = today + timedelta(days=offset)
-        if day.weekday() not in window.days:
+        if day.weekday() not in window.days or (closed is not None and closed(day)):
             continue
         if offset == 0:
             if window.start <= local.time() < window.end:
@@ -355,21 +364,15 @@ def next_open(at: datetime, window: SendWindow | None, tz: ZoneInfo) -> datetime
         opens = _opening(day, window, tz, not_before=at_utc)
         if opens is not None:
             return opens
-    raise ScheduleError(
-        f"send window {window.describe()} does not open within {_LOOKAHEAD_DAYS} days of {at_utc}"
-    )
+    raise ScheduleError(f"send window {window.describe()} does not open within {lookahead} days of {at_utc}")
 
 
-def schedule_steps(
-    anchor: datetime, delays: list[timedelta], window: SendWindow | None, tz: ZoneInfo
-) -> list[datetime]:
-    """Due time (UTC) of each step; each delay counts from the previous step's window-adjusted due time."""
-    _require_aware(anchor)
-    due: list[datetime] = []
-    previous = anchor
-    for delay in delays:
-        # Chaining from the adjusted time keeps the spacing the author wrote: a Saturday signup with delays
-        # [0, 1d] gets Monday then Tuesday, not two mails on Monday morning.
-        previous = next_open(add_delay(previous, delay, tz), window, tz)
-        due.append(previous)
-    return due
+def _next_open_day(at_utc: datetime, tz: ZoneInfo, closed: Callable[[date], bool]) -> datetime:
+    """No window but closed dates: ``at`` itself on an open date, else the next open date's first instant."""
+    today = _wall(at_utc, tz).date()
+    for offset in range(_LOOKAHEAD_CLOSED_DAYS + 1):
+        day = today + timedelta(days=offset)
+        if closed(day):
+            continue
+        return at_utc if offset == 0 else _first_reading(datetime.combine(day, time(0)), tz)
+    raise ScheduleError(f"every day within {_LOOKAHEAD_CLOSED_DAYS} days of {at_utc} is closed")

@@ -26,13 +26,14 @@ from sqlalchemy import bindparam, case, exists, func, insert, select, text, upda
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from nurture import clock, events, leases, metrics, receipts
+from nurture import clock, events, leases, metrics, receipts, timetable
 from nurture.breaker import Breaker, NeverOpen
-from nurture.catalog import window_of
+from nurture.conditions import facts_of
 from nurture.config import Settings
 from nurture.db import retrying
 from nurture.enrollment import cancel_open_deliveries
 from nurture.mail.context import Recipient, step_message
+from nurture.mail.plans import StepPlans, StepSpec
 from nurture.mail.templates import EmailTemplates
 from nurture.mail.transports import (
     AmbiguousFailure,
@@ -56,8 +57,11 @@ from nurture.models import (
     Suppression,
 )
 from nurture.receipts import ReceiptWriter
-from nurture.schedule import next_open, resolve_zone
+from nurture.sequences.conditions import REASON as CONDITION
+from nurture.sequences.conditions import Condition, conditions_of
 from nurture.sequences.policy import Policy
+from nurture.sequences.review import NO_REVIEW, Review
+from nurture.sequences.variants import experiments_of
 from nurture.throttle import RateLimiter, Unlimited
 from nurture.tracking import LinkRewriter, LinkRow, store_links_of
 
@@ -80,6 +84,10 @@ class Prepared:
     # Click/open tracking for the sequence version (nurture.tracking); clicks on unless turned off.
     track_clicks: bool = True
     track_opens: bool = False
+    review: Review = NO_REVIEW  # who reviewed the course, for the footer (nurture.sequences.review)
+    # The step's A/B variant for this person (nurture.sequences.variants); template and subject above
+    # already carry its overrides.
+    variant: str | None = None
 
 
 @dataclass(frozen=True)
@@ -114,21 +122,32 @@ class _StopBatch(Exception):
 DELIVERIES = leases.DELIVERIES
 
 
-# Recording a group as sent on PostgreSQL: one statement, the same for every group (so SQLAlchemy builds and
-# compiles nothing per group), the ids and Message-IDs as arrays. It is WorkTable.finish's rule (same token,
-# "sending" or a reaper's "ambiguous") written out; elsewhere finish itself records the group, with a CASE.
+# Recording a group as sent on PostgreSQL: one statement and one round trip, the same for every group (so
+# SQLAlchemy builds and compiles nothing per group), the ids and Message-IDs as arrays: the rows marked sent
+# under WorkTable.finish's rule (same token, "sending" or a reaper's "ambiguous"), a ``sent`` event for each
+# row that moved, and the receipts of all of them deleted (nurture.receipts). Elsewhere the same three steps
+# are three statements (_record_sent_portably).
 _RECORD_SENT_PG = text(
-    "UPDATE deliveries AS d SET status = 'sent', sent_at = :sent_at, message_id = v.message_id, "
-    "last_error = NULL, lease_until = NULL "
-    "FROM unnest(CAST(:ids AS integer[]), CAST(:message_ids AS varchar[])) AS v(id, message_id) "
-    "WHERE d.id = v.id AND d.claim_token = :token AND d.status IN ('sending', 'ambiguous') "
-    "RETURNING d.id"
+    "WITH done AS ("
+    " UPDATE deliveries AS d SET status = 'sent', sent_at = :sent_at, message_id = v.message_id,"
+    " last_error = NULL, lease_until = NULL"
+    " FROM unnest(CAST(:ids AS integer[]), CAST(:message_ids AS varchar[])) AS v(id, message_id)"
+    " WHERE d.id = v.id AND d.claim_token = :token AND d.status IN ('sending', 'ambiguous')"
+    " RETURNING d.id, v.message_id"
+    "), logged AS ("
+    " INSERT INTO events (kind, delivery_id, detail, created_at)"
+    " SELECT 'sent', done.id, json_build_object('message_id', done.message_id), :sent_at FROM done"
+    " ORDER BY done.id"
+    "), forgotten AS ("
+    " DELETE FROM send_receipts WHERE delivery_id = ANY(CAST(:ids AS integer[]))"
+    ") SELECT id FROM done"
 )
 _SENT_EVENT = insert(Event.__table__).values(kind="sent")  # many rows: SQLAlchemy sends one INSERT
 
 
 def _record_sent(session: Session, token: str, message_ids: dict[int, str], sent_at: datetime) -> set[int]:
-    """Mark the rows still ours under ``token`` sent, each with its Message-ID; the ids recorded."""
+    """Mark the rows still ours under ``token`` sent, each with its Message-ID, with their ``sent`` events,
+    and forget their receipts; the ids recorded."""
     if session.get_bind().dialect.name == "postgresql":
         ids = list(message_ids)
         params = {
@@ -137,8 +156,14 @@ def _record_sent(session: Session, token: str, message_ids: dict[int, str], sent
             "sent_at": sent_at,
             "token": token,
         }
-        return set(session.execute(_RECORD_SENT_PG, params).scalars())
-    return DELIVERIES.finish(
+        return set(session.connection().execute(_RECORD_SENT_PG, params).scalars())
+    return _record_sent_portably(session, token, message_ids, sent_at)
+
+
+def _record_sent_portably(
+    session: Session, token: str, message_ids: dict[int, str], sent_at: datetime
+) -> set[int]:
+    recorded = DELIVERIES.finish(
         session,
         token,
         list(message_ids),
@@ -148,6 +173,30 @@ def _record_sent(session: Session, token: str, message_ids: dict[int, str], sent
         message_id=case(message_ids, value=Delivery.id),
         last_error=None,
     )
+    if recorded:
+        session.connection().execute(
+            _SENT_EVENT,
+            [
+                {"delivery_id": d, "detail": {"message_id": message_ids[d]}, "created_at": sent_at}
+                for d in sorted(recorded)
+            ],
+        )
+    receipts.forget(session, list(message_ids))
+    return recorded
+
+
+def _record_variants(session: Session, claim_token: str, assigned: dict[int, str]) -> None:
+    """Write each row's variant once, while the row is still this claim's: one statement per batch."""
+    session.execute(
+        update(Delivery)
+        .where(
+            Delivery.id.in_(list(assigned)),
+            Delivery.claim_token == claim_token,
+            Delivery.variant.is_(None),
+        )
+        .values(variant=case(assigned, value=Delivery.id))
+        .execution_options(synchronize_session=False)
+    )
 
 
 # A batch's rows with what sending them needs, in one statement built once (it runs for every 50 emails).
@@ -156,7 +205,10 @@ _BATCH_ROWS = (
         Delivery.id,
         Delivery.status,
         Delivery.claim_token,
+        Delivery.lease_until,
         Delivery.subscriber_id,
+        Delivery.enrollment_id,
+        Delivery.variant,
         Subscriber.status.label("subscriber_status"),
         Subscriber.email,
         Subscriber.first_name,
@@ -170,6 +222,7 @@ _BATCH_ROWS = (
         Enrollment.version_id,
         Sequence.status.label("sequence_status"),
         Sequence.name.label("sequence_name"),
+        Sequence.slug.label("sequence_slug"),
     )
     .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
     .join(Step, Step.id == Delivery.step_id)
@@ -237,6 +290,10 @@ class Sender:
         self.limiter = limiter or Unlimited()
         self.breaker = breaker or NeverOpen()
         self._smtp_seconds: float | None = None  # moving average of one SMTP hand-over, for _group_size
+
+    @functools.cached_property
+    def plans(self) -> StepPlans:
+        return StepPlans(self.settings, self.templates)
 
     @functools.cached_property
     def receipts(self) -> ReceiptWriter:
@@ -372,6 +429,21 @@ class Sender:
                 finished.append(self._after_ambiguous(sending_token, item.delivery_id, error))
 
     def _render(self, claim_token: str, delivery_id: int, prepared: Prepared) -> _Ready | str:
+        spec = StepSpec(
+            prepared.template,
+            prepared.subject,
+            prepared.sequence_name,
+            prepared.step_number,
+            prepared.step_count,
+            prepared.track_clicks,
+            prepared.track_opens,
+            reviewed_by=prepared.review.by,
+            reviewed_on=prepared.review.on_text,
+        )
+        planned = self.plans.message(spec, prepared.recipient, delivery_id, clock.now())
+        if planned is not None:  # the step's plan: the same bytes as the full render below, for less
+            data, message_id, rows = planned
+            return _Ready(delivery_id, prepared, data, message_id, rows)
         try:
             links = LinkRewriter(
                 self.settings, delivery_id, clicks=prepared.track_clicks, opens=prepared.track_opens
@@ -385,6 +457,8 @@ class Sender:
                 step_number=prepared.step_number,
                 step_count=prepared.step_count,
                 subject=prepared.subject,
+                reviewed_by=prepared.review.by,
+                reviewed_on=prepared.review.on_text,
                 delivery_id=delivery_id,
                 date=clock.now(),
                 links=links,
@@ -442,15 +516,28 @@ class Sender:
     def _prepare_batch(
         self, session: Session, claim_token: str, delivery_ids: list[int]
     ) -> dict[int, Prepared | str]:
-        """Renew the batch's lease and load everything it needs in two queries (columns, not objects)."""
-        # The claim's lease covered the wait in the queue; a task that starts work renews it for the batch.
-        DELIVERIES.renew(session, claim_token, delivery_ids, lease_seconds=self.settings.lease_seconds)
-        rows = {row.id: row for row in session.execute(_BATCH_ROWS, {"ids": delivery_ids})}
+        """Load everything the batch needs in two queries (columns, not objects), renewing its lease if the
+        wait in the queue used up half of it."""
+        # Core statements on the session's connection: the ORM's execution layer was a sixth of the
+        # sender's CPU, for statements that load columns, not objects.
+        connection = session.connection()
+        rows = {row.id: row for row in connection.execute(_BATCH_ROWS, {"ids": delivery_ids})}
+        leases_left = [row.lease_until for row in rows.values() if row.lease_until is not None]
+        if leases_left and DELIVERIES.lease_half_gone(session, min(leases_left), self.settings.lease_seconds):
+            DELIVERIES.renew(session, claim_token, delivery_ids, lease_seconds=self.settings.lease_seconds)
         versions = {
-            version.id: (Policy.of(version.definition), version.step_count)
-            for version in session.execute(_VERSIONS, {"ids": list({r.version_id for r in rows.values()})})
+            version.id: (
+                Policy.of(version.definition),
+                version.step_count,
+                Review.of(version.definition),
+                experiments_of(version.definition),
+                conditions_of(version.definition),
+            )
+            for version in connection.execute(_VERSIONS, {"ids": list({r.version_id for r in rows.values()})})
         }
         result: dict[int, Prepared | str] = {}
+        assigned: dict[int, str] = {}  # variants chosen now, written below so a resend reads the same
+        conditional: list[tuple[int, Condition]] = []  # checked together below, now that they are due
         for delivery_id in delivery_ids:
             row = rows.get(delivery_id)
             if row is None:
@@ -465,19 +552,43 @@ class Sender:
             if reason is not None:
                 result[delivery_id] = self._skip(session, delivery_id, row.subscriber_id, claim_token, reason)
                 continue
-            policy, step_count = versions[row.version_id]
+            policy, step_count, review, experiments, conditions = versions[row.version_id]
+            if row.step_key in conditions:
+                conditional.append((delivery_id, conditions[row.step_key]))
+            template, subject, variant = row.template, row.subject, row.variant
+            experiment = experiments.get(row.step_key)
+            if experiment is not None:
+                chosen = experiment.resolve(variant, row.public_id, row.sequence_slug, row.step_key)
+                if variant is None:
+                    assigned[delivery_id] = chosen.key
+                variant = chosen.key
+                template = chosen.template or template
+                subject = chosen.subject if chosen.subject is not None else subject
             result[delivery_id] = Prepared(
                 recipient=Recipient(row.email, row.first_name, row.public_id),
                 subscriber_id=row.subscriber_id,
                 step_key=row.step_key,
-                template=row.template,
+                template=template,
                 sequence_name=row.sequence_name,
                 step_number=row.position,
                 step_count=step_count,
-                subject=row.subject,
+                subject=subject,
                 track_clicks=policy.clicks,
                 track_opens=policy.opens,
+                review=review,
+                variant=variant,
             )
+        if conditional:
+            facts = facts_of(session, [rows[delivery_id].enrollment_id for delivery_id, _ in conditional])
+            for delivery_id, condition in conditional:
+                row = rows[delivery_id]
+                if not condition.holds(facts[row.enrollment_id]):
+                    assigned.pop(delivery_id, None)
+                    result[delivery_id] = self._skip(
+                        session, delivery_id, row.subscriber_id, claim_token, CONDITION
+                    )
+        if assigned:
+            _record_variants(session, claim_token, assigned)
         return result
 
     def _skip(
@@ -509,7 +620,7 @@ class Sender:
         self, session: Session, claim_token: str, sending_token: str, delivery_ids: list[int]
     ) -> dict[int, str | None]:
         """Re-check under a share lock on the subscribers, then ``queued -> sending``; None means go ahead."""
-        rows = session.execute(_RECHECK, {"ids": delivery_ids}).all()
+        rows = session.connection().execute(_RECHECK, {"ids": delivery_ids}).all()
         verdicts: dict[int, str | None] = dict.fromkeys(delivery_ids, "gone")
         ready: list[int] = []
         for row in rows:
@@ -541,20 +652,13 @@ class Sender:
         return bool(DELIVERIES.finish(session, token, [delivery_id], from_status, **values))
 
     def _record_accepted(self, session: Session, accepted: list[_Accepted]) -> None:
-        """Record a group's accepted emails as sent: one UPDATE per sending token, one ``sent`` event each,
-        and their receipts deleted (nurture.receipts)."""
+        """Record a group's accepted emails as sent (one statement per sending token on PostgreSQL)."""
         sent_at = clock.now()
         by_token: dict[str, dict[int, str]] = {}
         for item in accepted:
             by_token.setdefault(item.token, {})[item.delivery_id] = item.message_id
         for token, message_ids in by_token.items():
-            recorded = _record_sent(session, token, message_ids, sent_at)
-            if recorded:
-                session.connection().execute(
-                    _SENT_EVENT,
-                    [{"delivery_id": d, "detail": {"message_id": message_ids[d]}} for d in sorted(recorded)],
-                )
-        receipts.forget(session, [item.delivery_id for item in accepted])
+            _record_sent(session, token, message_ids, sent_at)
 
     def _undo_sending(self, token: str, delivery_ids: list[int], error: str, retry_in: float) -> None:
         """Rows marked ``sending`` but never handed over go back to pending, due again in ``retry_in``
@@ -635,10 +739,9 @@ class Sender:
 
     def _retry_time(self, session: Session, delivery: Delivery) -> datetime:
         backoff = leases.retry_backoff(self.settings, delivery.attempts)
-        enrollment = delivery.enrollment
-        tz = resolve_zone(delivery.subscriber.timezone, enrollment.version.timezone)
-        # A retry still respects the send window: a 4xx at 11:29 must not land at 23:00 local.
-        return next_open(clock.db_now(session) + backoff, window_of(enrollment.version), tz)
+        # The send window and holidays still apply (a 4xx at 11:29 must not land at 23:00 local), unless the
+        # step skips the window: nurture.timetable decides, as for every other due time.
+        return timetable.retry_time(delivery, clock.db_now(session) + backoff)
 
     def _after_permanent(self, token: str, delivery_id: int, error: str) -> str:
         def work(session: Session) -> None:

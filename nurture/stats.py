@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
+from nurture.experiments import step_tests
 from nurture.models import (
     Delivery,
     DeliveryStatus,
@@ -54,6 +55,11 @@ class StepStats:
     openers: int = 0
     goals: int = 0  # goal completions whose last email before the goal was this step
     conversion_rate: float | None = None  # goals / sent (None before anything was sent)
+    # An A/B test on the step (nurture.experiments): figures per variant, the leader against the others,
+    # and the winner once staff ended it. None on a step that never had variants.
+    variants: list[dict[str, Any]] | None = None
+    comparison: dict[str, Any] | None = None
+    winner: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -208,6 +214,12 @@ def sequence_stats(session: Session, sequence: Sequence) -> SequenceStats:
     ):
         enrollments[status] = count
     goals_total, goals_before_first = _tracking_and_goals(session, sequence, steps, by_id)
+    for key, test in step_tests(session, sequence, by_id).items():
+        if key in steps:
+            figures = test.as_dict()
+            steps[key].variants = figures["variants"]
+            steps[key].comparison = figures["comparison"]
+            steps[key].winner = figures["winner"]
     return SequenceStats(
         slug=sequence.slug,
         enrolled=sum(enrollments.values()),

@@ -272,7 +272,9 @@ def export_data(session: Session, subscriber: Subscriber) -> dict[str, Any]:
     event_filter = Event.subscriber_id == subscriber.id
     if delivery_ids:
         event_filter = or_(event_filter, Event.delivery_id.in_(delivery_ids))
-    found_events = session.scalars(select(Event).where(event_filter).order_by(Event.id))
+    found_events = list(session.scalars(select(Event).where(event_filter).order_by(Event.id)))
+    # Why a due time moved after enrolment (the frequency cap, nurture.frequency): the latest reason per row.
+    moved = {ev.delivery_id: ev.detail.get("reason") for ev in found_events if ev.kind == "capped"}
     outbox = session.scalars(
         select(OutboxMessage).where(OutboxMessage.subscriber_id == subscriber.id).order_by(OutboxMessage.id)
     )
@@ -291,6 +293,8 @@ def export_data(session: Session, subscriber: Subscriber) -> dict[str, Any]:
                 "last_error": delivery.last_error,
                 "message_id": delivery.message_id,
                 "created_at": _iso(delivery.created_at),
+                "variant": delivery.variant,
+                "moved": moved.get(delivery.id),
             }
         )
     return {

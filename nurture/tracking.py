@@ -18,13 +18,14 @@ import hashlib
 import hmac
 import html
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import select, text
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
-from nurture import events, goals, ratelimit
+from nurture import clock, events, goals, ratelimit
 from nurture.config import Settings
 from nurture.mail.templates import RenderedEmail
 from nurture.models import Delivery, ExternalEvent, LinkClick, Step, TrackedLink
@@ -64,6 +65,9 @@ class LinkRewriter:
     clicks: bool = True
     opens: bool = False
     rows: dict[str, LinkRow] = field(default_factory=dict)  # url (or "" for the pixel) -> row
+    # What a link's token is, from its kind and URL: the delivery's HMAC, unless a caller writes the email
+    # once for many deliveries and fills the tokens in later (nurture.mail.plans passes placeholders).
+    token_for: Callable[[str, str | None], str] | None = None
 
     def __post_init__(self) -> None:
         base = self.settings.base_url.rstrip("/")
@@ -84,12 +88,17 @@ class LinkRewriter:
             html_part = self._add_pixel(html_part)
         return replace(rendered, html=html_part, text=text_part)
 
+    def _token(self, kind: str, url: str | None) -> str:
+        if self.token_for is not None:
+            return self.token_for(kind, url)
+        return link_token(self.settings.secret_key, self.delivery_id, kind, url)
+
     def _tracked(self, url: str, goal: str | None = None) -> str | None:
         if url.startswith(self._untracked) or (self._written is not None and url not in self._written):
             return None
         row = self.rows.get(url)
         if row is None:
-            token = link_token(self.settings.secret_key, self.delivery_id, CLICK, url)
+            token = self._token(CLICK, url)
             row = self.rows[url] = LinkRow(token, CLICK, url, goal)
         elif goal and row.goal is None:
             row = self.rows[url] = replace(row, goal=goal)
@@ -116,7 +125,7 @@ class LinkRewriter:
         return url if tracked is None else tracked + url[len(stripped) :]
 
     def _add_pixel(self, html_part: str) -> str:
-        token = link_token(self.settings.secret_key, self.delivery_id, OPEN, None)
+        token = self._token(OPEN, None)
         self.rows[""] = LinkRow(token, OPEN, None, None)
         pixel = (
             f'<img src="{self._base}/o/{token}" width="1" height="1" alt="" '
@@ -145,6 +154,18 @@ def store_links(session: Session, delivery_id: int, rows: list[LinkRow]) -> None
     store_links_of(session, {delivery_id: rows})
 
 
+# On PostgreSQL the links of a group are one statement built once, the columns as arrays: a multi-row
+# INSERT built for each group cost the sender more to compile than the database to run.
+_LINK_COLUMNS = ("token", "delivery_id", "kind", "url", "goal")
+_STORE_LINKS_PG = text(
+    "INSERT INTO tracked_links (token, delivery_id, kind, url, goal, created_at) "
+    "SELECT l.token, l.delivery_id, l.kind, l.url, l.goal, :created_at FROM unnest("
+    "CAST(:token AS varchar[]), CAST(:delivery_id AS integer[]), CAST(:kind AS varchar[]), "
+    "CAST(:url AS text[]), CAST(:goal AS varchar[])) AS l(token, delivery_id, kind, url, goal) "
+    "ON CONFLICT (token) DO NOTHING"
+)
+
+
 def store_links_of(session: Session, rows_by_delivery: dict[int, list[LinkRow]]) -> None:
     """``store_links`` for several deliveries in one statement (the sender stores a whole group's)."""
     values = [
@@ -155,8 +176,11 @@ def store_links_of(session: Session, rows_by_delivery: dict[int, list[LinkRow]])
     if not values:
         return
     dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = insert(TrackedLink).values(values)
+    if dialect == "postgresql":
+        columns = {name: [value[name] for value in values] for name in _LINK_COLUMNS}
+        session.connection().execute(_STORE_LINKS_PG, {**columns, "created_at": clock.now()})
+        return
+    statement = sqlite.insert(TrackedLink).values(values)
     session.execute(statement.on_conflict_do_nothing(index_elements=[TrackedLink.token]))
 
 

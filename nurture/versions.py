@@ -30,7 +30,7 @@ from typing import Any
 from sqlalchemy import bindparam, delete, func, insert, or_, select, text, update
 from sqlalchemy.orm import Session
 
-from nurture import clock, control, events, staff
+from nurture import clock, control, events, staff, timetable
 from nurture.catalog import window_of
 from nurture.control import MIN_GAP, ControlError, SlotLimiter
 from nurture.models import (
@@ -44,8 +44,9 @@ from nurture.models import (
     Step,
     Subscriber,
 )
-from nurture.schedule import SendWindow, add_delay, format_delay, next_open, resolve_zone
+from nurture.schedule import SendWindow, format_delay
 from nurture.sequences.loader import SequenceDefinition
+from nurture.sequences.review import Review
 
 OPEN = (DeliveryStatus.pending, DeliveryStatus.held)  # waiting: what a move re-times or a stop cancels
 BUSY = (DeliveryStatus.queued, DeliveryStatus.sending)  # a worker holds them: never touched here
@@ -77,6 +78,7 @@ class StepShape:
     delay: timedelta
     template: str
     subject: str | None
+    use_window: bool = True  # False: the step skips the send window (nurture.timetable)
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,8 @@ class Shape:
     timezone: str | None
     window: SendWindow | None
     steps: tuple[StepShape, ...]
+    holidays: str | None = None  # the holiday calendar that closes the window (nurture.calendars)
+    reviewed: str | None = None  # "by X on YYYY-MM-DD" when the file says who reviewed it
 
     def step(self, key: str) -> StepShape | None:
         return next((s for s in self.steps if s.key == key), None)
@@ -96,9 +100,10 @@ def shape_of_version(version: SequenceVersion) -> Shape:
         version.timezone,
         window_of(version),
         tuple(
-            StepShape(s.key, s.position, timedelta(seconds=s.delay_seconds), s.template, s.subject)
-            for s in version.steps
+            StepShape(s.key, s.position, s.delay, s.template, s.subject, s.use_window) for s in version.steps
         ),
+        holidays=version.holidays,
+        reviewed=_reviewed(Review.of(version.definition)),
     )
 
 
@@ -107,8 +112,17 @@ def shape_of_definition(definition: SequenceDefinition, number: int | None = Non
         number,
         definition.timezone,
         definition.window,
-        tuple(StepShape(s.key, s.position, s.delay, s.template, s.subject) for s in definition.steps),
+        tuple(
+            StepShape(s.key, s.position, s.delay, s.template, s.subject, s.use_window)
+            for s in definition.steps
+        ),
+        holidays=definition.holidays,
+        reviewed=_reviewed(definition.review),
     )
+
+
+def _reviewed(review: Review) -> str | None:
+    return f"by {review.by} on {review.on.isoformat()}" if review.is_set and review.on else None
 
 
 @dataclass(frozen=True)
@@ -152,6 +166,10 @@ def diff(old: Shape, new: Shape) -> Diff:
             notes.append(f"template {before.template} → {step.template}")
         if before.subject != step.subject:
             notes.append(f"subject {before.subject or '(template)'!r} → {step.subject or '(template)'!r}")
+        if before.use_window != step.use_window:
+            notes.append(
+                "now skips the send window" if not step.use_window else "now follows the send window"
+            )
         if notes:
             changed[step.key] = notes
     settings = []
@@ -159,6 +177,10 @@ def diff(old: Shape, new: Shape) -> Diff:
         settings.append(f"window {_window_text(old.window)} → {_window_text(new.window)}")
     if old.timezone != new.timezone:
         settings.append(f"time zone {old.timezone or 'UTC'} → {new.timezone or 'UTC'}")
+    if old.holidays != new.holidays:
+        settings.append(f"holidays {old.holidays or 'none'} → {new.holidays or 'none'}")
+    if old.reviewed != new.reviewed:
+        settings.append(f"reviewed {old.reviewed or '(not stated)'} → {new.reviewed or '(not stated)'}")
     return Diff(
         removed=[s.key for s in old.steps if s.key not in new_keys],
         added=[s.key for s in new.steps if s.key not in old_keys],
@@ -267,6 +289,7 @@ class _Row:
     enrolled_at: datetime
     subscriber_tz: str | None
     paused_until: datetime | None
+    subscriber_country: str | None = None  # their holiday calendar, when recorded (nurture.timetable)
 
 
 def _rows(session: Session, sequence: Sequence, lock: bool) -> list[_Row]:
@@ -299,6 +322,7 @@ def _rows(session: Session, sequence: Sequence, lock: bool) -> list[_Row]:
             Enrollment.enrolled_at,
             Subscriber.timezone,
             Subscriber.paused_until,
+            timetable.country_column().label("country"),
         )
         .join(Step, Step.id == Delivery.step_id)
         .join(Enrollment, Enrollment.id == Delivery.enrollment_id)
@@ -324,6 +348,7 @@ def _rows(session: Session, sequence: Sequence, lock: bool) -> list[_Row]:
                 enrolled_at=row.enrolled_at,
                 subscriber_tz=row.timezone,
                 paused_until=row.paused_until,
+                subscriber_country=row.country,
             )
         )
     return rows
@@ -409,8 +434,10 @@ def _retime(
     limiter: SlotLimiter,
 ) -> list[NewDelivery]:
     """Due times of the new version's steps from ``target`` on, for one enrollment."""
-    tz = resolve_zone(rows[0].subscriber_tz, new.timezone)  # the subscriber's zone, else the new version's
-    window = new.window
+    # The subscriber's zone and country, else the new version's.
+    table = timetable.Rules.of_definition(new).for_subscriber(
+        rows[0].subscriber_tz, rows[0].subscriber_country
+    )
     # The last email that went (or is going) out: the new delays count from it.
     last: datetime | None = None
     for row in rows:
@@ -428,11 +455,14 @@ def _retime(
     for step in new.steps[target.position - 1 :]:
         if step.key in done:
             continue  # never send a step twice
-        wanted = add_delay(previous, step.delay, tz)
+        wanted = table.after(previous, step.delay)
         if last is not None or result:
             wanted = max(wanted, previous + MIN_GAP)  # never two at once
         # Due already (a shorter delay, or a long wait): spread like a resume, not released as a flood.
-        due = limiter.place(floor, window, tz) if wanted <= floor else next_open(wanted, window, tz)
+        if wanted <= floor:
+            due = limiter.place(floor, table, use_window=step.use_window)
+        else:
+            due = table.fit(wanted, use_window=step.use_window)
         result.append(NewDelivery(step.key, due, status))
         previous = due
     return result
@@ -485,6 +515,7 @@ def store_version(
         window_days=",".join(str(d) for d in sorted(window.days)) if window else None,
         window_start=window.start.strftime("%H:%M") if window else None,
         window_end=window.end.strftime("%H:%M") if window else None,
+        holidays=definition.holidays,
         origin=origin,
         author=author,
         published_at=(now or clock.now()) if published else None,
@@ -499,6 +530,7 @@ def store_version(
             delay_seconds=int(step.delay.total_seconds()),
             template=step.template,
             subject=step.subject,
+            use_window=step.use_window,
         )
         for step in definition.steps
     )

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Install the Debian tools the test suite drives when they are missing (CI runs as root on a fresh machine):
-#   faketime  - runs a worker with a skewed clock (tests/reliability)
+#   faketime     - runs a worker with a skewed clock (tests/reliability)
+#   spamassassin - scores the course emails offline (tests/content/test_ketamine_spam.py)
 # Quiet, and never fatal: a test that needs a missing tool fails with CI=true and is skipped locally.
 set -u
 missing=()
-for pair in "faketime:faketime"; do
+for pair in "faketime:faketime" "spamassassin:spamassassin"; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0

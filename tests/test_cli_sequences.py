@@ -108,8 +108,15 @@ def test_timeline_prints_each_step_in_utc_and_local_time() -> None:
     assert code == 0, output
     lines = [line for line in output.splitlines() if line[:3].strip().rstrip(".").isdigit()]
     assert len(lines) == 8
-    assert lines[0].split()[-5:] == ["UTC", "Mon", "2026-12-07", "09:00", "CST"]
-    assert all(line.split()[-4] in {"Mon", "Tue", "Wed", "Thu", "Fri"} for line in lines)
+    times = [line.split("   [")[0].split() for line in lines]  # without the note on what moved it
+    # The welcome skips the send window: it goes at once, on Friday night, and the line says why.
+    assert times[0][-5:] == ["UTC", "Fri", "2026-12-04", "22:30", "CST"]
+    assert lines[0].endswith("[sent at its due time: this step skips the send window]")
+    assert times[1][-5:] == ["UTC", "Mon", "2026-12-07", "09:00", "CST"]
+    assert all(time[-4] in {"Mon", "Tue", "Wed", "Thu", "Fri"} for time in times)
+    # Email 7 would land on Christmas Day (a Friday): US holidays close the window, so it waits for Monday.
+    assert times[6][-5:] == ["UTC", "Mon", "2026-12-28", "09:00", "CST"]
+    assert lines[6].endswith("[moved past Christmas Day on Fri 2026-12-25]")
 
 
 def test_timeline_rejects_an_unknown_zone() -> None:

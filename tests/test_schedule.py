@@ -19,9 +19,17 @@ from nurture.schedule import (
     next_open,
     parse_delay,
     resolve_zone,
-    schedule_steps,
     zone,
 )
+from nurture.timetable import StepTiming, Timetable
+
+
+def schedule_steps(
+    anchor: datetime, delays: list[timedelta], send_window: SendWindow | None, tz: ZoneInfo
+) -> list[datetime]:
+    """The timetable's chaining for plain delays that all follow the window (no holidays)."""
+    return Timetable(send_window, tz).due_times(anchor, [StepTiming(delay) for delay in delays])
+
 
 NEW_YORK = ZoneInfo("America/New_York")
 LONDON = ZoneInfo("Europe/London")

@@ -3,16 +3,20 @@ failure read and classified as without pipelining, against aiosmtpd on loopback.
 
 from __future__ import annotations
 
+import smtplib
 from collections.abc import Iterator
 
 import pytest
 from aiosmtpd.controller import Controller
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nurture.mail.transports import (
     ConnectFailure,
     PermanentFailure,
     SmtpTransport,
     TemporaryFailure,
+    angle_address,
     transport_from_url,
 )
 from tests.support import RecordingHandler, SmtpScript, free_port
@@ -85,3 +89,20 @@ def test_a_temporary_refusal_at_the_end_of_data_is_temporary(server) -> None:  #
         transport.send("a@example.com", "r@example.com", MESSAGE)
     transport.send("a@example.com", "r@example.com", MESSAGE)
     assert len(handler.received) == 1
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    local=st.text(alphabet=st.sampled_from("abcXYZ019.!#$%&'*+/=?^_`{|}~-"), min_size=1, max_size=20),
+    domain=st.text(alphabet=st.sampled_from("abc019.-"), min_size=1, max_size=15),
+)
+def test_plain_addresses_are_quoted_as_smtplib_quotes_them(local: str, domain: str) -> None:
+    address = f"{local}@{domain}"
+    assert angle_address(address) == smtplib.quoteaddr(address)
+
+
+@pytest.mark.parametrize(
+    "address", ["<>", "Ann <ann@example.com>", "ann smith@example.com", "a@b@c", '"a b"@x']
+)
+def test_other_addresses_go_through_smtplib(address: str) -> None:
+    assert angle_address(address) == smtplib.quoteaddr(address)

@@ -37,6 +37,8 @@ def template_context(
     sequence_name: str,
     step_number: int,
     step_count: int,
+    reviewed_by: str | None = None,
+    reviewed_on: str | None = None,
 ) -> dict[str, Any]:
     return {
         "first_name": recipient.first_name or None,
@@ -52,6 +54,9 @@ def template_context(
         "sequence_name": sequence_name,
         "step_number": step_number,
         "step_count": step_count,
+        # Who reviewed the course and when (the sequence file's reviewed_by / reviewed_on), for the footer.
+        "reviewed_by": reviewed_by,
+        "reviewed_on": reviewed_on,
     }
 
 
@@ -68,13 +73,22 @@ def step_message(
     date: datetime,
     subject: str | None = None,
     links: LinkRewriter | None = None,
+    boundary: str | None = None,
+    reviewed_by: str | None = None,
+    reviewed_on: str | None = None,
 ) -> tuple[RenderedEmail, bytes, str]:
     """Render and compose one step for one subscriber: (rendered parts, RFC 5322 bytes, Message-ID).
 
     With ``links``, the rendered parts' links are rewritten for click/open tracking before composing; the
     caller stores ``links.rows`` before sending."""
     context = template_context(
-        settings, recipient, sequence_name=sequence_name, step_number=step_number, step_count=step_count
+        settings,
+        recipient,
+        sequence_name=sequence_name,
+        step_number=step_number,
+        step_count=step_count,
+        reviewed_by=reviewed_by,
+        reviewed_on=reviewed_on,
     )
     # A step's subject override (nurture.versions) replaces the template's own subject.txt.
     if subject:
@@ -82,7 +96,7 @@ def step_message(
     else:
         rendered = templates.render(template, context)
     if links is not None:
-        samples = _samples_of_step(
+        samples = samples_of_step(
             settings, templates, template, subject, sequence_name, step_number, step_count
         )
         rendered = links.rewrite(rendered, written_by=samples)
@@ -97,10 +111,10 @@ def step_message(
         unsubscribe_mailto=settings.resolved_unsubscribe_mailto,
         reply_to=settings.reply_to or None,
     )
-    return rendered, compose(rendered, envelope), message_id
+    return rendered, compose(rendered, envelope, boundary), message_id
 
 
-def _samples_of_step(
+def samples_of_step(
     settings: Settings,
     templates: EmailTemplates,
     template: str,

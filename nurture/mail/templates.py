@@ -55,6 +55,8 @@ CONTEXT_VARIABLES: dict[str, str] = {
     "sequence_name": "the sequence's name",
     "step_number": "this step's position, from 1",
     "step_count": "how many steps the sequence has",
+    "reviewed_by": "who reviewed the course (the sequence file's reviewed_by), or nothing",
+    "reviewed_on": "when, as text such as 'December 1, 2026' (reviewed_on), or nothing",
     "confirm_url": "the double opt-in link (confirmation emails only)",
 }
 # Filled in for the trial render that check and compile_subject make of every template.
@@ -178,6 +180,36 @@ class EmailTemplates:
                     f"includes {referenced or 'a computed template'}: only _base/ parts"
                 )
 
+    def writes_verbatim(self, template_dir: str, subject: str | None, names: frozenset[str]) -> bool:
+        """Whether the step's templates (the parts and every template they extend or include) use each of
+        ``names`` only as written: output as is (``{{ name }}``, also inside ``~`` and the branches of an
+        inline if) or tested for truth (``{% if name %}``, ``... if name else ...``). Then a render with a
+        placeholder for the value, the placeholder later replaced by the (escaped) value, is the render
+        with the value (nurture.mail.plans); a filter, a comparison or a call on the value is not."""
+        sources: list[tuple[Environment, str, str]] = []
+        if subject:
+            sources.append((self._text, subject, "subject"))
+        for part in PARTS if not subject else PARTS[1:]:
+            env = self._html if part.endswith(".html") else self._text
+            sources.append((env, self._source(env, f"{template_dir}/{part}"), f"{template_dir}/{part}"))
+        seen: set[tuple[Environment, str]] = set()
+        while sources:
+            env, source, name = sources.pop()
+            tree = env.parse(source, name=name)
+            if not _verbatim(tree, names, "statement"):
+                return False
+            for referenced in meta.find_referenced_templates(tree):
+                if referenced is None:
+                    return False
+                if (env, referenced) not in seen:
+                    seen.add((env, referenced))
+                    sources.append((env, self._source(env, referenced), referenced))
+        return True
+
+    @staticmethod
+    def _source(env: Environment, name: str) -> str:
+        return env.loader.get_source(env, name)[0]  # type: ignore[union-attr]
+
     def render(
         self, template_dir: str, context: Mapping[str, Any], subject: str | None = None
     ) -> RenderedEmail:
@@ -218,6 +250,25 @@ def _sandbox(loader: BaseLoader, **options: Any) -> Environment:
     # were the way to the os module before the sandbox.
     env.globals.clear()
     return env
+
+
+def _verbatim(node: nodes.Node, names: frozenset[str], mode: str) -> bool:
+    """EmailTemplates.writes_verbatim's walk. ``mode`` says where ``node`` stands: "output" (its value is
+    written out as is), "test" (only its truth counts), "statement", or "other" (any other expression)."""
+    if isinstance(node, nodes.Name) and node.name in names:
+        return mode in ("output", "test") and node.ctx == "load"
+    if isinstance(node, nodes.Output):
+        return all(_verbatim(child, names, "output") for child in node.nodes)
+    if isinstance(node, nodes.Concat):
+        return all(_verbatim(child, names, "output" if mode == "output" else "other") for child in node.nodes)
+    if isinstance(node, nodes.CondExpr):
+        branches = [branch for branch in (node.expr1, node.expr2) if branch is not None]
+        return _verbatim(node.test, names, "test") and all(_verbatim(b, names, mode) for b in branches)
+    if isinstance(node, nodes.If):
+        body = [*node.body, *node.elif_, *node.else_]
+        return _verbatim(node.test, names, "test") and all(_verbatim(c, names, "statement") for c in body)
+    child_mode = "other" if isinstance(node, nodes.Expr) else "statement"
+    return all(_verbatim(child, names, child_mode) for child in node.iter_child_nodes())
 
 
 def _underscore_constant(node: nodes.Node) -> bool:

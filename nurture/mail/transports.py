@@ -19,6 +19,18 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
+# An address made only of what RFC 5321 allows unquoted in a mailbox (validated addresses are), for which
+# smtplib.quoteaddr's answer is the address in angle brackets; it gets there through email.utils.parseaddr,
+# a third of the SMTP exchange's CPU in a profile.
+_PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+")
+
+
+def angle_address(address: str) -> str:
+    """``<address>`` for MAIL FROM and RCPT TO, as smtplib.quoteaddr writes it."""
+    if _PLAIN_ADDRESS.fullmatch(address):
+        return f"<{address}>"
+    return smtplib.quoteaddr(address)
+
 
 class SendFailure(Exception):
     def __init__(self, message: str, code: int | None = None) -> None:
@@ -246,9 +258,7 @@ class SmtpTransport:
         """MAIL, RCPT and DATA in one write, their three replies read in order (RFC 2920): one round trip
         instead of three. smtplib has no pipelining; the commands are written as smtplib writes them and
         its own reply parser reads the answers."""
-        commands = (
-            f"MAIL FROM:{smtplib.quoteaddr(envelope_from)}\r\nRCPT TO:{smtplib.quoteaddr(recipient)}\r\n"
-        )
+        commands = f"MAIL FROM:{angle_address(envelope_from)}\r\nRCPT TO:{angle_address(recipient)}\r\n"
         conn.send(commands.encode("ascii") + b"DATA\r\n")
         (mail, mail_reply), (rcpt, rcpt_reply), (data, data_reply) = (conn.getreply() for _ in range(3))
         if data == 354 and (mail != 250 or rcpt not in (250, 251)):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -17,16 +17,20 @@ from typing import Any
 import yaml
 from jinja2 import TemplateError
 
+from nurture.calendars import CalendarError, parse_calendar
 from nurture.ids import parse_id
 from nurture.mail.templates import EmailTemplates, UnsafeTemplateError
 from nurture.schedule import ScheduleError, SendWindow, format_delay, parse_delay, zone
+from nurture.sequences.conditions import Condition, parse_condition
 from nurture.sequences.policy import POLICY_KEYS, parse_policy
+from nurture.sequences.review import NO_REVIEW, REVIEW_KEYS, Review, parse_review
+from nurture.sequences.variants import Variant, parse_variants, parse_winner
 
 SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 STEP_KEY = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 TOP_LEVEL_KEYS = {"slug", "name", "description", "timezone", "window", "steps"} | POLICY_KEYS
-TOP_LEVEL_KEYS |= {"status"}
-STEP_KEYS = {"key", "delay", "template", "subject"}
+TOP_LEVEL_KEYS |= {"status", "holidays"} | REVIEW_KEYS
+STEP_KEYS = {"key", "delay", "template", "subject", "window", "variants", "winner", "only_if"}
 # `status: draft` stores a new sequence (or a new version of one) without publishing it (nurture.versions).
 FILE_STATUSES = ("active", "draft")
 MAX_SUBJECT = 300
@@ -40,6 +44,25 @@ class StepDefinition:
     delay: timedelta
     template: str
     subject: str | None = None  # replaces the template's subject.txt when set
+    # ``window: false``: due at its delay whatever the hour, day or holiday (nurture.timetable).
+    use_window: bool = True
+    # An A/B test on this step (nurture.sequences.variants), and the variant that won it once ended.
+    variants: tuple[Variant, ...] = ()
+    winner: str | None = None
+    # Sent only when this holds at its due time, else skipped (nurture.sequences.conditions).
+    only_if: Condition | None = None
+
+    def variant(self, key: str) -> StepDefinition:
+        """The step as this variant sends it (its subject and template overrides applied)."""
+        for variant in self.variants:
+            if variant.key == key:
+                return replace(
+                    self,
+                    template=variant.template or self.template,
+                    subject=variant.subject if variant.subject is not None else self.subject,
+                )
+        known = ", ".join(v.key for v in self.variants) or "none"
+        raise KeyError(f"step {self.key!r} has no variant {key!r} (variants: {known})")
 
 
 @dataclass(frozen=True)
@@ -54,6 +77,8 @@ class SequenceDefinition:
     # Goals, exits, re-entry, tracking (nurture.sequences.policy): only the keys the file sets.
     policy: dict[str, Any] = field(default_factory=dict)
     status: str = "active"  # not part of the digest: publishing a draft is not a new definition
+    holidays: str | None = None  # a holiday calendar code (nurture.calendars) whose dates close the window
+    review: Review = NO_REVIEW  # who reviewed the content and when, shown in the footer
 
     def canonical(self) -> dict[str, Any]:
         """The definition as plain data: what is stored with a version and hashed to detect changes."""
@@ -70,12 +95,18 @@ class SequenceDefinition:
             "description": self.description,
             "timezone": self.timezone,
             "window": window,
-            # "subject" only when set, so definitions written before overrides existed keep their digest.
+            # "subject" and "window" only when set, so definitions written before them keep their digest.
             "steps": [
                 {"key": s.key, "delay": format_delay(s.delay), "template": s.template}
                 | ({"subject": s.subject} if s.subject is not None else {})
+                | ({} if s.use_window else {"window": False})
+                | ({"variants": [v.canonical() for v in s.variants]} if s.variants else {})
+                | ({"winner": s.winner} if s.winner is not None else {})
+                | ({"only_if": s.only_if.canonical()} if s.only_if is not None else {})
                 for s in self.steps
             ],
+            **({"holidays": self.holidays} if self.holidays else {}),
+            **self.review.canonical(),
             **self.policy,
         }
 
@@ -163,6 +194,8 @@ def definition_from(raw: Any, path: Path, templates: EmailTemplates) -> Sequence
             problem(f"bad time zone: {exc}")
 
     window = _window(raw.get("window"), problem)
+    holidays = _holidays(raw.get("holidays"), problem)
+    review = parse_review(raw, problem)
     steps = _steps(raw.get("steps"), templates, problem)
     status = raw.get("status", "active")
     if status not in FILE_STATUSES:
@@ -181,6 +214,8 @@ def definition_from(raw: Any, path: Path, templates: EmailTemplates) -> Sequence
         source=path,
         policy=policy,
         status=str(status),
+        holidays=holidays,
+        review=review,
     )
 
 
@@ -199,11 +234,33 @@ def _window(raw: Any, problem: Any) -> SendWindow | None:
         return None
 
 
+def _holidays(raw: Any, problem: Any) -> str | None:
+    if raw is None:
+        return None
+    try:
+        return parse_calendar(raw).code
+    except CalendarError as exc:
+        problem(str(exc))
+        return None
+
+
+def _use_window(raw: Any, label: str, problem: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    problem(
+        f"window {raw!r} must be true (the default: follow the sequence's send window) or false "
+        "(send at the step's due time, at any hour, day or holiday)",
+        label,
+    )
+    return True
+
+
 def _steps(raw: Any, templates: EmailTemplates, problem: Any) -> list[StepDefinition]:
     if not isinstance(raw, list) or not raw:
         problem("steps must be a non-empty list")
         return []
     steps: list[StepDefinition] = []
+    conditions: dict[str, tuple[Any, str]] = {}  # key -> (raw only_if, label): checked once all are known
     seen: set[str] = set()
     for position, item in enumerate(raw, start=1):
         label = f"#{position}"
@@ -227,26 +284,57 @@ def _steps(raw: Any, templates: EmailTemplates, problem: Any) -> list[StepDefini
             problem(f"bad delay: {exc}", label)
             delay = timedelta(0)
         template = item.get("template")
-        if not isinstance(template, str) or not template.strip() or ".." in template:
-            problem(f"template {template!r} must be a folder under templates/email/", label)
+        if not _template_ok(template, templates, label, problem):
             continue
-        missing = templates.exists(template)
-        if missing:
-            problem(f"unknown template {template!r}: missing {', '.join(missing)}", label)
-            continue
-        try:
-            templates.check(template)
-        except UnsafeTemplateError as exc:
-            problem(f"template {template!r} is refused: {exc}", label)
-            continue
-        except TemplateError as exc:
-            problem(f"template {template!r} does not compile: {exc}", label)
-            continue
+        use_window = _use_window(item.get("window", True), label, problem)
         subject = _subject(item.get("subject"), templates, label, problem)
         if subject is False:
             continue
-        steps.append(StepDefinition(key, position, delay, template, subject=subject or None))
+        variants = parse_variants(
+            item.get("variants"),
+            label,
+            problem,
+            lambda name, where, label=label: _template_ok(name, templates, label, problem, where),
+            lambda raw, where: _subject(raw, templates, where, problem),
+            STEP_KEY,
+        )
+        winner = parse_winner(item.get("winner"), variants, label, problem)
+        if item.get("only_if") is not None:
+            conditions[key] = (item["only_if"], label)
+        steps.append(
+            StepDefinition(
+                key, position, delay, template, subject=subject or None, use_window=use_window,
+                variants=variants, winner=winner,
+            )
+        )  # fmt: skip
+    known = {s.key: (s.position, tuple(v.key for v in s.variants)) for s in steps}
+    for index, step in enumerate(steps):
+        if step.key in conditions:
+            raw_condition, label = conditions[step.key]
+            condition = parse_condition(raw_condition, label, step.position, known, problem)
+            steps[index] = replace(step, only_if=condition)
     return steps
+
+
+def _template_ok(template: Any, templates: EmailTemplates, label: str, problem: Any, where: str = "") -> bool:
+    """A usable template folder (present, compiling, inside the sandbox's rules), else reported."""
+    prefix = f"{where}: " if where else ""
+    if not isinstance(template, str) or not template.strip() or ".." in template:
+        problem(f"{prefix}template {template!r} must be a folder under templates/email/", label)
+        return False
+    missing = templates.exists(template)
+    if missing:
+        problem(f"{prefix}unknown template {template!r}: missing {', '.join(missing)}", label)
+        return False
+    try:
+        templates.check(template)
+    except UnsafeTemplateError as exc:
+        problem(f"{prefix}template {template!r} is refused: {exc}", label)
+        return False
+    except TemplateError as exc:
+        problem(f"{prefix}template {template!r} does not compile: {exc}", label)
+        return False
+    return True
 
 
 def _subject(raw: Any, templates: EmailTemplates, label: str, problem: Any) -> str | bool | None:

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from nurture.config import get_settings
 from nurture.logs import RequestIdMiddleware
 from nurture.web import (
     admin,
     api,
-    api_deliveries,
-    api_events,
-    api_versions,
-    api_webhooks,
     bounces,
     health,
+    landing,
     metrics,
     public,
     tracking,
@@ -22,6 +22,8 @@ from nurture.web import (
 )
 from nurture.web.admin import webhooks as admin_webhooks
 from nurture.web.pages import page_templates
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 
 def create_app() -> FastAPI:
@@ -32,15 +34,14 @@ def create_app() -> FastAPI:
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.add_middleware(RequestIdMiddleware)  # X-Request-ID in, out and on every log line
+    app.include_router(landing.router)  # GET / (where to go) and, in development, /dev/mail
+    # The staff UI's stylesheet and charts' assets, served by nurture itself: no CDN, works offline.
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.include_router(public.router)
     app.include_router(bounces.router)
     admin.install(app)  # staff UI under /admin
-    api.install(app)  # staff JSON API under /api/v1
-    app.include_router(api_webhooks.router)  # /api/v1/webhooks (outbound webhooks)
+    api.install(app)  # staff JSON API under /api/v1, one router per resource (nurture/web/api/)
     app.include_router(admin_webhooks.router)  # /admin/webhooks
-    app.include_router(api_versions.router)  # /api/v1/sequences/{slug}/plan|publish|archive
-    app.include_router(api_deliveries.router)  # /api/v1/deliveries: unknown outcomes, held ones resolved
-    app.include_router(api_events.router)  # POST /api/v1/events (goals and exit events)
     app.include_router(tracking.router)  # /l/{token} clicks, /o/{token} opens
     unavailable.install(app)  # the database unreachable or saturated: 503 with Retry-After, never a 500
     return app

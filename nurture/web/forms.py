@@ -52,7 +52,15 @@ def wants_json(request: Request) -> bool:
     return kind == JSON or kind.endswith("+json")
 
 
-async def read_body(request: Request, *, allow_json: bool = True, max_bytes: int = MAX_BODY_BYTES) -> Body:
+async def read_body(
+    request: Request,
+    *,
+    allow_json: bool = True,
+    max_bytes: int = MAX_BODY_BYTES,
+    max_fields: int = MAX_FIELDS,
+    lists: frozenset[str] = frozenset(),
+) -> Body:
+    """The body as a flat dict; a form field named in ``lists`` keeps every value, as a list (checkboxes)."""
     kind, charset = media_type(request)
     kind = kind or FORM  # a bare POST (a button with no fields, curl -X POST) is an empty form
     is_json = wants_json(request)
@@ -71,7 +79,7 @@ async def read_body(request: Request, *, allow_json: bool = True, max_bytes: int
         raise BadBody(400, "the body is not valid UTF-8") from None
     if is_json:
         return Body(_json_fields(text), True)
-    return Body(_form_fields(text), False)
+    return Body(_form_fields(text, max_fields, lists), False)
 
 
 def _json_fields(text: str) -> dict[str, Any]:
@@ -86,17 +94,22 @@ def _json_fields(text: str) -> dict[str, Any]:
     return value
 
 
-def _form_fields(text: str) -> dict[str, Any]:
+def _form_fields(
+    text: str, max_fields: int = MAX_FIELDS, lists: frozenset[str] = frozenset()
+) -> dict[str, Any]:
     try:
         # errors="strict": a percent-escape that is not UTF-8 (``%FF``) is refused, not replaced.
         pairs = parse_qsl(
-            text, keep_blank_values=True, encoding="utf-8", errors="strict", max_num_fields=MAX_FIELDS
+            text, keep_blank_values=True, encoding="utf-8", errors="strict", max_num_fields=max_fields
         )
     except (UnicodeDecodeError, ValueError):
         raise BadBody(400, "the form body is not valid") from None
     fields: dict[str, Any] = {}
     for key, value in pairs:
-        fields.setdefault(key, value)  # first value wins, as in browsers' single-valued inputs
+        if key in lists:
+            fields.setdefault(key, []).append(value)
+        else:
+            fields.setdefault(key, value)  # first value wins, as in browsers' single-valued inputs
     return fields
 
 

@@ -73,3 +73,42 @@ def longest_copied_run(text: str, source: str) -> int:
     while copied_runs(text, source, n + 1):
         n += 1
     return n
+
+
+_UNIT = re.compile(r"<(h1|h2|p|li)\b[^>]*>(.*?)</\1>", re.DOTALL | re.IGNORECASE)
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+_VOWEL_GROUPS = re.compile(r"[aeiouy]+")
+
+
+def syllables(word: str) -> int:
+    """Syllables in one English word, by vowel groups (the usual readability-formula estimate)."""
+    word = word.lower()
+    count = len(_VOWEL_GROUPS.findall(word))
+    # A final silent "e" ("give", "surface") is not a syllable; "-le" ("simple") and "-ee" ("agree") are.
+    if count > 1 and word.endswith("e") and not word.endswith(("le", "ee")):
+        count -= 1
+    return max(count, 1)
+
+
+def sentences_of_html(source: str) -> list[list[str]]:
+    """The words of each sentence of an HTML body: every heading, paragraph and list item ends a sentence
+    (a list item or heading has no full stop, but a reader takes it as one unit)."""
+    result: list[list[str]] = []
+    for _tag, inner in _UNIT.findall(source):
+        text = _JINJA.sub(" name ", inner)
+        for sentence in _SENTENCE_END.split(html.unescape(_HTML_TAG.sub(" ", text))):
+            words = normalise(sentence)
+            if words:
+                result.append(words)
+    return result
+
+
+def reading_grade(source: str) -> float:
+    """Flesch-Kincaid grade level of an HTML body: 0.39 words/sentence + 11.8 syllables/word - 15.59."""
+    sentences = sentences_of_html(source)
+    words = [word for sentence in sentences for word in sentence]
+    if not words:
+        raise ValueError("no text to grade")
+    per_sentence = len(words) / len(sentences)
+    per_word = sum(syllables(word) for word in words) / len(words)
+    return round(0.39 * per_sentence + 11.8 * per_word - 15.59, 1)

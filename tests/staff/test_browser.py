@@ -85,10 +85,10 @@ def test_sign_in_preview_pause_resume_and_read_the_funnel(staff_site, pg_factory
                 assert "held" not in set(session.scalars(select(Delivery.status)))
 
             page.click("text=Results")
-            funnel = page.locator("svg[role=img]")
-            assert funnel.locator("g[data-step=enrolled]").get_attribute("data-count") == "3"
-            assert funnel.locator("g[data-step=hello]").get_attribute("data-count") == "3"
-            assert funnel.locator("g[data-step=middle]").get_attribute("data-count") == "0"
+            funnel = page.locator("#funnel-numbers")
+            assert funnel.locator("tr[data-step=enrolled]").get_attribute("data-count") == "3"
+            assert funnel.locator("tr[data-step=hello]").get_attribute("data-count") == "3"
+            assert funnel.locator("tr[data-step=middle]").get_attribute("data-count") == "0"
 
             page.click("text=Sign out")
             page.wait_for_url(f"{base}/admin/login")

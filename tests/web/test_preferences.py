@@ -58,9 +58,12 @@ def test_page_lists_courses_and_changes_nothing(client: TestClient, app_factory,
 
 
 def test_pause_postpones_every_unsent_email_and_resume_restores_the_timetable(
-    client: TestClient, app_factory, member
+    client: TestClient, app_factory, member, set_env
 ) -> None:  # type: ignore[no-untyped-def]
     path, advance = member
+    # Two sequences whose first emails go together: this is about pausing, not the cross-sequence frequency
+    # cap (tests/test_frequency_cap.py), which would move the second by 12 hours.
+    set_env(frequency_cap_hours="0")
     sender = make_sender(app_factory)
     assert dispatch_inline(app_factory, sender) == {"sent": 2}  # both first steps go at once
     original = _due(app_factory)

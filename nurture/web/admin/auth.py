@@ -151,5 +151,5 @@ def login_url(next_path: str) -> str:
 def safe_next(value: str | None) -> str:
     """Only our own admin pages are redirect targets after login (no open redirect)."""
     if not value or not value.startswith("/admin") or value.startswith("//") or "\\" in value:
-        return "/admin/sequences"
+        return "/admin/"
     return value

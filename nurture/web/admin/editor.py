@@ -22,12 +22,13 @@ from nurture.mail.templates import PARTS, EmailTemplates
 from nurture.models import SequenceVersion, StaffRole
 from nurture.schedule import format_delay
 from nurture.sequences.loader import SequenceValidationError, definition_from
-from nurture.web.admin.auth import StaffSession, require
-from nurture.web.admin.views import _post, _q, _sequence_or_404, _settings, page
+from nurture.web.admin.common import page, q, sequence_or_404, settings_of
+from nurture.web.admin.deps import Editor, EditorForm, Staff, StaffForm, Viewer
 
 router = APIRouter(prefix="/admin", include_in_schema=False)
 NEW_ROWS = 2  # blank "add a step" rows on the form
 MAX_STEPS = 50
+CARRIED_STEP_FIELDS = ("variants", "winner", "only_if")
 
 
 class FormError(ValueError):
@@ -55,6 +56,7 @@ def _rows_of(version: SequenceVersion) -> list[dict[str, Any]]:
             "delay": format_delay(_seconds(s.delay_seconds)),
             "template": s.template,
             "subject": s.subject or "",
+            "any_hour": not s.use_window,
             "remove": False,
         }
         for s in version.steps
@@ -70,7 +72,7 @@ def _seconds(value: int) -> Any:
 def _base_version(session: Any, slug: str, *, lock: bool = False) -> tuple[Any, SequenceVersion]:
     """The version the form starts from: the waiting draft, else the live version. ``lock`` holds the
     sequence row, so two editors saving at once write one draft after the other, never the same number."""
-    sequence = _sequence_or_404(session, slug)
+    sequence = sequence_or_404(session, slug)
     if lock:
         sequence = versions.lock(session, slug)
     version = versions.pending_draft(session, sequence) or sequence.current_version
@@ -114,6 +116,7 @@ def _read_form(fields: dict[str, Any]) -> dict[str, Any]:
             "delay": _text(fields, f"{prefix}-delay", 20),
             "template": _text(fields, f"{prefix}-template", 200),
             "subject": _text(fields, f"{prefix}-subject", 300),
+            "any_hour": fields.get(f"{prefix}-any_hour") == "on",
             "remove": fields.get(f"{prefix}-remove") == "on",
             "new": prefix.startswith("new"),
         }
@@ -143,6 +146,10 @@ def _raw_definition(base: SequenceVersion, form: dict[str, Any], choices: list[s
         }
     else:
         raw["window"] = None
+    # What the form has no fields for stays with its step (an A/B test, a condition).
+    carried = {
+        step["key"]: {k: step[k] for k in CARRIED_STEP_FIELDS if k in step} for step in raw.get("steps", [])
+    }
     kept = []
     for index, row in enumerate(form["steps"]):
         if row["remove"]:
@@ -157,6 +164,9 @@ def _raw_definition(base: SequenceVersion, form: dict[str, Any], choices: list[s
         step: dict[str, Any] = {"key": row["key"], "delay": row["delay"], "template": row["template"]}
         if row["subject"]:
             step["subject"] = row["subject"]
+        if row["any_hour"]:
+            step["window"] = False  # sent at its due time, outside the send window (nurture.timetable)
+        step |= carried.get(row["key"], {})
         kept.append((order, index, step))
     raw["steps"] = [step for _, _, step in sorted(kept, key=lambda item: (item[0], item[1]))]
     if raw["window"] is None:
@@ -166,15 +176,14 @@ def _raw_definition(base: SequenceVersion, form: dict[str, Any], choices: list[s
 
 def _edit_page(
     request: Request,
-    actor: staff.Actor,
-    current: StaffSession,
+    who: Staff,
     slug: str,
     *,
     form: dict[str, Any] | None = None,
     error: str | None = None,
     status_code: int = 200,
 ) -> HTMLResponse:
-    settings = _settings(request)
+    settings = settings_of(request)
     with transaction() as session:
         sequence, base = _base_version(session, slug)
         values = form or _form_values(base)
@@ -183,8 +192,8 @@ def _edit_page(
             request,
             "sequence_edit.html",
             status_code,
-            csrf=current.csrf,
-            actor=actor,
+            csrf=who.csrf,
+            actor=who.actor,
             sequence=sequence,
             base=base,
             is_draft=base.published_at is None,
@@ -197,18 +206,17 @@ def _edit_page(
 
 
 @router.get("/sequences/{slug}/edit")
-def edit_page(request: Request, slug: str) -> HTMLResponse:
-    actor, current = require(request, StaffRole.editor)
+def edit_page(request: Request, slug: str, who: Editor) -> HTMLResponse:
     try:
-        return _edit_page(request, actor, current, slug)
+        return _edit_page(request, who, slug)
     except FormError as exc:
-        return _plan_page(request, actor, current, slug, error=str(exc), status_code=409)
+        return _plan_page(request, who, slug, error=str(exc), status_code=409)
 
 
 @router.post("/sequences/{slug}/edit")
-async def save_edit(request: Request, slug: str) -> Response:
-    actor, current, fields = await _post(request, StaffRole.editor)
-    settings = _settings(request)
+async def save_edit(request: Request, slug: str, posted: EditorForm) -> Response:
+    actor, fields = posted.actor, posted.fields
+    settings = settings_of(request)
 
     def work() -> tuple[str | None, dict[str, Any] | None]:
         form: dict[str, Any] | None = None
@@ -231,24 +239,23 @@ async def save_edit(request: Request, slug: str) -> Response:
     error, form = await run_in_threadpool(work)
     if error is not None:
         return await run_in_threadpool(
-            lambda: _edit_page(request, actor, current, slug, form=form, error=error, status_code=400)
+            lambda: _edit_page(request, posted, slug, form=form, error=error, status_code=400)
         )
     done = "Draft saved. Nothing changes for subscribers until you publish it."
-    return RedirectResponse(f"/admin/sequences/{slug}/plan?done={_q(done)}", status_code=303)
+    return RedirectResponse(f"/admin/sequences/{slug}/plan?done={q(done)}", status_code=303)
 
 
 def _plan_page(
     request: Request,
-    actor: staff.Actor,
-    current: StaffSession,
+    who: Staff,
     slug: str,
     *,
     error: str | None = None,
     status_code: int = 200,
 ) -> HTMLResponse:
-    rate = _settings(request).resume_rate_per_minute
+    rate = settings_of(request).resume_rate_per_minute
     with transaction() as session:
-        sequence = _sequence_or_404(session, slug)
+        sequence = sequence_or_404(session, slug)
         draft = versions.pending_draft(session, sequence)
         plan = None
         if draft is not None:
@@ -259,8 +266,8 @@ def _plan_page(
             request,
             "plan.html",
             status_code,
-            csrf=current.csrf,
-            actor=actor,
+            csrf=who.csrf,
+            actor=who.actor,
             sequence=sequence,
             live=sequence.current_version,
             draft=draft,
@@ -268,21 +275,20 @@ def _plan_page(
             rows=plan.by_key() if plan else [],
             counts=plan.counts() if plan else {},
             history=list(reversed(sequence.versions)),
-            can_edit=actor.may(StaffRole.editor),
+            can_edit=who.actor.may(StaffRole.editor),
             error=error,
             notice=request.query_params.get("done"),
         )
 
 
 @router.get("/sequences/{slug}/plan")
-def plan_page(request: Request, slug: str) -> HTMLResponse:
-    actor, current = require(request, StaffRole.viewer)
-    return _plan_page(request, actor, current, slug)
+def plan_page(request: Request, slug: str, who: Viewer) -> HTMLResponse:
+    return _plan_page(request, who, slug)
 
 
-async def _action(request: Request, slug: str, action: str) -> Response:
-    actor, current, fields = await _post(request, StaffRole.editor)
-    rate = _settings(request).resume_rate_per_minute
+async def _action(request: Request, slug: str, action: str, posted: StaffForm) -> Response:
+    actor, fields = posted.actor, posted.fields
+    rate = settings_of(request).resume_rate_per_minute
 
     def work() -> tuple[str | None, str | None, int]:
         try:
@@ -314,21 +320,21 @@ async def _action(request: Request, slug: str, action: str) -> Response:
     message, error, status = await run_in_threadpool(work)
     if error is not None:
         return await run_in_threadpool(
-            lambda: _plan_page(request, actor, current, slug, error=error, status_code=status)
+            lambda: _plan_page(request, posted, slug, error=error, status_code=status)
         )
-    return RedirectResponse(f"/admin/sequences/{slug}/plan?done={_q(message or '')}", status_code=303)
+    return RedirectResponse(f"/admin/sequences/{slug}/plan?done={q(message or '')}", status_code=303)
 
 
 @router.post("/sequences/{slug}/publish")
-async def publish_form(request: Request, slug: str) -> Response:
-    return await _action(request, slug, "publish")
+async def publish_form(request: Request, slug: str, posted: EditorForm) -> Response:
+    return await _action(request, slug, "publish", posted)
 
 
 @router.post("/sequences/{slug}/archive")
-async def archive_form(request: Request, slug: str) -> Response:
-    return await _action(request, slug, "archive")
+async def archive_form(request: Request, slug: str, posted: EditorForm) -> Response:
+    return await _action(request, slug, "archive", posted)
 
 
 @router.post("/sequences/{slug}/discard")
-async def discard_form(request: Request, slug: str) -> Response:
-    return await _action(request, slug, "discard")
+async def discard_form(request: Request, slug: str, posted: EditorForm) -> Response:
+    return await _action(request, slug, "discard", posted)

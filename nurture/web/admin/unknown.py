@@ -6,16 +6,19 @@ then the editor role, then the delivery, and is audited.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from nurture import unknown_outcomes
 from nurture.db import transaction
 from nurture.ids import parse_id
-from nurture.models import Delivery, StaffRole
+from nurture.models import Delivery
 from nurture.web.admin.auth import BadRequest
-from nurture.web.admin.views import NotFound, _post, _q, _settings
+from nurture.web.admin.common import NotFound, q, settings_of
+from nurture.web.admin.deps import EditorForm
 
 router = APIRouter(prefix="/admin", include_in_schema=False)
 DONE = {
@@ -24,15 +27,25 @@ DONE = {
 }
 
 
-@router.post("/deliveries/{delivery_id}/{action}")
-async def resolve_held(request: Request, delivery_id: str, action: str) -> Response:
+def _known_action(action: str) -> str:
+    # Checked before the session: an unknown action is 404 for everyone, signed in or not.
     if action not in unknown_outcomes.ACTIONS:
         raise NotFound("There is no such action.")
-    actor, _current, _fields = await _post(request, StaffRole.editor)
+    return action
+
+
+@router.post("/deliveries/{delivery_id}/{action}")
+async def resolve_held(
+    request: Request,
+    delivery_id: str,
+    action: Annotated[str, Depends(_known_action)],
+    form: EditorForm,
+) -> Response:
+    actor = form.actor
     target = parse_id(delivery_id)
     if target is None:
         raise NotFound("There is no such delivery.")
-    settings = _settings(request)
+    settings = settings_of(request)
 
     def work() -> tuple[int, dict[str, object]]:
         with transaction() as session:
@@ -49,5 +62,5 @@ async def resolve_held(request: Request, delivery_id: str, action: str) -> Respo
 
     subscriber_id, result = await run_in_threadpool(work)
     return RedirectResponse(
-        f"/admin/subscribers/{subscriber_id}?done={_q(DONE[action].format(**result))}", status_code=303
+        f"/admin/subscribers/{subscriber_id}?done={q(DONE[action].format(**result))}", status_code=303
     )

@@ -16,9 +16,8 @@ from starlette.concurrency import run_in_threadpool
 from nurture.config import Settings
 from nurture.db import session_factory, transaction
 from nurture.models import StaffRole
-from nurture.staff import Actor
-from nurture.web.admin.auth import StaffSession, require
-from nurture.web.admin.views import NotFound, _post, page
+from nurture.web.admin.common import NotFound, page, settings_of
+from nurture.web.admin.deps import AdminForm, Staff, Viewer
 from nurture.webhooks import endpoints
 from nurture.webhooks.catalog import EVENT_TYPES
 from nurture.webhooks.sending import WebhookSender
@@ -26,14 +25,9 @@ from nurture.webhooks.sending import WebhookSender
 router = APIRouter(prefix="/admin/webhooks", include_in_schema=False)
 
 
-def _settings(request: Request) -> Settings:
-    return request.app.state.settings
-
-
 def _list_page(
     request: Request,
-    actor: Actor,
-    current: StaffSession,
+    who: Staff,
     *,
     status_code: int = 200,
     error: str | None = None,
@@ -45,11 +39,11 @@ def _list_page(
         request,
         "webhooks.html",
         status_code,
-        csrf=current.csrf,
-        actor=actor,
+        csrf=who.csrf,
+        actor=who.actor,
         endpoints=rows,
         event_types=EVENT_TYPES,
-        can_manage=actor.may(StaffRole.admin),
+        can_manage=who.actor.may(StaffRole.admin),
         error=error,
         notice=request.query_params.get("done"),
         form=form or {"url": "", "description": "", "event_types": []},
@@ -57,7 +51,7 @@ def _list_page(
 
 
 def _detail_page(
-    request: Request, actor: Actor, current: StaffSession, endpoint_id: str, *, notice: str | None = None
+    request: Request, who: Staff, endpoint_id: str, *, notice: str | None = None
 ) -> HTMLResponse:
     with transaction() as session:
         try:
@@ -69,11 +63,11 @@ def _detail_page(
     return page(
         request,
         "webhook.html",
-        csrf=current.csrf,
-        actor=actor,
+        csrf=who.csrf,
+        actor=who.actor,
         endpoint=summary,
         deliveries=deliveries,
-        can_manage=actor.may(StaffRole.admin),
+        can_manage=who.actor.may(StaffRole.admin),
         notice=notice or request.query_params.get("done"),
     )
 
@@ -83,16 +77,15 @@ def _back(endpoint_id: int | str, message: str) -> RedirectResponse:
 
 
 @router.get("")
-def webhooks_page(request: Request) -> HTMLResponse:
-    actor, current = require(request, StaffRole.viewer)
-    return _list_page(request, actor, current)
+def webhooks_page(request: Request, who: Viewer) -> HTMLResponse:
+    return _list_page(request, who)
 
 
 @router.post("")
-async def create_webhook(request: Request) -> Response:
-    actor, current, fields = await _post(request, StaffRole.admin)
+async def create_webhook(request: Request, posted: AdminForm) -> Response:
+    actor, fields = posted.actor, posted.fields
     chosen = [t for t in EVENT_TYPES if fields.get(f"event_{t}")]
-    settings = _settings(request)
+    settings = settings_of(request)
 
     def work() -> tuple[int, str]:
         with transaction() as session:
@@ -116,12 +109,12 @@ async def create_webhook(request: Request) -> Response:
             "event_types": chosen,
         }
         return await run_in_threadpool(
-            lambda: _list_page(request, actor, current, status_code=400, error=problem, form=form)
+            lambda: _list_page(request, posted, status_code=400, error=problem, form=form)
         )
     return page(
         request,
         "webhook_secret.html",
-        csrf=current.csrf,
+        csrf=posted.csrf,
         actor=actor,
         endpoint_id=endpoint_id,
         secret=secret,
@@ -131,13 +124,11 @@ async def create_webhook(request: Request) -> Response:
 
 
 @router.get("/{endpoint_id}")
-def webhook_page(request: Request, endpoint_id: str) -> HTMLResponse:
-    actor, current = require(request, StaffRole.viewer)
-    return _detail_page(request, actor, current, endpoint_id)
+def webhook_page(request: Request, endpoint_id: str, who: Viewer) -> HTMLResponse:
+    return _detail_page(request, who, endpoint_id)
 
 
-async def _change(request: Request, endpoint_id: str, work: Any, message: str) -> Response:
-    actor, _current, _fields = await _post(request, StaffRole.admin)
+async def _change(actor: Any, endpoint_id: str, work: Any, message: str) -> Response:
 
     def run() -> None:
         with transaction() as session:
@@ -151,9 +142,9 @@ async def _change(request: Request, endpoint_id: str, work: Any, message: str) -
 
 
 @router.post("/{endpoint_id}/disable")
-async def disable_webhook(request: Request, endpoint_id: str) -> Response:
+async def disable_webhook(endpoint_id: str, posted: AdminForm) -> Response:
     return await _change(
-        request,
+        posted.actor,
         endpoint_id,
         lambda s, actor: endpoints.set_enabled(s, actor, endpoint_id, False),
         "Disabled: nothing is sent until it is enabled again.",
@@ -161,9 +152,9 @@ async def disable_webhook(request: Request, endpoint_id: str) -> Response:
 
 
 @router.post("/{endpoint_id}/enable")
-async def enable_webhook(request: Request, endpoint_id: str) -> Response:
+async def enable_webhook(endpoint_id: str, posted: AdminForm) -> Response:
     return await _change(
-        request,
+        posted.actor,
         endpoint_id,
         lambda s, actor: endpoints.set_enabled(s, actor, endpoint_id, True),
         "Enabled: waiting deliveries go out on the next tick.",
@@ -171,8 +162,8 @@ async def enable_webhook(request: Request, endpoint_id: str) -> Response:
 
 
 @router.post("/{endpoint_id}/delete")
-async def delete_webhook(request: Request, endpoint_id: str) -> Response:
-    actor, _current, _fields = await _post(request, StaffRole.admin)
+async def delete_webhook(endpoint_id: str, posted: AdminForm) -> Response:
+    actor = posted.actor
 
     def run() -> None:
         with transaction() as session:
@@ -186,9 +177,9 @@ async def delete_webhook(request: Request, endpoint_id: str) -> Response:
 
 
 @router.post("/{endpoint_id}/rotate")
-async def rotate_webhook(request: Request, endpoint_id: str) -> Response:
-    actor, current, _fields = await _post(request, StaffRole.admin)
-    settings = _settings(request)
+async def rotate_webhook(request: Request, endpoint_id: str, posted: AdminForm) -> Response:
+    actor = posted.actor
+    settings = settings_of(request)
 
     def run() -> tuple[str, Any]:
         with transaction() as session:
@@ -202,7 +193,7 @@ async def rotate_webhook(request: Request, endpoint_id: str) -> Response:
     return page(
         request,
         "webhook_secret.html",
-        csrf=current.csrf,
+        csrf=posted.csrf,
         actor=actor,
         endpoint_id=endpoint_id,
         secret=secret,
@@ -222,8 +213,8 @@ def _send_now(settings: Settings, delivery_id: int, trigger: str) -> str:
 
 
 @router.post("/{endpoint_id}/test")
-async def test_webhook(request: Request, endpoint_id: str) -> Response:
-    actor, _current, _fields = await _post(request, StaffRole.admin)
+async def test_webhook(request: Request, endpoint_id: str, posted: AdminForm) -> Response:
+    actor = posted.actor
 
     def run() -> int:
         with transaction() as session:
@@ -233,13 +224,15 @@ async def test_webhook(request: Request, endpoint_id: str) -> Response:
         delivery_id = await run_in_threadpool(run)
     except endpoints.WebhookError:
         raise NotFound("There is no such webhook endpoint.") from None
-    message = await run_in_threadpool(_send_now, _settings(request), delivery_id, "test")
+    message = await run_in_threadpool(_send_now, settings_of(request), delivery_id, "test")
     return _back(endpoint_id, message)
 
 
 @router.post("/{endpoint_id}/deliveries/{delivery_id}/replay")
-async def replay_delivery(request: Request, endpoint_id: str, delivery_id: str) -> Response:
-    actor, _current, _fields = await _post(request, StaffRole.admin)
+async def replay_delivery(
+    request: Request, endpoint_id: str, delivery_id: str, posted: AdminForm
+) -> Response:
+    actor = posted.actor
 
     def run() -> int:
         with transaction() as session:
@@ -253,5 +246,5 @@ async def replay_delivery(request: Request, endpoint_id: str, delivery_id: str) 
         found = await run_in_threadpool(run)
     except endpoints.WebhookError:
         raise NotFound("There is no such delivery for this endpoint.") from None
-    message = await run_in_threadpool(_send_now, _settings(request), found, "replay")
+    message = await run_in_threadpool(_send_now, settings_of(request), found, "replay")
     return _back(endpoint_id, message)
