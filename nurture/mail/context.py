@@ -101,17 +101,24 @@ def step_message(
         )
         rendered = links.rewrite(rendered, written_by=samples)
     message_id = message_id_for(delivery_id, settings.secret_key, settings.from_domain)
-    envelope = Envelope(
+    envelope = envelope_for(settings, recipient, message_id, date, context["unsubscribe_url"])
+    return rendered, compose(rendered, envelope, boundary), message_id
+
+
+def envelope_for(
+    settings: Settings, recipient: Recipient, message_id: str, date: datetime, unsubscribe_url: str
+) -> Envelope:
+    """The headers of a step's email to ``recipient`` (also what nurture.mail.plans writes under)."""
+    return Envelope(
         from_address=settings.from_address,
         to_address=recipient.email,
         to_name=recipient.first_name,
         message_id=message_id,
         date=date,
-        unsubscribe_url=context["unsubscribe_url"],
+        unsubscribe_url=unsubscribe_url,
         unsubscribe_mailto=settings.resolved_unsubscribe_mailto,
         reply_to=settings.reply_to or None,
     )
-    return rendered, compose(rendered, envelope, boundary), message_id
 
 
 def samples_of_step(

@@ -32,7 +32,6 @@ from markupsafe import escape
 from nurture import tokens
 from nurture.config import Settings
 from nurture.mail.compose import (
-    Envelope,
     assemble,
     body_lines,
     encode_line,
@@ -40,7 +39,13 @@ from nurture.mail.compose import (
     message_id_for,
     new_boundary,
 )
-from nurture.mail.context import Recipient, samples_of_step, step_message, template_context
+from nurture.mail.context import (
+    Recipient,
+    envelope_for,
+    samples_of_step,
+    step_message,
+    template_context,
+)
 from nurture.mail.templates import EmailTemplates
 from nurture.tracking import LinkRewriter, LinkRow, link_token
 
@@ -158,16 +163,7 @@ class StepPlan:
             values[link.slot] = escaped[link.slot] = token
             rows.append(LinkRow(token, link.kind, link.url, link.goal))
         message_id = message_id_for(delivery_id, settings.secret_key, settings.from_domain)
-        envelope = Envelope(
-            from_address=settings.from_address,
-            to_address=recipient.email,
-            to_name=recipient.first_name,
-            message_id=message_id,
-            date=date,
-            unsubscribe_url=unsubscribe_url,
-            unsubscribe_mailto=settings.resolved_unsubscribe_mailto,
-            reply_to=settings.reply_to or None,
-        )
+        envelope = envelope_for(settings, recipient, message_id, date, unsubscribe_url)
         head = message_head(self._subject.fill(values), envelope, self._boundary)
         data = assemble(head, self._boundary, self._text.encode(values), self._html.encode(escaped))
         return data, message_id, rows
