@@ -9,10 +9,14 @@ confirming applies exactly that signup's choices.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import time
+from collections.abc import Iterator
+from contextvars import ContextVar
 from enum import StrEnum
 
-from itsdangerous import BadSignature, SignatureExpired, Signer, URLSafeTimedSerializer
+from itsdangerous import BadSignature, SignatureExpired, Signer, TimestampSigner, URLSafeTimedSerializer
 
 from nurture.config import Settings, get_settings
 
@@ -35,6 +39,27 @@ class InvalidToken(Exception):
     """Tampered, foreign, expired or malformed: callers answer all of these the same way."""
 
 
+# A token carries the second it was signed in, so two renders of one email a second boundary apart differ.
+# Code that compares two renders byte for byte (the send path's plan check) pins the second for both.
+_PINNED_SECOND: ContextVar[int | None] = ContextVar("nurture_tokens_pinned_second", default=None)
+
+
+class _PinnableTimestampSigner(TimestampSigner):
+    def get_timestamp(self) -> int:
+        pinned = _PINNED_SECOND.get()
+        return int(time.time()) if pinned is None else pinned
+
+
+@contextlib.contextmanager
+def signed_in_one_second() -> Iterator[None]:
+    """Every token made inside carries the same signing second (the one this block began in)."""
+    reset = _PINNED_SECOND.set(int(time.time()))
+    try:
+        yield
+    finally:
+        _PINNED_SECOND.reset(reset)
+
+
 def _serializer(purpose: Purpose, settings: Settings) -> URLSafeTimedSerializer:
     return _serializer_for(purpose, tuple(settings.verification_secret_keys))
 
@@ -43,7 +68,9 @@ def _serializer(purpose: Purpose, settings: Settings) -> URLSafeTimedSerializer:
 def _serializer_for(purpose: Purpose, keys: tuple[str, ...]) -> URLSafeTimedSerializer:
     # Signs with the current key; also verifies with NURTURE_OLD_SECRET_KEYS, so links in mail sent before a
     # key rotation keep working. Cached per key set: every email makes two links, and building one is slow.
-    return URLSafeTimedSerializer(list(keys), salt=f"nurture.{purpose.value}")
+    return URLSafeTimedSerializer(
+        list(keys), salt=f"nurture.{purpose.value}", signer=_PinnableTimestampSigner
+    )
 
 
 def make_token(purpose: Purpose, public_id: str, settings: Settings | None = None) -> str:

@@ -250,23 +250,25 @@ class StepPlans:
         )
         date = datetime.fromisoformat("2026-01-02T03:04:05+00:00")
         links = LinkRewriter(self._settings, 1, clicks=spec.clicks, opens=spec.opens)
-        _rendered, full, _ = step_message(
-            self._settings,
-            self._templates,
-            reader,
-            template=spec.template,
-            sequence_name=spec.sequence_name,
-            step_number=spec.step_number,
-            step_count=spec.step_count,
-            reviewed_by=spec.reviewed_by,
-            reviewed_on=spec.reviewed_on,
-            delivery_id=1,
-            date=date,
-            subject=spec.subject,
-            links=links,
-            boundary=plan.boundary,
-        )
-        made, _, rows = plan.message(reader, 1, date)
+        # The tokens carry their signing second: both renders must be signed in the same one.
+        with tokens.signed_in_one_second():
+            _rendered, full, _ = step_message(
+                self._settings,
+                self._templates,
+                reader,
+                template=spec.template,
+                sequence_name=spec.sequence_name,
+                step_number=spec.step_number,
+                step_count=spec.step_count,
+                reviewed_by=spec.reviewed_by,
+                reviewed_on=spec.reviewed_on,
+                delivery_id=1,
+                date=date,
+                subject=spec.subject,
+                links=links,
+                boundary=plan.boundary,
+            )
+            made, _, rows = plan.message(reader, 1, date)
         return made == full and rows == list(links.rows.values())
 
 
