@@ -46,7 +46,7 @@ def main() -> None:
             "NURTURE_VAR_DIR": "/tmp/nurture-bench-profile",
         }
         if args.dkim:
-            from nurture.mail.dkim import generate_private_key
+            from nurture.dkim_keys import generate_private_key
 
             key = Path(env["NURTURE_VAR_DIR"]) / "dkim.pem"
             key.parent.mkdir(parents=True, exist_ok=True)

@@ -101,7 +101,7 @@ def main() -> None:
             "NURTURE_DISPATCH_INTERVAL": "1",
         }
         if args.dkim:
-            from nurture.mail.dkim import generate_private_key
+            from nurture.dkim_keys import generate_private_key
 
             key = Path("/tmp/nurture-bench-throughput/dkim.pem")
             key.parent.mkdir(parents=True, exist_ok=True)

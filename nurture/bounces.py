@@ -7,7 +7,7 @@ collects ``settings.soft_bounce_limit`` of them is suppressed too.
 
 Anyone can mail the bounce address, so a notification acts only with proof that we sent the message it reports
 on: the original Message-ID it quotes must be one of ours, its HMAC valid (``compose.delivery_id_of``, or
-``outbox.outbox_id_of`` for a confirmation email), naming a message we did send. It then concerns only the
+``compose.outbox_id_of`` for a confirmation email), naming a message we did send. It then concerns only the
 subscriber that message went to. A notification without that proof is ignored: counted and logged with the
 reason, nothing suppressed.
 
@@ -38,10 +38,9 @@ from nurture import events
 from nurture.config import Settings, get_settings
 from nurture.db import retrying
 from nurture.enrollment import cancel_open_deliveries
-from nurture.mail.compose import delivery_id_of
+from nurture.mail.compose import delivery_id_of, outbox_id_of
 from nurture.models import Delivery, Event, OutboxMessage, Subscriber
-from nurture.outbox import outbox_id_of
-from nurture.sender import suppress
+from nurture.suppression import suppress
 
 log = logging.getLogger(__name__)
 # flufl.bounce logs every detector it runs at INFO and any detector's exception with a traceback at ERROR;

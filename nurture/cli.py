@@ -949,7 +949,8 @@ def dkim_keygen(out: Path, selector: str | None, domain: str | None, bits: int, 
     from pydantic import ValidationError
 
     from nurture.config import _DNS_NAME
-    from nurture.mail.dkim import generate_private_key, public_record
+    from nurture.dkim_keys import generate_private_key
+    from nurture.mail.dkim import public_record
 
     try:  # without NURTURE_DKIM_KEY: the key may not exist yet, that is why we are here
         settings: Settings | None = Settings(dkim_key="")

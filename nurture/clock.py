@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import func, select
 
@@ -89,3 +90,22 @@ def frozen(at: datetime) -> Iterator[Callable[[timedelta], None]]:
         yield advance
     finally:
         set_now(None)
+
+
+class UnknownZone(ValueError):
+    """A time-zone name that names no IANA zone."""
+
+
+def zone(name: str | None) -> ZoneInfo:
+    """Look up an IANA zone; a missing, empty or unknown name is :class:`UnknownZone`, never a KeyError."""
+    cleaned = name.strip() if isinstance(name, str) else ""
+    if not cleaned:
+        raise UnknownZone(
+            f"unknown time zone {name!r}" if not isinstance(name, str) else f"unknown time zone '{name}'"
+        )
+    try:
+        return ZoneInfo(cleaned)
+    # ZoneInfoNotFoundError is a KeyError; ValueError covers path-like keys; OSError covers directory names
+    # on some platforms.
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise UnknownZone(f"unknown time zone '{name}'") from None

@@ -20,6 +20,9 @@ from urllib.parse import urlsplit
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from nurture.clock import UnknownZone, zone
+from nurture.dkim_keys import DkimKeyError, load_private_key
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -27,6 +30,20 @@ DEV_SECRET_KEY = "dev-only-insecure-secret-key-change-me"
 PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "changethis", "secret", DEV_SECRET_KEY}
 DEV_POSTAL_ADDRESS = "100 Example Street, Springfield, IL 62701, USA"
 _DNS_NAME = re.compile(r"(?i)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*")
+
+
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*$", re.IGNORECASE)
+_UNIT_SECONDS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600}
+
+
+def parse_rate(text: str) -> float | None:
+    """Messages per second from "20/s", "600/m" or "10000/h"; None for "" or "0" (unlimited)."""
+    if text.strip() in {"", "0"}:
+        return None
+    match = _RATE.match(text)
+    if not match or float(match.group(1)) <= 0:
+        raise ValueError(f"rate {text!r} must look like 20/s, 600/m or 10000/h (0 for unlimited)")
+    return float(match.group(1)) / _UNIT_SECONDS[match.group(2).lower()]
 
 
 class Environment(StrEnum):
@@ -178,19 +195,15 @@ class Settings(BaseSettings):
     @field_validator("smtp_rate")
     @classmethod
     def _rate(cls, value: str) -> str:
-        from nurture.throttle import parse_rate
-
         parse_rate(value)
         return value
 
     @field_validator("report_timezone")
     @classmethod
     def _report_zone(cls, value: str) -> str:
-        from nurture.schedule import ScheduleError, zone
-
         try:
             return zone(value.strip()).key
-        except ScheduleError as exc:
+        except UnknownZone as exc:
             raise ValueError(
                 f"NURTURE_REPORT_TIMEZONE must be an IANA zone such as Europe/Berlin: {exc}"
             ) from None
@@ -261,8 +274,6 @@ class Settings(BaseSettings):
             if any(key.lower() in PLACEHOLDER_SECRETS for key in old):
                 problems.append("NURTURE_OLD_SECRET_KEYS must not hold a placeholder or the development key")
         if self.dkim_key:
-            from nurture.mail.dkim import DkimKeyError, load_private_key
-
             try:
                 load_private_key(Path(self.dkim_key))
             except DkimKeyError as exc:

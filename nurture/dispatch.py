@@ -16,10 +16,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from nurture import clock, events, frequency, leases, receipts
-from nurture.config import Settings, get_settings
+from nurture.config import Settings, get_settings, parse_rate
 from nurture.db import transaction
 from nurture.models import Delivery, DeliveryStatus
-from nurture.throttle import parse_rate
 
 log = logging.getLogger(__name__)
 

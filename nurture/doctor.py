@@ -233,7 +233,8 @@ def check_dkim(settings: Settings) -> Check:
         return Check("dkim", status, "NURTURE_DKIM_KEY not set: mail is not DKIM-signed by nurture")
     from dkim.crypto import parse_pem_private_key
 
-    from nurture.mail.dkim import DkimKeyError, DkimSigner
+    from nurture.dkim_keys import DkimKeyError
+    from nurture.mail.dkim import DkimSigner
 
     try:
         signer = DkimSigner.from_settings(settings)

@@ -7,8 +7,8 @@ from functools import lru_cache
 from typing import Any
 
 from nurture.breaker import Breaker, BreakerPolicy, LocalBreaker, RedisBreaker
-from nurture.config import Settings
-from nurture.throttle import LocalBucket, RateLimiter, RedisBucket, Unlimited, parse_rate
+from nurture.config import Settings, parse_rate
+from nurture.throttle import LocalBucket, RateLimiter, RedisBucket, Unlimited
 
 
 @lru_cache(maxsize=4)

@@ -7,24 +7,23 @@ enrolled is skipped and counted, never enrolled or re-added.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import re
 import secrets
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ARRAY, JSON, Table, any_, bindparam, delete, exists, insert, or_, select, text
+from sqlalchemy import JSON, Table, delete, exists, insert, or_, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from nurture import clock, csvsafe, timetable
 from nurture.addresses import MAX_EMAIL_LENGTH, InvalidInput, clean_name, clean_zone, normalise_email
-from nurture.db import transaction
+from nurture.db import among, on_postgresql, transaction
 from nurture.models import (
     ConsentRecord,
     Delivery,
@@ -36,34 +35,12 @@ from nurture.models import (
     SequenceVersion,
     Subscriber,
     SubscriberStatus,
-    Suppression,
 )
+from nurture.suppression import suppress_erased, suppressed_among
 
 CHUNK = 500
 # Whose clock and calendar a timetable follows: (IANA zone, holiday country), either unknown.
 Clock = tuple[str | None, str | None]
-
-
-def erased_key(email: str) -> str:
-    """The anonymous suppression left when an address is erased: enough to refuse it, not to read it."""
-    return "sha256:" + hashlib.sha256(email.strip().lower().encode()).hexdigest()
-
-
-def suppressed_among(session: Session, emails: Iterable[str]) -> set[str]:
-    """Which of these (normalised) addresses are suppressed, by plain address or by erasure hash."""
-    wanted = list(emails)
-    found: set[str] = set()
-    step = (len(wanted) or 1) if _on_postgresql(session) else CHUNK  # = ANY(array) takes any number at once
-    for start in range(0, len(wanted), step):
-        chunk = wanted[start : start + step]
-        keys = {address: erased_key(address) for address in chunk}
-        rows = set(
-            session.scalars(
-                select(Suppression.email).where(_among(session, Suppression.email, [*chunk, *keys.values()]))
-            )
-        )
-        found |= {address for address in chunk if address in rows or keys[address] in rows}
-    return found
 
 
 def enroll_existing(
@@ -309,7 +286,7 @@ def import_rows(
         # PostgreSQL spends most of an import on its own work (foreign-key checks, index updates) in one
         # backend per connection: chunks on two connections use both cores. Chunks never share an address
         # (duplicates were dropped while parsing), so they cannot wait on each other's rows.
-        workers = IMPORT_WORKERS if _on_postgresql(session) else 1
+        workers = IMPORT_WORKERS if on_postgresql(session) else 1
 
     def one(chunk: list[_Good]) -> ImportReport:
         part = ImportReport()
@@ -351,7 +328,7 @@ def _import_chunk(
     emails = [row.email for row in chunk]
     existing = {
         s.email: s
-        for s in session.scalars(select(Subscriber).where(_among(session, Subscriber.email, emails)))
+        for s in session.scalars(select(Subscriber).where(among(session, Subscriber.email, emails)))
     }
     suppressed = suppressed_among(session, emails)
     enrolled = (
@@ -359,7 +336,7 @@ def _import_chunk(
             session.scalars(
                 select(Enrollment.subscriber_id).where(
                     Enrollment.sequence_id == sequence.id,
-                    _among(session, Enrollment.subscriber_id, [s.id for s in existing.values()]),
+                    among(session, Enrollment.subscriber_id, [s.id for s in existing.values()]),
                 )
             )
         )
@@ -420,13 +397,13 @@ def _import_chunk(
     by_email = dict(
         session.execute(
             select(Subscriber.email, Subscriber.id).where(
-                _among(session, Subscriber.email, [r.email for r in new_rows])
+                among(session, Subscriber.email, [r.email for r in new_rows])
             )
         ).all()
     )
     ids = [by_email[row.email] for row in new_rows]
     consent_text = f"Imported by staff; consent obtained: {source}"
-    if _on_postgresql(session):
+    if on_postgresql(session):
         clocks = [(row.timezone, timetable.country_of(row.attributes)) for row in new_rows]
         _dependents_in_database(session, sequence, ids, clocks, consent_text, now)
         report.imported += len(ids)
@@ -460,17 +437,6 @@ def _import_chunk(
         [("subscribed", sid, {"source": "import"}, now) for sid in ids],
     )
     report.imported += len(ids)
-
-
-def _on_postgresql(session: Session) -> bool:
-    return session.get_bind().dialect.name == "postgresql"
-
-
-def _among(session: Session, column: Any, values: list[Any]) -> Any:
-    """``column IN values``; on PostgreSQL as ``= ANY(array)``, one parameter instead of thousands."""
-    if _on_postgresql(session):
-        return column == any_(bindparam(None, values, type_=ARRAY(column.type)))
-    return column.in_(values)
 
 
 def _version_and_anchor(
@@ -629,7 +595,7 @@ def _bulk_enroll(
         session.execute(
             select(Enrollment.subscriber_id, Enrollment.id).where(
                 Enrollment.sequence_id == sequence.id,
-                _among(session, Enrollment.subscriber_id, [sid for sid, _ in people]),
+                among(session, Enrollment.subscriber_id, [sid for sid, _ in people]),
             )
         ).all()
     )
@@ -702,11 +668,7 @@ def erase(session: Session, email: str) -> bool:
     outbox) go; an anonymous suppression hash stays so no import or staff action re-adds the address.
     Returns False when there was no such subscriber (the hash is kept either way)."""
     address = email.strip().lower()
-    key = erased_key(address)
-    if session.scalar(select(Suppression.id).where(Suppression.email == key)) is None:
-        session.add(Suppression(email=key, reason="erased", detail=None))
-    # A plain-address suppression is personal data too; the hash now does its job.
-    session.execute(delete(Suppression).where(Suppression.email == address))
+    suppress_erased(session, address)
     subscriber_id = session.scalar(select(Subscriber.id).where(Subscriber.email == address))
     if subscriber_id is None:
         session.flush()

@@ -17,57 +17,30 @@ Confirmations are few and wanted now, so a tick claims and sends them itself; no
 from __future__ import annotations
 
 import logging
-import re
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from nurture import clock, events, leases, ratelimit, tokens
 from nurture.breaker import Breaker, NeverOpen
 from nurture.catalog import get_sequence
 from nurture.config import Settings
+from nurture.confirmation import CONFIRM
 from nurture.db import transaction
-from nurture.mail.compose import Envelope, compose, signature, verified_number
+from nurture.mail.compose import Envelope, compose, confirmation_message_id_for
 from nurture.mail.context import Recipient, template_context
 from nurture.mail.templates import EmailTemplates
 from nurture.mail.transports import AmbiguousFailure, PermanentFailure, TemporaryFailure, Transport
-from nurture.models import ConsentRecord, OutboxMessage, OutboxStatus, Subscriber, Suppression
+from nurture.models import ConsentRecord, OutboxMessage, OutboxStatus, Subscriber
+from nurture.suppression import is_suppressed, suppress
 from nurture.throttle import RateLimiter, Unlimited
 
 log = logging.getLogger(__name__)
 
-CONFIRM = "confirm"
 TEMPLATES = {CONFIRM: "transactional/confirm"}
 FALLBACK_COURSE_NAME = "our email course"
-
-
-# Built once; the table's Python defaults (status pending, due now, no attempts) fill in the rest.
-_INSERT_MESSAGE = insert(OutboxMessage.__table__)
-
-
-def queue_confirmation(connection: Connection, subscriber_id: int, consent_id: int) -> None:
-    """Queue the confirmation email for a signup's consent record, in the signup's transaction. One Core
-    INSERT: nothing reads the row back in the request, so no ORM object and no flush."""
-    connection.execute(
-        _INSERT_MESSAGE, {"kind": CONFIRM, "subscriber_id": subscriber_id, "consent_id": consent_id}
-    )
-
-
-def message_id_for(message_id: int, secret: str, domain: str) -> str:
-    """Stable per outbox row (a retry repeats it), distinct from delivery Message-IDs, unguessable."""
-    return f"<nurture.tx.{message_id}.{signature('outbox', message_id, secret)}@{domain}>"
-
-
-_OUTBOX_MESSAGE_ID = re.compile(r"<nurture\.tx\.(\d{1,18})\.([0-9a-f]{16})@[^<>\s]+>")
-
-
-def outbox_id_of(message_id: str, secrets: Iterable[str]) -> int | None:
-    """The outbox row a Message-ID made by ``message_id_for`` names, if its HMAC verifies under one of
-    ``secrets``; None for anyone else's id or a forged one (as ``compose.delivery_id_of``)."""
-    return verified_number(message_id, _OUTBOX_MESSAGE_ID, "outbox", secrets)
 
 
 @dataclass(frozen=True)
@@ -193,7 +166,9 @@ class Outbox:
         )
         context["confirm_url"] = prepared.confirm_url
         rendered = self.templates.render(prepared.template, context)
-        header_id = message_id_for(message_id, self.settings.secret_key, self.settings.from_domain)
+        header_id = confirmation_message_id_for(
+            message_id, self.settings.secret_key, self.settings.from_domain
+        )
         envelope = Envelope(
             from_address=self.settings.from_address,
             to_address=prepared.recipient.email,
@@ -261,8 +236,6 @@ class Outbox:
         return "retry"
 
     def _after_permanent(self, token: str, message_id: int, error: str) -> str:
-        from nurture.sender import suppress  # the sequence sender owns the suppression rule
-
         with transaction(self.factory) as session:
             message = session.get(OutboxMessage, message_id)
             if message is None:
@@ -289,7 +262,7 @@ def skip_reason(session: Session, message: OutboxMessage, *, lock: bool = False)
         return "already-confirmed"
     if subscriber.unsubscribed_at is not None and subscriber.unsubscribed_at >= message.created_at:
         return "unsubscribed"  # they used this email's own unsubscribe link before it went out
-    if session.scalar(select(Suppression.id).where(Suppression.email == subscriber.email)) is not None:
+    if is_suppressed(session, subscriber.email):
         return "suppressed"
     return None
 

@@ -11,7 +11,9 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
+
+from nurture import clock
 
 __all__ = [
     "ScheduleError",
@@ -212,19 +214,11 @@ class SendWindow:
 
 
 def zone(name: str | None) -> ZoneInfo:
-    """Look up an IANA zone; a missing, empty or unknown name is a ScheduleError rather than a KeyError."""
-    if not isinstance(name, str):
-        # Defaulting is resolve_zone's job; here a missing name is an error like any other bad one.
-        raise ScheduleError(f"unknown time zone {name!r}")
-    cleaned = name.strip()
-    if not cleaned:
-        raise ScheduleError(f"unknown time zone '{name}'")
+    """Look up an IANA zone (nurture.clock.zone), as a ScheduleError for the schedule's callers."""
     try:
-        return ZoneInfo(cleaned)
-    # ZoneInfoNotFoundError is a KeyError; ValueError covers path-like keys; OSError covers directory names
-    # on some platforms.
-    except (ZoneInfoNotFoundError, ValueError, OSError):
-        raise ScheduleError(f"unknown time zone '{name}'") from None
+        return clock.zone(name)
+    except clock.UnknownZone as exc:
+        raise ScheduleError(str(exc)) from None
 
 
 def resolve_zone(subscriber_tz: str | None, sequence_tz: str | None) -> ZoneInfo:

@@ -22,8 +22,7 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import bindparam, case, exists, func, insert, select, text, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import bindparam, case, func, insert, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from nurture import clock, events, leases, metrics, receipts, timetable
@@ -33,6 +32,7 @@ from nurture.config import Settings
 from nurture.db import retrying
 from nurture.enrollment import cancel_open_deliveries
 from nurture.mail.context import Recipient, step_message
+from nurture.mail.links import LinkRewriter, LinkRow, store_links_of
 from nurture.mail.plans import StepPlans, StepSpec
 from nurture.mail.templates import EmailTemplates
 from nurture.mail.transports import (
@@ -54,7 +54,6 @@ from nurture.models import (
     Step,
     Subscriber,
     SubscriberStatus,
-    Suppression,
 )
 from nurture.receipts import ReceiptWriter
 from nurture.sequences.conditions import REASON as CONDITION
@@ -62,8 +61,8 @@ from nurture.sequences.conditions import Condition, conditions_of
 from nurture.sequences.policy import Policy
 from nurture.sequences.review import NO_REVIEW, Review
 from nurture.sequences.variants import experiments_of
+from nurture.suppression import subscriber_is_suppressed, suppress
 from nurture.throttle import RateLimiter, Unlimited
-from nurture.tracking import LinkRewriter, LinkRow, store_links_of
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +212,7 @@ _BATCH_ROWS = (
         Subscriber.email,
         Subscriber.first_name,
         Subscriber.public_id,
-        exists().where(Suppression.email == Subscriber.email).label("suppressed"),
+        subscriber_is_suppressed().label("suppressed"),
         Step.key.label("step_key"),
         Step.template,
         Step.position,
@@ -788,14 +787,3 @@ class Sender:
         retrying(work, self.factory)
         log_transition(delivery_id, "ambiguous", resend=resend)
         return "ambiguous"
-
-
-def suppress(session: Session, email: str, reason: str, detail: str | None = None) -> None:
-    """Add to the suppression list once; a concurrent insert of the same address is not an error."""
-    if session.scalar(select(Suppression.id).where(Suppression.email == email)) is not None:
-        return
-    try:
-        with session.begin_nested():
-            session.add(Suppression(email=email, reason=reason, detail=detail))
-    except IntegrityError:
-        pass

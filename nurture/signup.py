@@ -20,7 +20,7 @@ from sqlalchemy import Connection, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from nurture import consent, events, outbox, ratelimit
+from nurture import confirmation, consent, events, ratelimit
 from nurture import signup_sql as sql
 from nurture.addresses import InvalidInput, clean_name, clean_zone, normalise_email, unsafe_character
 from nurture.catalog import get_sequence
@@ -264,7 +264,7 @@ def _signup_portable(
     if not wanted:
         return  # a repeat: its confirmation is on its way already
     consent_id = consent.insert_signup(connection, subscriber_id, row)
-    outbox.queue_confirmation(connection, subscriber_id, consent_id)
+    confirmation.queue_confirmation(connection, subscriber_id, consent_id)
     events.insert_now(connection, "signup", subscriber_id=subscriber_id, source=form.source)
 
 

@@ -41,6 +41,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.elements import BindParameter
 
 from nurture import ratelimit
+from nurture.confirmation import CONFIRM
 from nurture.models import (
     ConsentRecord,
     Event,
@@ -51,7 +52,6 @@ from nurture.models import (
     SubscriberStatus,
     _public_id,  # the same random public ids the ORM defaults give
 )
-from nurture.outbox import CONFIRM
 
 # Filled in when the address owner confirms, never by a signup.
 _CONFIRMED_COLUMNS = ("confirmed_at", "confirm_ip", "confirm_user_agent")

@@ -20,7 +20,7 @@ from nurture import clock, events, preferences, staff
 from nurture.enrollment import end_enrollment
 from nurture.enrollment import unsubscribe as unsubscribe_everywhere
 from nurture.importer import erase as erase_everything
-from nurture.importer import export_csv, suppressed_among
+from nurture.importer import export_csv
 from nurture.models import (
     ConsentRecord,
     Delivery,
@@ -33,6 +33,7 @@ from nurture.models import (
     Subscriber,
     SubscriberStatus,
 )
+from nurture.suppression import suppressed_among
 
 MAX_PAUSE = timedelta(days=366)
 MAX_NOTE = 1000

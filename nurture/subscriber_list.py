@@ -24,9 +24,9 @@ from nurture.models import (
     Sequence,
     Step,
     Subscriber,
-    Suppression,
 )
 from nurture.stats import OPEN, WAITING
+from nurture.suppression import subscriber_is_suppressed
 
 PER_PAGE = (25, 50, 100)
 MAX_PER_PAGE = PER_PAGE[-1]
@@ -189,7 +189,7 @@ def listing(session: Session, filters: Filters) -> Listing:
             )
         )
     elif filters.status == "suppressed":
-        conditions.append(exists().where(Suppression.email == Subscriber.email))
+        conditions.append(subscriber_is_suppressed())
     if sequence is not None:
         if filters.step:
             conditions.append(Subscriber.id.in_(_at_step(sequence.id, filters.step)))

@@ -5,25 +5,11 @@ is Redis, or kept in the process on the embedded defaults (one worker machine).
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from typing import Protocol
 
 log = logging.getLogger(__name__)
-
-_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*$", re.IGNORECASE)
-_UNIT_SECONDS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600}
-
-
-def parse_rate(text: str) -> float | None:
-    """Messages per second from "20/s", "600/m" or "10000/h"; None for "" or "0" (unlimited)."""
-    if text.strip() in {"", "0"}:
-        return None
-    match = _RATE.match(text)
-    if not match or float(match.group(1)) <= 0:
-        raise ValueError(f"rate {text!r} must look like 20/s, 600/m or 10000/h (0 for unlimited)")
-    return float(match.group(1)) / _UNIT_SECONDS[match.group(2).lower()]
 
 
 class RateLimiter(Protocol):

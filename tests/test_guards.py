@@ -11,9 +11,9 @@ import redis
 
 from nurture import clock
 from nurture.breaker import BreakerPolicy, LocalBreaker, RedisBreaker
-from nurture.config import get_settings
+from nurture.config import get_settings, parse_rate
 from nurture.guards import circuit_breaker, rate_limiter
-from nurture.throttle import LocalBucket, RedisBucket, Unlimited, parse_rate
+from nurture.throttle import LocalBucket, RedisBucket, Unlimited
 from tests.helpers import dispatch_inline, make_sender, statuses, subscribe, sync_sequences
 from tests.support import SmtpScript, SmtpServer
 

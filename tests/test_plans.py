@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 from nurture import tokens
 from nurture.config import get_settings
 from nurture.mail.context import Recipient, step_message
+from nurture.mail.links import LinkRewriter
 from nurture.mail.plans import StepPlans, StepSpec
 from nurture.mail.templates import EmailTemplates
-from nurture.tracking import LinkRewriter
 
 ROOT = Path(__file__).resolve().parent.parent
 KETAMINE = [

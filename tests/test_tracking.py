@@ -19,6 +19,7 @@ from nurture.catalog import get_sequence
 from nurture.config import get_settings
 from nurture.db import transaction
 from nurture.importer import erase
+from nurture.mail import links as tracked_links
 from nurture.mail.context import Recipient, step_message
 from nurture.mail.templates import EmailTemplates
 from nurture.mail.transports import MemoryTransport
@@ -107,8 +108,8 @@ def test_tokens_are_stable_when_an_email_is_rendered_again(world) -> None:  # ty
     templates = EmailTemplates(settings.templates_dir)
     recipient = Recipient("ana@example.com", "Ana", "public-id")
 
-    def render(delivery_id: int) -> tuple[bytes, list[tracking.LinkRow]]:
-        links = tracking.LinkRewriter(settings, delivery_id)
+    def render(delivery_id: int) -> tuple[bytes, list[tracked_links.LinkRow]]:
+        links = tracked_links.LinkRewriter(settings, delivery_id)
         _, data, _ = step_message(
             settings,
             templates,
@@ -134,10 +135,10 @@ def test_tokens_are_stable_when_an_email_is_rendered_again(world) -> None:  # ty
     with transaction(world) as session:
         delivery_id = session.scalar(select(TrackedLink.delivery_id))
         before = session.scalar(select(func.count()).select_from(TrackedLink))
-        links = tracking.LinkRewriter(settings, delivery_id)
+        links = tracked_links.LinkRewriter(settings, delivery_id)
         links.rewrite(templates.render("ketamine-therapy/contact-us", _context(settings)))
-        tracking.store_links(session, delivery_id, list(links.rows.values()))
-        tracking.store_links(session, delivery_id, list(links.rows.values()))
+        tracked_links.store_links(session, delivery_id, list(links.rows.values()))
+        tracked_links.store_links(session, delivery_id, list(links.rows.values()))
         assert session.scalar(select(func.count()).select_from(TrackedLink)) == before
 
 

@@ -81,6 +81,20 @@ def delivery_id_of(message_id: str, secrets: Iterable[str]) -> int | None:
     return verified_number(message_id, _DELIVERY_MESSAGE_ID, "delivery", secrets)
 
 
+def confirmation_message_id_for(message_id: int, secret: str, domain: str) -> str:
+    """Stable per outbox row (a retry repeats it), distinct from delivery Message-IDs, unguessable."""
+    return f"<nurture.tx.{message_id}.{signature('outbox', message_id, secret)}@{domain}>"
+
+
+_OUTBOX_MESSAGE_ID = re.compile(r"<nurture\.tx\.(\d{1,18})\.([0-9a-f]{16})@[^<>\s]+>")
+
+
+def outbox_id_of(message_id: str, secrets: Iterable[str]) -> int | None:
+    """The outbox row a Message-ID made by ``confirmation_message_id_for`` names, if its HMAC verifies
+    under one of ``secrets``; None for anyone else's id or a forged one (as ``delivery_id_of``)."""
+    return verified_number(message_id, _OUTBOX_MESSAGE_ID, "outbox", secrets)
+
+
 @dataclass(frozen=True)
 class Envelope:
     from_address: str  # "Name <addr>" as configured

@@ -12,7 +12,7 @@ from nurture.mail.compose import Envelope, compose, message_id_for
 from nurture.mail.templates import EmailTemplates, RenderedEmail
 
 if TYPE_CHECKING:
-    from nurture.tracking import LinkRewriter
+    from nurture.mail.links import LinkRewriter
 
 
 @dataclass(frozen=True)

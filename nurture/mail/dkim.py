@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import dkim
-from dkim.crypto import UnparsableKeyError, parse_pem_private_key
 
+from nurture.dkim_keys import load_private_key
 from nurture.mail.transports import TemporaryFailure, Transport
 
 if TYPE_CHECKING:
@@ -69,7 +69,6 @@ OVERSIGNED = frozenset(
         "list-unsubscribe-post",
     }
 )
-MIN_BITS = 1024  # receivers ignore shorter keys; 2048 is the recommendation
 _HEADER_NAME = re.compile(rb"^([!-9;-~]+)[ \t]*:", re.MULTILINE)
 _WSP_RUN = re.compile(rb"[ \t]+")
 # Only what relaxed canonicalization changes: a tab, or two or more WSP. Matching every single space (as
@@ -77,40 +76,6 @@ _WSP_RUN = re.compile(rb"[ \t]+")
 _WSP_TO_FOLD = re.compile(rb"\t[ \t]*| [ \t]+")
 _FOLD = re.compile(rb"\r\n(?=[ \t])")
 _BASE64_LINE = 72  # characters of the b= value per folded line
-
-
-class DkimKeyError(ValueError):
-    """The key file is missing, unreadable or not an RSA private key we can sign with."""
-
-
-def load_private_key(path: Path) -> bytes:
-    """The PEM bytes of an RSA private key, checked to be usable; :class:`DkimKeyError` says why not."""
-    try:
-        pem = path.read_bytes().replace(b"\r\n", b"\n")
-    except OSError as exc:
-        raise DkimKeyError(f"cannot read {path}: {exc.strerror or exc}") from None
-    try:
-        parsed = parse_pem_private_key(pem)
-    except (UnparsableKeyError, ValueError, IndexError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DkimKeyError(f"{path} is not a PEM RSA private key ({first})") from None
-    bits = int(parsed["modulus"]).bit_length()
-    if bits < MIN_BITS:
-        raise DkimKeyError(f"{path} is a {bits}-bit key; DKIM needs at least {MIN_BITS} (2048 recommended)")
-    return pem
-
-
-def generate_private_key(bits: int = 2048) -> bytes:
-    """A new RSA key as PKCS#1 PEM (``BEGIN RSA PRIVATE KEY``), the form opendkim and dkimpy both read."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.TraditionalOpenSSL,
-        serialization.NoEncryption(),
-    )
 
 
 def public_record(pem: bytes) -> str:

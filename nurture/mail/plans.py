@@ -46,8 +46,8 @@ from nurture.mail.context import (
     step_message,
     template_context,
 )
+from nurture.mail.links import LinkRewriter, LinkRow, link_token
 from nurture.mail.templates import EmailTemplates
-from nurture.tracking import LinkRewriter, LinkRow, link_token
 
 # Private-use characters: nothing a template, a setting or an escape writes, and a plain value never holds.
 _OPEN, _CLOSE = "\ue000", "\ue001"

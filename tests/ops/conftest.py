@@ -13,7 +13,7 @@ from tests.support import Processes
 @pytest.fixture(scope="session")
 def dkim_pem(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2048-bit RSA key generated for this run (no key is ever committed)."""
-    from nurture.mail.dkim import generate_private_key
+    from nurture.dkim_keys import generate_private_key
 
     path = tmp_path_factory.mktemp("dkim") / "dkim.pem"
     path.write_bytes(generate_private_key(2048))

@@ -15,7 +15,8 @@ from click.testing import CliRunner
 from nurture import clock
 from nurture.cli import main
 from nurture.config import ConfigError, get_settings
-from nurture.mail.dkim import DkimSigner, generate_private_key, public_record
+from nurture.dkim_keys import generate_private_key
+from nurture.mail.dkim import DkimSigner, public_record
 from tests.helpers import dispatch_inline, make_sender, subscribe, sync_sequences
 from tests.support import SmtpServer
 
