@@ -41,8 +41,8 @@ def fresh_database(name: str) -> str:
     if os.environ.get("NURTURE_BENCH_KEEP_DB", "") in ("", "0"):
         atexit.register(drop_database, name)
     url = ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    from nurture.db import make_engine
-    from nurture.migrate import upgrade
+    from nurture.core.db import make_engine
+    from nurture.core.migrate import upgrade
 
     engine = make_engine(url)
     upgrade(engine)
@@ -137,10 +137,10 @@ def save_result(name: str, result: dict[str, Any]) -> None:
 
 def sync_sequence(slug: str = "ketamine-therapy") -> None:
     """Load one sequence definition into the database named by NURTURE_DATABASE_URL."""
-    from nurture.catalog import sync_definition
-    from nurture.config import get_settings
-    from nurture.db import transaction
+    from nurture.core.config import get_settings
+    from nurture.core.db import transaction
     from nurture.mail.templates import EmailTemplates
+    from nurture.sequences.catalog import sync_definition
     from nurture.sequences.loader import find
 
     settings = get_settings()

@@ -71,8 +71,8 @@ def main() -> None:
 
     url = fresh_database("nurture_bench_dispatch")
     os.environ["NURTURE_DATABASE_URL"] = url
-    from nurture.db import get_engine, session_factory, transaction
-    from nurture.dispatch import claim_due
+    from nurture.core.db import get_engine, session_factory, transaction
+    from nurture.delivery.dispatch import claim_due
     from nurture.models import Delivery
 
     sync_sequence()

@@ -67,13 +67,13 @@ def main() -> None:
     os.environ["NURTURE_DATABASE_URL"] = url
     from sqlalchemy import func, select
 
-    from nurture.catalog import sync_definition
-    from nurture.config import get_settings
-    from nurture.db import session_factory, transaction
-    from nurture.importer import ImportReport, import_rows, read_csv
+    from nurture.core.config import get_settings
+    from nurture.core.db import session_factory, transaction
     from nurture.mail.templates import EmailTemplates
     from nurture.models import Delivery
+    from nurture.sequences.catalog import sync_definition
     from nurture.sequences.loader import find
+    from nurture.subscribers.importer import ImportReport, import_rows, read_csv
 
     settings = get_settings()
     with transaction() as session:
@@ -95,7 +95,7 @@ def main() -> None:
         profiler.disable()
     finished = time.perf_counter()
     client_cpu = time.process_time() - cpu_started
-    from nurture.db import get_engine
+    from nurture.core.db import get_engine
 
     server_cpu = backend_cpu_seconds(get_engine(), url.rsplit("/", 1)[1])
 

@@ -86,7 +86,7 @@ def main() -> None:
         sync_sequence()
         from sqlalchemy import text
 
-        from nurture.db import get_engine
+        from nurture.core.db import get_engine
 
         engine = get_engine()
         bulk_enrolled(engine, count, status="pending", due="now() + interval '30 days'")

@@ -70,7 +70,7 @@ def main() -> None:
         os.environ.update(env)
         sync_sequence()
 
-        from nurture.db import get_engine
+        from nurture.core.db import get_engine
 
         engine = get_engine()
         first_steps_due_now(engine, args.count)

@@ -46,7 +46,7 @@ def main() -> None:
             "NURTURE_VAR_DIR": "/tmp/nurture-bench-profile",
         }
         if args.dkim:
-            from nurture.dkim_keys import generate_private_key
+            from nurture.core.dkim_keys import generate_private_key
 
             key = Path(env["NURTURE_VAR_DIR"]) / "dkim.pem"
             key.parent.mkdir(parents=True, exist_ok=True)
@@ -55,8 +55,8 @@ def main() -> None:
         os.environ.update(env)
         sync_sequence()
 
-        from nurture.db import get_engine, transaction
-        from nurture.dispatch import batches, claim_due
+        from nurture.core.db import get_engine, transaction
+        from nurture.delivery.dispatch import batches, claim_due
         from nurture.tasks import process_sender
 
         engine = get_engine()

@@ -123,9 +123,9 @@ def main() -> None:
     sync_sequence()
     from sqlalchemy import event
 
-    from nurture.config import get_settings
-    from nurture.db import get_engine
-    from nurture.logs import configure_logging
+    from nurture.core.config import get_settings
+    from nurture.core.db import get_engine
+    from nurture.core.logs import configure_logging
     from nurture.web.app import create_app
 
     configure_logging(get_settings(), "web")
@@ -155,7 +155,7 @@ def main() -> None:
     pg_cpu, wall, cpu = cpu_seconds(pids), time.perf_counter(), time.process_time()
     if args.profile:
         # pyinstrument samples one thread: run the signup transaction inline so its time shows up too.
-        from nurture.web import subscribe
+        from nurture.web.public import subscribe
 
         async def inline(function: Any, *a: Any, **k: Any) -> Any:
             return function(*a, **k)

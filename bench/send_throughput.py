@@ -61,7 +61,7 @@ def raw_limit(port: int, count: int, sample: bytes) -> float:
 def sample_message() -> bytes:
     from datetime import UTC, datetime
 
-    from nurture.config import get_settings
+    from nurture.core.config import get_settings
     from nurture.mail.context import Recipient, step_message
     from nurture.mail.templates import EmailTemplates
 
@@ -101,17 +101,17 @@ def main() -> None:
             "NURTURE_DISPATCH_INTERVAL": "1",
         }
         if args.dkim:
-            from nurture.dkim_keys import generate_private_key
+            from nurture.core.dkim_keys import generate_private_key
 
             key = Path("/tmp/nurture-bench-throughput/dkim.pem")
             key.parent.mkdir(parents=True, exist_ok=True)
             key.write_bytes(generate_private_key(2048))
             env["NURTURE_DKIM_KEY"] = str(key)
         os.environ.update(env)
-        from nurture.catalog import sync_definition
-        from nurture.config import get_settings
-        from nurture.db import get_engine, transaction
+        from nurture.core.config import get_settings
+        from nurture.core.db import get_engine, transaction
         from nurture.mail.templates import EmailTemplates
+        from nurture.sequences.catalog import sync_definition
         from nurture.sequences.loader import find
 
         settings = get_settings()

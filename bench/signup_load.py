@@ -243,7 +243,7 @@ def main() -> None:
 
     from sqlalchemy import text
 
-    from nurture.db import get_engine
+    from nurture.core.db import get_engine
 
     with get_engine().connect() as connection:
         outbox = dict(

@@ -13,14 +13,15 @@ from celery import Celery
 from celery.signals import setup_logging, worker_process_init, worker_process_shutdown
 from kombu import Exchange, Queue
 
-from nurture.config import Settings, get_settings
+from nurture.core.config import Settings, get_settings
 
 DISPATCH_QUEUE = "nurture.dispatch"
 SEND_QUEUE = "nurture.send"
 DISPATCH_TASK = "nurture.dispatch_due"
 HOUSEKEEPING_TASK = "nurture.housekeeping"
 SEND_TASK = "nurture.send_deliveries"
-OUTBOX_TASK = "nurture.drain_outbox"  # transactional email (signup confirmations), see nurture/outbox.py
+# transactional email (signup confirmations), see nurture/delivery/confirmations.py
+OUTBOX_TASK = "nurture.drain_outbox"
 WEBHOOKS_TICK_TASK = "nurture.webhooks_tick"  # fan events out to webhook endpoints, claim due ones
 WEBHOOKS_SEND_TASK = "nurture.send_webhooks"  # POST a claimed batch (nurture/webhooks/sending.py)
 
@@ -116,7 +117,7 @@ app = create_app()
 @worker_process_init.connect
 def _fresh_connections_after_fork(**_: Any) -> None:
     # Database connections must not be shared with the parent process across fork().
-    from nurture.db import dispose_engines
+    from nurture.core.db import dispose_engines
 
     dispose_engines(close=False)
 
@@ -127,7 +128,7 @@ def _nurture_logging(**_: Any) -> None:
     # app (JSON in production), and the periodic ticks' routine "received/succeeded" lines are dropped.
     import sys
 
-    from nurture.logs import configure_logging
+    from nurture.core.logs import configure_logging
 
     role = "beat" if "beat" in sys.argv[1:] else "worker"
     ticks = {entry["task"] for entry in (app.conf.beat_schedule or {}).values()}
@@ -136,6 +137,6 @@ def _nurture_logging(**_: Any) -> None:
 
 @worker_process_shutdown.connect
 def _forget_live_gauges(pid: int | None = None, **_: Any) -> None:
-    from nurture.metrics import process_exited
+    from nurture.delivery.metrics import process_exited
 
     process_exited(pid)

@@ -15,13 +15,13 @@ from nurture.celery_app import (
     WEBHOOKS_TICK_TASK,
     app,
 )
-from nurture.config import get_settings
-from nurture.db import session_factory
-from nurture.dispatch import dispatch_once
-from nurture.guards import circuit_breaker, rate_limiter
+from nurture.core.config import get_settings
+from nurture.core.db import session_factory
+from nurture.delivery.dispatch import dispatch_once
+from nurture.delivery.sender import Sender
+from nurture.delivery.transport_guards import circuit_breaker, rate_limiter
 from nurture.mail.templates import EmailTemplates
 from nurture.mail.transports import transport_from_url
-from nurture.sender import Sender
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def send_deliveries(claim_token: str, delivery_ids: list[int]) -> dict[str, int]
 @app.task(name=OUTBOX_TASK, ignore_result=True)
 def drain_outbox() -> dict[str, int]:
     """Send queued transactional email (confirmations) through this worker's transport and templates."""
-    from nurture.outbox import Outbox
+    from nurture.delivery.confirmations import Outbox
 
     sender = process_sender()
     outbox = Outbox(
@@ -91,10 +91,10 @@ def drain_outbox() -> dict[str, int]:
 def housekeeping() -> dict[str, int]:
     """Once a minute: flip scheduled sequences whose time has come to active (nothing waits on this: no
     delivery is due before activation), forget old login failures and signups never confirmed."""
-    from nurture.control import activate_due
-    from nurture.db import transaction
-    from nurture.retention import purge_unconfirmed
-    from nurture.staff import purge_login_failures
+    from nurture.core.db import transaction
+    from nurture.sequences.control import activate_due
+    from nurture.staff.accounts import purge_login_failures
+    from nurture.subscribers.retention import purge_unconfirmed
 
     with transaction() as session:
         activated = activate_due(session)

@@ -35,7 +35,7 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 
 def _all_tables() -> str:
     from nurture import models  # noqa: F401  (registers every table)
-    from nurture.db import Base
+    from nurture.core.db import Base
 
     return ", ".join(table.name for table in Base.metadata.sorted_tables)
 
@@ -56,8 +56,8 @@ def service_missing(name: str, error: Exception) -> None:
 
 
 def reset_caches() -> None:
-    from nurture.config import get_settings
-    from nurture.db import dispose_engines
+    from nurture.core.config import get_settings
+    from nurture.core.db import dispose_engines
     from nurture.tasks import process_sender, process_webhook_sender
 
     dispose_engines()
@@ -75,7 +75,7 @@ def _base_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]
         monkeypatch.delenv(key, raising=False)
     reset_caches()
     yield
-    from nurture import clock
+    from nurture.core import clock
 
     clock.set_now(None)
     reset_caches()
@@ -98,8 +98,8 @@ def set_env(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
 
 @pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from nurture.db import make_engine
-    from nurture.migrate import upgrade
+    from nurture.core.db import make_engine
+    from nurture.core.migrate import upgrade
 
     path = tmp_path_factory.mktemp("sqlite") / "template.db"
     engine = make_engine(f"sqlite:///{path}")
@@ -120,8 +120,8 @@ def sqlite_url(sqlite_template: Path, tmp_path: Path) -> str:
 
 @pytest.fixture(scope="session")
 def pg_database() -> Iterator[str]:
-    from nurture.db import make_engine
-    from nurture.migrate import upgrade
+    from nurture.core.db import make_engine
+    from nurture.core.migrate import upgrade
 
     # Unique per test process, so concurrent runs on one machine never drop each other's database.
     name = f"nurture_test_{os.getpid()}"
@@ -159,7 +159,7 @@ def db_url(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def factory(db_url: str, set_env: Callable[..., None]) -> sessionmaker[Session]:
     """A session factory on the test database, which is also what the settings name."""
-    from nurture.db import session_factory
+    from nurture.core.db import session_factory
 
     set_env(database_url=db_url)
     return session_factory()
@@ -167,7 +167,7 @@ def factory(db_url: str, set_env: Callable[..., None]) -> sessionmaker[Session]:
 
 @pytest.fixture
 def pg_factory(pg_url: str, set_env: Callable[..., None]) -> sessionmaker[Session]:
-    from nurture.db import session_factory
+    from nurture.core.db import session_factory
 
     set_env(database_url=pg_url)
     return session_factory()

@@ -8,16 +8,16 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from nurture.catalog import sync_definition
-from nurture.config import get_settings
-from nurture.db import transaction
-from nurture.dispatch import dispatch_once
-from nurture.enrollment import add_subscriber
+from nurture.core.config import get_settings
+from nurture.core.db import transaction
+from nurture.delivery.dispatch import dispatch_once
+from nurture.delivery.sender import Sender
 from nurture.mail.templates import EmailTemplates
 from nurture.mail.transports import Transport, transport_from_url
 from nurture.models import Delivery
-from nurture.sender import Sender
+from nurture.sequences.catalog import sync_definition
 from nurture.sequences.loader import load_all
+from nurture.subscribers.enrollment import add_subscriber
 
 
 def sync_sequences(factory: sessionmaker[Session]) -> None:

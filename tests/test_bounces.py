@@ -16,14 +16,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select, text
 
-from nurture import bounces, clock
 from nurture.cli import main
-from nurture.config import get_settings
-from nurture.db import transaction
+from nurture.core import clock
+from nurture.core.config import get_settings
+from nurture.core.db import transaction
+from nurture.delivery.confirmations import Outbox
 from nurture.mail.templates import EmailTemplates
 from nurture.mail.transports import MemoryTransport
 from nurture.models import Event, Subscriber, Suppression
-from nurture.outbox import Outbox
+from nurture.subscribers import bounces
 from nurture.web.app import create_app
 from tests.helpers import deliveries, dispatch_inline, make_sender, subscribe, sync_sequences
 from tests.support import SmtpServer, wait_until

@@ -9,15 +9,15 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from nurture import clock
-from nurture.config import get_settings
-from nurture.db import transaction
+from nurture.core import clock
+from nurture.core.config import get_settings
+from nurture.core.db import transaction
 from nurture.mail.templates import EmailTemplates
 from nurture.mail.transports import MemoryTransport
 from nurture.models import Delivery, Event, LinkClick, Sequence, Step, Subscriber, TrackedLink
 from nurture.sequences.loader import SequenceValidationError, load_file
+from nurture.sequences.results import sequence_stats
 from nurture.sequences.variants import Variant, assign
-from nurture.stats import sequence_stats
 from tests.helpers import dispatch_inline, make_sender, subscribe, sync_sequences
 
 START = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nurture.config import DEV_SECRET_KEY, ConfigError, get_settings
+from nurture.core.config import DEV_SECRET_KEY, ConfigError, get_settings
 
 
 def test_development_defaults_need_nothing(monkeypatch: pytest.MonkeyPatch) -> None:

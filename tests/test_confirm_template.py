@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from nurture.config import get_settings
+from nurture.core.config import get_settings
 from nurture.mail.context import Recipient, template_context
 from nurture.mail.templates import EmailTemplates
 

@@ -9,10 +9,11 @@ import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from nurture import clock, leases, receipts
-from nurture.config import get_settings
-from nurture.db import engine_of, transaction
-from nurture.dispatch import claim_due, claim_room, dispatch_once, reap_expired
+from nurture.core import clock
+from nurture.core.config import get_settings
+from nurture.core.db import engine_of, transaction
+from nurture.delivery import leases, receipts
+from nurture.delivery.dispatch import claim_due, claim_room, dispatch_once, reap_expired
 from nurture.models import Delivery, Enrollment, Event, SendReceipt
 from tests.helpers import deliveries, statuses, subscribe, sync_sequences
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from nurture.db import transaction
+from nurture.core.db import transaction
 from nurture.models import Delivery
 from tests.helpers import statuses, subscribe, sync_sequences
 from tests.support import Processes, SmtpServer, free_port, wait_until

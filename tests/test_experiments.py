@@ -13,18 +13,26 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
-from nurture import clock, versions
 from nurture.cli import main
-from nurture.config import get_settings
-from nurture.db import transaction
-from nurture.experiments import NOT_YET, ExperimentError, VariantStats, compare, two_proportions, winner_draft
+from nurture.core import clock
+from nurture.core.config import get_settings
+from nurture.core.db import transaction
 from nurture.mail.templates import EmailTemplates
 from nurture.mail.transports import MemoryTransport
 from nurture.models import Delivery, LinkClick, Sequence, StaffUser, Step, Subscriber, TrackedLink
+from nurture.sequences import versions
+from nurture.sequences.experiments import (
+    NOT_YET,
+    ExperimentError,
+    VariantStats,
+    compare,
+    two_proportions,
+    winner_draft,
+)
 from nurture.sequences.loader import SequenceValidationError, load_file
+from nurture.sequences.results import sequence_stats
 from nurture.sequences.variants import Variant, assign
-from nurture.staff import Actor
-from nurture.stats import sequence_stats
+from nurture.staff.accounts import Actor
 from tests.helpers import dispatch_inline, make_sender, subscribe, sync_sequences
 from tests.support import SmtpScript, SmtpServer
 

@@ -11,12 +11,12 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import select
 
-from nurture import clock
-from nurture.db import transaction
-from nurture.enrollment import enroll
+from nurture.core import clock
+from nurture.core.db import transaction
 from nurture.mail.transports import MemoryTransport
 from nurture.models import Delivery, Enrollment, Event, Sequence, Subscriber
-from nurture.subscriber_admin import export_data
+from nurture.subscribers.enrollment import enroll
+from nurture.subscribers.staff_actions import export_data
 from tests.helpers import dispatch_inline, make_sender, subscribe, sync_sequences
 
 NEW_YORK = ZoneInfo("America/New_York")

@@ -10,14 +10,15 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from nurture import clock, goals
-from nurture.db import transaction
-from nurture.dispatch import dispatch_once
-from nurture.enrollment import cancel_open_deliveries, unsubscribe
+from nurture.core import clock
+from nurture.core.db import transaction
+from nurture.delivery.dispatch import dispatch_once
 from nurture.mail.transports import MemoryTransport
 from nurture.models import Enrollment, Event, ExternalEvent, GoalCompletion, Subscriber
 from nurture.sequences.loader import SequenceValidationError, load_file
-from nurture.subscriber_admin import remove_from_sequence
+from nurture.subscribers import goals
+from nurture.subscribers.enrollment import cancel_open_deliveries, unsubscribe
+from nurture.subscribers.staff_actions import remove_from_sequence
 from tests.helpers import deliveries, dispatch_inline, make_sender, statuses, subscribe, sync_sequences
 
 START = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)
@@ -218,7 +219,7 @@ def test_bad_reports_are_refused_with_a_reason(body: dict[str, object], message:
 
 
 def test_sequence_files_validate_goal_and_policy_keys(tmp_path: Path) -> None:
-    from nurture.config import get_settings
+    from nurture.core.config import get_settings
     from nurture.mail.templates import EmailTemplates
 
     templates = EmailTemplates(get_settings().templates_dir)

@@ -9,11 +9,11 @@ from datetime import UTC, datetime
 import pytest
 import redis
 
-from nurture import clock
-from nurture.breaker import BreakerPolicy, LocalBreaker, RedisBreaker
-from nurture.config import get_settings, parse_rate
-from nurture.guards import circuit_breaker, rate_limiter
-from nurture.throttle import LocalBucket, RedisBucket, Unlimited
+from nurture.core import clock
+from nurture.core.config import get_settings, parse_rate
+from nurture.delivery.circuit_breaker import BreakerPolicy, LocalBreaker, RedisBreaker
+from nurture.delivery.send_rate import LocalBucket, RedisBucket, Unlimited
+from nurture.delivery.transport_guards import circuit_breaker, rate_limiter
 from tests.helpers import dispatch_inline, make_sender, statuses, subscribe, sync_sequences
 from tests.support import SmtpScript, SmtpServer
 

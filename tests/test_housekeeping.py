@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from nurture import clock
-from nurture.catalog import get_sequence
-from nurture.control import schedule
-from nurture.db import transaction
+from nurture.core import clock
+from nurture.core.db import transaction
+from nurture.sequences.catalog import get_sequence
+from nurture.sequences.control import schedule
 from nurture.tasks import housekeeping
 from tests.helpers import sync_sequences
 

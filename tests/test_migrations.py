@@ -8,8 +8,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 
-from nurture.db import Base, make_engine
-from nurture.migrate import current_revision, head_revision, is_current, upgrade
+from nurture.core.db import Base, make_engine
+from nurture.core.migrate import current_revision, head_revision, is_current, upgrade
 from tests.conftest import PG_ADMIN_URL, service_missing
 
 

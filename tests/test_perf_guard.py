@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from nurture.config import get_settings
+from nurture.core.config import get_settings
 from nurture.mail.context import Recipient, step_message
 from nurture.mail.templates import EmailTemplates
 

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nurture import tokens
-from nurture.config import get_settings
+from nurture.core import tokens
+from nurture.core.config import get_settings
 from nurture.mail.context import Recipient, step_message
 from nurture.mail.links import LinkRewriter
 from nurture.mail.plans import StepPlans, StepSpec

@@ -10,13 +10,14 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from nurture import clock, consent, goals
-from nurture.config import get_settings
-from nurture.db import transaction
-from nurture.enrollment import unsubscribe
+from nurture.core import clock
+from nurture.core.config import get_settings
+from nurture.core.db import transaction
 from nurture.mail.transports import MemoryTransport
 from nurture.models import ConsentRecord, Delivery, Enrollment, Event, Subscriber
-from nurture.signup import SignupForm, confirm, signup
+from nurture.subscribers import consent, goals
+from nurture.subscribers.enrollment import unsubscribe
+from nurture.subscribers.signup import SignupForm, confirm, signup
 from tests.helpers import dispatch_inline, make_sender, sync_sequences
 
 START = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)

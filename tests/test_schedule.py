@@ -1,4 +1,4 @@
-"""Tests for nurture.schedule: delays, send windows, zones and DST-safe step scheduling.
+"""Tests for nurture.sequences.schedule: delays, send windows, zones and DST-safe step scheduling.
 
 Dates used (all 2026): US DST starts Sun 03-08 and ends Sun 11-01; UK starts Sun 03-29 and ends Sun 10-25;
 Sydney starts Sun 10-04 and ends Sun 04-05. 2026-01-01 is a Thursday.
@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from nurture.schedule import (
+from nurture.sequences.schedule import (
     ScheduleError,
     SendWindow,
     add_delay,
@@ -21,7 +21,7 @@ from nurture.schedule import (
     resolve_zone,
     zone,
 )
-from nurture.timetable import StepTiming, Timetable
+from nurture.sequences.timetable import StepTiming, Timetable
 
 
 def schedule_steps(

@@ -16,16 +16,16 @@ import pytest
 from sqlalchemy import event, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from nurture import clock
-from nurture.breaker import BreakerPolicy, LocalBreaker
-from nurture.config import get_settings
-from nurture.db import engine_of, transaction
-from nurture.dispatch import claim_due
-from nurture.enrollment import unsubscribe
+from nurture.core import clock
+from nurture.core.config import get_settings
+from nurture.core.db import engine_of, transaction
+from nurture.delivery.circuit_breaker import BreakerPolicy, LocalBreaker
+from nurture.delivery.dispatch import claim_due
+from nurture.delivery.sender import Sender
 from nurture.mail.templates import EmailTemplates
 from nurture.mail.transports import ConnectFailure, MemoryTransport, PermanentFailure, StoredMessage
 from nurture.models import Delivery, Event, Subscriber
-from nurture.sender import Sender
+from nurture.subscribers.enrollment import unsubscribe
 from tests.helpers import deliveries, subscribe, sync_sequences
 
 START = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)
@@ -110,7 +110,7 @@ def test_forty_emails_take_a_handful_of_commits_and_each_is_recorded_once(world,
     assert outcomes == {"sent": 40}
     # The batch's read, two groups (each also recording the group before it), the last group's record: 4.
     # One transaction per email would be 41. (Each email's receipt, its "sent" event checked below, is one
-    # autocommit INSERT on a connection of its own: nurture.receipts.)
+    # autocommit INSERT on a connection of its own: nurture.delivery.receipts.)
     assert commits[0] <= 5, commits[0]
     rows = deliveries(world)
     assert {row.status for row in rows} == {"sent"} and {row.attempts for row in rows} == {1}

@@ -8,11 +8,11 @@ from email import message_from_bytes
 import pytest
 from sqlalchemy import select
 
-from nurture import clock
-from nurture.db import transaction
-from nurture.dispatch import claim_due
-from nurture.enrollment import unsubscribe
+from nurture.core import clock
+from nurture.core.db import transaction
+from nurture.delivery.dispatch import claim_due
 from nurture.models import Delivery, Event, Subscriber, Suppression
+from nurture.subscribers.enrollment import unsubscribe
 from tests.helpers import deliveries, dispatch_inline, make_sender, statuses, subscribe, sync_sequences
 from tests.support import SmtpScript, SmtpServer
 

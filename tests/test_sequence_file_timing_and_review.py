@@ -10,12 +10,13 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from nurture import clock, versions
 from nurture.cli import main
-from nurture.config import get_settings
+from nurture.core import clock
+from nurture.core.config import get_settings
 from nurture.mail.context import Recipient, template_context
 from nurture.mail.templates import EmailTemplates, RenderedEmail
 from nurture.models import SequenceVersion
+from nurture.sequences import versions
 from nurture.sequences.loader import SequenceDefinition, SequenceValidationError, definition_from, find
 from nurture.sequences.review import Review
 

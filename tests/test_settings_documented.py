@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from nurture.config import Settings
+from nurture.core.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,4 +1,5 @@
-"""The one timetable (nurture.timetable): steps that skip the send window, holiday calendars, and the reason
+"""The one timetable (nurture.sequences.timetable): steps that skip the send window, holiday calendars, and
+the reason
 each due time gives. Pure: no database.
 
 Dates (2026): Christmas Day is a Friday; US Independence Day (Sat 07-04) is observed on Fri 07-03; Ireland
@@ -13,9 +14,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from nurture.calendars import CalendarError, parse_calendar
-from nurture.schedule import ScheduleError, SendWindow
-from nurture.timetable import Rules, StepTiming, Timetable, country_of
+from nurture.sequences.holidays import CalendarError, parse_calendar
+from nurture.sequences.schedule import ScheduleError, SendWindow
+from nurture.sequences.timetable import Rules, StepTiming, Timetable, country_of
 
 NEW_YORK = ZoneInfo("America/New_York")
 DUBLIN = ZoneInfo("Europe/Dublin")

@@ -11,11 +11,12 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import select
 
-from nurture import clock, importer
-from nurture.catalog import get_sequence
-from nurture.db import transaction
-from nurture.enrollment import enroll
+from nurture.core import clock
+from nurture.core.db import transaction
 from nurture.models import Delivery, Step, Subscriber, SubscriberStatus
+from nurture.sequences.catalog import get_sequence
+from nurture.subscribers import importer
+from nurture.subscribers.enrollment import enroll
 from tests.helpers import deliveries, dispatch_inline, make_sender, subscribe, sync_sequences
 from tests.support import SmtpScript, SmtpServer
 

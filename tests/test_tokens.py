@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from nurture import tokens
-from nurture.config import get_settings
+from nurture.core import tokens
+from nurture.core.config import get_settings
 
 
 @pytest.mark.parametrize("purpose", list(tokens.Purpose))

@@ -6,7 +6,7 @@ from __future__ import annotations
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from nurture.db import transaction
+from nurture.core.db import transaction
 from nurture.mail.transports import MemoryTransport
 from nurture.models import Subscriber, TrackedLink
 from tests.helpers import dispatch_inline, make_sender, subscribe

@@ -14,24 +14,18 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from nurture import clock, goals, tracking
-from nurture.catalog import get_sequence
-from nurture.config import get_settings
-from nurture.db import transaction
-from nurture.importer import erase
+from nurture.core import clock
+from nurture.core.config import get_settings
+from nurture.core.db import transaction
 from nurture.mail import links as tracked_links
 from nurture.mail.context import Recipient, step_message
 from nurture.mail.templates import EmailTemplates
 from nurture.mail.transports import MemoryTransport
-from nurture.models import (
-    Enrollment,
-    Event,
-    ExternalEvent,
-    GoalCompletion,
-    LinkClick,
-    TrackedLink,
-)
-from nurture.stats import sequence_stats
+from nurture.models import Enrollment, Event, ExternalEvent, GoalCompletion, LinkClick, TrackedLink
+from nurture.sequences.catalog import get_sequence
+from nurture.sequences.results import sequence_stats
+from nurture.subscribers import clicks, goals
+from nurture.subscribers.importer import erase
 from tests.helpers import dispatch_inline, make_sender, statuses, subscribe, sync_sequences
 
 START = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)
@@ -239,7 +233,7 @@ def test_tracking_can_be_turned_off_and_opens_turned_on(world, sequences_dir, cl
     assert pixel is not None
     response = client.get(f"/o/{pixel.group(1)}")
     assert response.status_code == 200 and response.headers["content-type"] == "image/gif"
-    assert response.content == tracking.PIXEL
+    assert response.content == clicks.PIXEL
     with transaction(world) as session:
         opened = session.scalars(select(Event).where(Event.kind == "opened")).one()
         assert opened.detail == {"step_key": "contact"}
@@ -271,7 +265,7 @@ def test_stats_count_clicks_goals_and_conversion_per_step(world, client) -> None
         outbox = send_first(world, "ana@example.com", "bob@example.com", "cleo@example.com")
         tokens = {m.recipient: TRACKED.search(parts(m.data)[2]).group(1) for m in outbox.outbox}  # type: ignore[union-attr]
         client.get(f"/l/{tokens['ana@example.com']}")
-        advance(timedelta(seconds=tracking.HIT_WINDOW_SECONDS))  # her second click, later: a new click
+        advance(timedelta(seconds=clicks.HIT_WINDOW_SECONDS))  # her second click, later: a new click
         client.get(f"/l/{tokens['ana@example.com']}")
         # Bob's click is not a goal for him: make his link a plain one, as a non-CTA link would be.
         with transaction(world) as session:

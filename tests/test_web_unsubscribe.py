@@ -6,8 +6,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from nurture import tokens
-from nurture.db import transaction
+from nurture.core import tokens
+from nurture.core.db import transaction
 from nurture.models import Subscriber
 from nurture.web.app import create_app
 from tests.helpers import statuses, subscribe, sync_sequences

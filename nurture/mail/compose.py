@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from email.header import Header
 from email.utils import format_datetime, formataddr
 
-from nurture.config import parsed_address
+from nurture.core.config import parsed_address
 from nurture.mail.templates import RenderedEmail
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")

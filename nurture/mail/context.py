@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from nurture import tokens
-from nurture.config import Settings
+from nurture.core import tokens
+from nurture.core.config import Settings
 from nurture.mail.compose import Envelope, compose, message_id_for
 from nurture.mail.templates import EmailTemplates, RenderedEmail
 
@@ -22,7 +22,8 @@ class Recipient:
     public_id: str
 
 
-# Stand-ins for a subscriber when only the templates' own output is wanted (nurture.tracking.links_written):
+# Stand-ins for a subscriber when only the templates' own output is wanted
+# (nurture.subscribers.clicks.links_written):
 # with and without a name, so a link inside ``{% if first_name %}`` counts as written by the template.
 _NOBODY = (
     Recipient("subscriber@example.invalid", None, "nobody"),
@@ -90,7 +91,7 @@ def step_message(
         reviewed_by=reviewed_by,
         reviewed_on=reviewed_on,
     )
-    # A step's subject override (nurture.versions) replaces the template's own subject.txt.
+    # A step's subject override (nurture.sequences.versions) replaces the template's own subject.txt.
     if subject:
         rendered = templates.render(template, context, subject)
     else:

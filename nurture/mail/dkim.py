@@ -31,11 +31,11 @@ from typing import TYPE_CHECKING, Any
 
 import dkim
 
-from nurture.dkim_keys import load_private_key
+from nurture.core.dkim_keys import load_private_key
 from nurture.mail.transports import TemporaryFailure, Transport
 
 if TYPE_CHECKING:
-    from nurture.config import Settings
+    from nurture.core.config import Settings
 
 # In signing order. Absent ones cost nothing: listing a header that is not there signs its absence.
 SIGNED_HEADERS = (

@@ -25,8 +25,8 @@ from sqlalchemy import text
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
-from nurture import clock
-from nurture.config import Settings
+from nurture.core import clock
+from nurture.core.config import Settings
 from nurture.mail.templates import RenderedEmail
 from nurture.models import TrackedLink
 

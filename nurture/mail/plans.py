@@ -29,23 +29,10 @@ from datetime import datetime
 
 from markupsafe import escape
 
-from nurture import tokens
-from nurture.config import Settings
-from nurture.mail.compose import (
-    assemble,
-    body_lines,
-    encode_line,
-    message_head,
-    message_id_for,
-    new_boundary,
-)
-from nurture.mail.context import (
-    Recipient,
-    envelope_for,
-    samples_of_step,
-    step_message,
-    template_context,
-)
+from nurture.core import tokens
+from nurture.core.config import Settings
+from nurture.mail.compose import assemble, body_lines, encode_line, message_head, message_id_for, new_boundary
+from nurture.mail.context import Recipient, envelope_for, samples_of_step, step_message, template_context
 from nurture.mail.links import LinkRewriter, LinkRow, link_token
 from nurture.mail.templates import EmailTemplates
 

@@ -338,7 +338,7 @@ def transport_from_url(
     transport = unsigned_transport_from_url(url, timeout=timeout, local_hostname=local_hostname)
     if not dkim:
         return transport
-    from nurture.config import get_settings
+    from nurture.core.config import get_settings
     from nurture.mail.dkim import signing
 
     return signing(transport, get_settings())

@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 
 from nurture import models  # noqa: F401  (registers every table on the metadata)
-from nurture.db import Base, get_engine
+from nurture.core.db import Base, get_engine
 
 target_metadata = Base.metadata
 

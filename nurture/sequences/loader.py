@@ -17,13 +17,13 @@ from typing import Any
 import yaml
 from jinja2 import TemplateError
 
-from nurture.calendars import CalendarError, parse_calendar
-from nurture.ids import parse_id
+from nurture.core.ids import parse_id
 from nurture.mail.templates import EmailTemplates, UnsafeTemplateError
-from nurture.schedule import ScheduleError, SendWindow, format_delay, parse_delay, zone
 from nurture.sequences.conditions import Condition, parse_condition
+from nurture.sequences.holidays import CalendarError, parse_calendar
 from nurture.sequences.policy import POLICY_KEYS, parse_policy
 from nurture.sequences.review import NO_REVIEW, REVIEW_KEYS, Review, parse_review
+from nurture.sequences.schedule import ScheduleError, SendWindow, format_delay, parse_delay, zone
 from nurture.sequences.variants import Variant, parse_variants, parse_winner
 
 SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -31,7 +31,8 @@ STEP_KEY = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 TOP_LEVEL_KEYS = {"slug", "name", "description", "timezone", "window", "steps"} | POLICY_KEYS
 TOP_LEVEL_KEYS |= {"status", "holidays"} | REVIEW_KEYS
 STEP_KEYS = {"key", "delay", "template", "subject", "window", "variants", "winner", "only_if"}
-# `status: draft` stores a new sequence (or a new version of one) without publishing it (nurture.versions).
+# `status: draft` stores a new sequence (or a new version of one) without publishing it
+# (nurture.sequences.versions).
 FILE_STATUSES = ("active", "draft")
 MAX_SUBJECT = 300
 WINDOW_KEYS = {"days", "start", "end"}
@@ -44,7 +45,7 @@ class StepDefinition:
     delay: timedelta
     template: str
     subject: str | None = None  # replaces the template's subject.txt when set
-    # ``window: false``: due at its delay whatever the hour, day or holiday (nurture.timetable).
+    # ``window: false``: due at its delay whatever the hour, day or holiday (nurture.sequences.timetable).
     use_window: bool = True
     # An A/B test on this step (nurture.sequences.variants), and the variant that won it once ended.
     variants: tuple[Variant, ...] = ()
@@ -77,7 +78,9 @@ class SequenceDefinition:
     # Goals, exits, re-entry, tracking (nurture.sequences.policy): only the keys the file sets.
     policy: dict[str, Any] = field(default_factory=dict)
     status: str = "active"  # not part of the digest: publishing a draft is not a new definition
-    holidays: str | None = None  # a holiday calendar code (nurture.calendars) whose dates close the window
+    holidays: str | None = (
+        None  # a holiday calendar code (nurture.sequences.holidays) whose dates close the window
+    )
     review: Review = NO_REVIEW  # who reviewed the content and when, shown in the footer
 
     def canonical(self) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from nurture.schedule import ScheduleError, format_delay, parse_delay
+from nurture.sequences.schedule import ScheduleError, format_delay, parse_delay
 
 POLICY_KEYS = {"goals", "exit_events", "reentry", "reentry_cooldown", "on_resignup", "tracking"}
 EVENT_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,47}$")  # fits "exit-event:<name>" in end_reason

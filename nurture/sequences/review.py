@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from nurture import clock
+from nurture.core import clock
 
 REVIEW_KEYS = {"reviewed_by", "reviewed_on"}
 MAX_REVIEWER = 200

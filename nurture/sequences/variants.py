@@ -2,7 +2,7 @@
 
 A step's ``variants`` list splits its readers; each variant may override the step's ``subject`` and/or
 ``template`` (the first is usually the step as written) and carries a ``weight`` (equal by default). A step's
-``winner`` ends the test: everyone gets that variant from then on (nurture.experiments writes it).
+``winner`` ends the test: everyone gets that variant from then on (nurture.sequences.experiments writes it).
 
 Assignment is a pure function of (subscriber public id, sequence slug, step key): SHA-256 of the three, read
 as a number in [0, 1), cut by the cumulative weights. It needs no state and no secret, so a resend, a

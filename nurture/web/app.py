@@ -7,21 +7,13 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from nurture.config import get_settings
-from nurture.logs import RequestIdMiddleware
-from nurture.web import (
-    admin,
-    api,
-    bounces,
-    health,
-    landing,
-    metrics,
-    public,
-    tracking,
-    unavailable,
-)
+from nurture.core.config import get_settings
+from nurture.core.logs import RequestIdMiddleware
+from nurture.web import admin, api, health, metrics
 from nurture.web.admin import webhooks as admin_webhooks
-from nurture.web.pages import page_templates
+from nurture.web.api import bounces
+from nurture.web.public import email_links, landing, tracking, unavailable
+from nurture.web.public.pages import page_templates
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
@@ -37,7 +29,7 @@ def create_app() -> FastAPI:
     app.include_router(landing.router)  # GET / (where to go) and, in development, /dev/mail
     # The staff UI's stylesheet and charts' assets, served by nurture itself: no CDN, works offline.
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    app.include_router(public.router)
+    app.include_router(email_links.router)
     app.include_router(bounces.router)
     admin.install(app)  # staff UI under /admin
     api.install(app)  # staff JSON API under /api/v1, one router per resource (nurture/web/api/)

@@ -6,10 +6,10 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from nurture.config import get_settings
-from nurture.db import get_engine
-from nurture.doctor import broker_problem
-from nurture.migrate import is_current
+from nurture.core.config import get_settings
+from nurture.core.db import get_engine
+from nurture.core.migrate import is_current
+from nurture.delivery.doctor import broker_problem
 
 router = APIRouter()
 

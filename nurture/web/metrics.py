@@ -1,4 +1,5 @@
-"""``GET /metrics`` in the Prometheus text format (see nurture/metrics.py for what is measured and how).
+"""``GET /metrics`` in the Prometheus text format (see nurture/delivery/metrics.py for what is measured and
+how).
 
 With ``NURTURE_METRICS_TOKEN`` set, a scrape needs ``Authorization: Bearer <token>``. In production without
 one the endpoint is closed (403 saying what to set): the numbers (signups, backlog, bounces) are nobody's
@@ -14,8 +15,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from nurture.config import Environment
-from nurture.metrics import scrape_registry
+from nurture.core.config import Environment
+from nurture.delivery.metrics import scrape_registry
 
 router = APIRouter()
 CLOSED = "metrics are off in production until NURTURE_METRICS_TOKEN is set (then send it as a Bearer token)\n"

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-# Internal event kind (nurture/events.py callers) -> public event type. Anything not listed is never sent.
+# Internal event kind (nurture/models/events.py callers) -> public event type. Anything not listed is never
+# sent.
 PUBLIC_TYPES: dict[str, str] = {
     "subscribed": "subscribed",  # added directly by staff (consent vouched for)
     "confirmed": "confirmed",  # double opt-in confirmed: the usual way someone becomes active

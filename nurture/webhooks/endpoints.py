@@ -12,11 +12,12 @@ from typing import Any
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
-from nurture import clock, staff
-from nurture.config import Settings
-from nurture.ids import parse_id
+from nurture.core import clock
+from nurture.core.config import Settings
+from nurture.core.ids import parse_id
 from nurture.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
-from nurture.staff import Actor
+from nurture.staff import accounts
+from nurture.staff.accounts import Actor
 from nurture.webhooks import secrets as endpoint_secrets
 from nurture.webhooks.catalog import EVENT_TYPES, TEST_TYPE, envelope
 from nurture.webhooks.fanout import new_message_id
@@ -106,7 +107,7 @@ def create(
     endpoint.secret = endpoint_secrets.seal(secret, settings)
     session.add(endpoint)
     session.flush()
-    staff.audit(session, actor, "webhook.create", f"webhook:{endpoint.id}", None, snapshot(endpoint))
+    accounts.audit(session, actor, "webhook.create", f"webhook:{endpoint.id}", None, snapshot(endpoint))
     return endpoint, secret
 
 
@@ -125,7 +126,7 @@ def update(
         if not isinstance(fields["enabled"], bool):
             raise WebhookError("invalid", "enabled must be true or false")
         _set_enabled(endpoint, fields["enabled"])
-    staff.audit(session, actor, "webhook.update", f"webhook:{endpoint.id}", before, snapshot(endpoint))
+    accounts.audit(session, actor, "webhook.update", f"webhook:{endpoint.id}", before, snapshot(endpoint))
     return endpoint
 
 
@@ -149,7 +150,7 @@ def set_enabled(
     before = snapshot(endpoint)
     _set_enabled(endpoint, enabled)
     action = "webhook.enable" if enabled else "webhook.disable"
-    staff.audit(session, actor, action, f"webhook:{endpoint.id}", before, snapshot(endpoint))
+    accounts.audit(session, actor, action, f"webhook:{endpoint.id}", before, snapshot(endpoint))
     return endpoint
 
 
@@ -162,7 +163,7 @@ def rotate_secret(
     endpoint.previous_secret = endpoint.secret
     endpoint.previous_secret_until = clock.now() + timedelta(hours=settings.webhook_secret_grace_hours)
     endpoint.secret = endpoint_secrets.seal(secret, settings)
-    staff.audit(
+    accounts.audit(
         session,
         actor,
         "webhook.rotate_secret",
@@ -175,7 +176,7 @@ def rotate_secret(
 
 def delete(session: Session, actor: Actor | None, endpoint_id: int | str) -> None:
     endpoint = get(session, endpoint_id, lock=True)
-    staff.audit(session, actor, "webhook.delete", f"webhook:{endpoint.id}", snapshot(endpoint), None)
+    accounts.audit(session, actor, "webhook.delete", f"webhook:{endpoint.id}", snapshot(endpoint), None)
     session.delete(endpoint)  # deliveries and attempts go with it (ON DELETE CASCADE)
     session.flush()
 
@@ -201,7 +202,7 @@ def queue_test(session: Session, actor: Actor | None, endpoint_id: int | str) ->
     )
     session.add(delivery)
     session.flush()
-    staff.audit(session, actor, "webhook.test", f"webhook:{endpoint.id}", None, {"delivery": delivery.id})
+    accounts.audit(session, actor, "webhook.test", f"webhook:{endpoint.id}", None, {"delivery": delivery.id})
     return delivery.id
 
 
@@ -214,7 +215,7 @@ def delivery_for_replay(session: Session, actor: Actor | None, delivery_id: int 
     delivery = session.get(WebhookDelivery, delivery_id)
     if delivery is None:
         raise WebhookError("not_found", "no such delivery")
-    staff.audit(
+    accounts.audit(
         session,
         actor,
         "webhook.replay",

@@ -19,8 +19,8 @@ from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from nurture import clock
-from nurture.config import Settings
+from nurture.core import clock
+from nurture.core.config import Settings
 from nurture.models import (
     Delivery,
     Enrollment,

@@ -13,7 +13,7 @@ import secrets
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
-from nurture.config import Settings
+from nurture.core.config import Settings
 
 PREFIX = "whsec_"
 

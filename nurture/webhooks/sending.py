@@ -1,6 +1,7 @@
 """Send webhook deliveries: claim with a lease, POST signed, record every attempt, retry, auto-disable.
 
-The claim follows the outbox (nurture/outbox.py): one conditional UPDATE (``FOR UPDATE SKIP LOCKED`` on
+The claim follows the outbox (nurture/delivery/confirmations.py): one conditional UPDATE (``FOR UPDATE SKIP
+LOCKED`` on
 PostgreSQL) moves due rows of enabled endpoints ``pending -> queued`` under a token and a lease; the
 outcome is written only while the row still carries that token; the reaper returns rows whose lease ran
 out. Webhooks are at-least-once: a worker that dies after the POST leaves the row to be sent again, and
@@ -20,15 +21,17 @@ import httpx2
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, joinedload, sessionmaker
 
-from nurture import clock, events, leases
-from nurture.config import Settings
-from nurture.db import transaction
+from nurture.core import clock
+from nurture.core.config import Settings
+from nurture.core.db import transaction
+from nurture.delivery import leases
 from nurture.models import (
     AuditLog,
     WebhookAttempt,
     WebhookDelivery,
     WebhookDeliveryStatus,
     WebhookEndpoint,
+    events,
 )
 from nurture.webhooks import fanout, signing
 from nurture.webhooks.secrets import unseal
@@ -408,7 +411,7 @@ def _auto_disable(session: Session, endpoint: WebhookEndpoint, now: datetime) ->
 
 
 def claim_due(session: Session, *, limit: int, lease_seconds: int) -> tuple[str, list[int]]:
-    """The claim rules of every work table (nurture/leases.py), for endpoints that are enabled."""
+    """The claim rules of every work table (nurture/delivery/leases.py), for endpoints that are enabled."""
     enabled = select(WebhookEndpoint.id).where(WebhookEndpoint.enabled.is_(True))
     claim = leases.WEBHOOKS.claim(
         session, limit=limit, lease_seconds=lease_seconds, only=(WebhookDelivery.endpoint_id.in_(enabled),)

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import httpcore2
 import httpx2
 
-from nurture.config import Environment, Settings
+from nurture.core.config import Environment, Settings
 
 MAX_URL_LENGTH = 2000
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address

@@ -27,13 +27,14 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from nurture import clock, setup
-from nurture.config import get_settings
-from nurture.db import transaction
-from nurture.enrollment import unsubscribe
+from nurture.cli.run_summary import summary
+from nurture.core import clock
+from nurture.core.config import get_settings
+from nurture.core.db import transaction
 from nurture.mail.transports import MaildirTransport
 from nurture.models import Delivery, Subscriber, WebhookEndpoint
-from nurture.run_summary import summary
+from nurture.staff import first_admin
+from nurture.subscribers.enrollment import unsubscribe
 from nurture.webhooks import secrets as endpoint_secrets
 from tests.browser.conftest import Inspector
 from tests.helpers import dispatch_inline, make_sender, subscribe, sync_sequences
@@ -132,7 +133,7 @@ def test_a_newcomer_finds_their_way(newcomer_site, pg_factory, chromium, width) 
 
         # What `nurture run` prints on a fresh install, read off the terminal like a person would.
         with transaction(pg_factory) as session:
-            token = setup.issue(session, timedelta(hours=24))
+            token = first_admin.issue(session, timedelta(hours=24))
         printed = summary(get_settings(), base, token)
         assert "No staff account yet" in printed and f"{base}/admin/" in printed
         link = LINK.search(printed).group(0)  # type: ignore[union-attr]

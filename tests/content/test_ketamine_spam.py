@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from nurture.config import get_settings
+from nurture.core.config import get_settings
 from nurture.mail.context import Recipient, step_message
 from nurture.mail.templates import EmailTemplates
 from tests.conftest import service_missing

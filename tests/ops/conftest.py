@@ -13,7 +13,7 @@ from tests.support import Processes
 @pytest.fixture(scope="session")
 def dkim_pem(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2048-bit RSA key generated for this run (no key is ever committed)."""
-    from nurture.dkim_keys import generate_private_key
+    from nurture.core.dkim_keys import generate_private_key
 
     path = tmp_path_factory.mktemp("dkim") / "dkim.pem"
     path.write_bytes(generate_private_key(2048))
@@ -34,7 +34,7 @@ def processes(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Proces
 @pytest.fixture(autouse=True)
 def _fresh_live_metrics(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Each test starts with no worker-side metrics and no multiprocess folder unless it sets one."""
-    from nurture import metrics
+    from nurture.delivery import metrics
 
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     metrics.reset_live()

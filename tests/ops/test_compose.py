@@ -142,7 +142,7 @@ def test_services_order_health_and_storage(tmp_path: Path) -> None:
 
 def test_the_example_settings_are_accepted_by_nurture_in_production(monkeypatch: pytest.MonkeyPatch) -> None:
     """What compose hands the containers (.env.example, filled in) passes nurture's own start-up checks."""
-    from nurture.config import Environment, get_settings
+    from nurture.core.config import Environment, get_settings
 
     for line in (ROOT / ".env.example").read_text().splitlines():
         if line and not line.startswith("#"):

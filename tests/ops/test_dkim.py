@@ -12,10 +12,10 @@ import dkim
 import pytest
 from click.testing import CliRunner
 
-from nurture import clock
 from nurture.cli import main
-from nurture.config import ConfigError, get_settings
-from nurture.dkim_keys import generate_private_key
+from nurture.core import clock
+from nurture.core.config import ConfigError, get_settings
+from nurture.core.dkim_keys import generate_private_key
 from nurture.mail.dkim import DkimSigner, public_record
 from tests.helpers import dispatch_inline, make_sender, subscribe, sync_sequences
 from tests.support import SmtpServer
@@ -103,7 +103,7 @@ def test_a_different_key_in_dns_fails_verification(sent_by_send_test) -> None:  
 
 def test_sequence_emails_sent_by_the_sender_are_signed(sqlite_url, signing_env, three_step, set_env) -> None:  # type: ignore[no-untyped-def]
     set_env(database_url=sqlite_url)
-    from nurture.db import session_factory
+    from nurture.core.db import session_factory
 
     factory = session_factory()
     sync_sequences(factory)

@@ -8,7 +8,7 @@ import re
 
 from fastapi.testclient import TestClient
 
-from nurture.logs import (
+from nurture.core.logs import (
     DISPATCH_TASK,
     REQUEST_ID,
     ContextFilter,

@@ -10,11 +10,11 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import delete, select
 
-from nurture import clock, events
-from nurture.db import transaction
-from nurture.enrollment import unsubscribe
-from nurture.metrics import DatabaseCollector
-from nurture.models import Event, Subscriber, Suppression
+from nurture.core import clock
+from nurture.core.db import transaction
+from nurture.delivery.metrics import DatabaseCollector
+from nurture.models import Event, Subscriber, Suppression, events
+from nurture.subscribers.enrollment import unsubscribe
 from nurture.web.app import create_app
 from tests.helpers import dispatch_inline, make_sender, subscribe, sync_sequences
 from tests.support import SmtpScript, SmtpServer, free_port

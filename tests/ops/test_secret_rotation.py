@@ -7,9 +7,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from nurture import tokens
-from nurture.config import ConfigError, get_settings
-from nurture.db import transaction
+from nurture.core import tokens
+from nurture.core.config import ConfigError, get_settings
+from nurture.core.db import transaction
 from nurture.models import Subscriber
 from nurture.web.app import create_app
 from tests.conftest import TEST_SECRET

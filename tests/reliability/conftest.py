@@ -18,9 +18,9 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from nurture.db import transaction
-from nurture.enrollment import add_subscriber
+from nurture.core.db import transaction
 from nurture.models import Delivery, Event
+from nurture.subscribers.enrollment import add_subscriber
 from tests.helpers import sync_sequences
 from tests.support import Processes, SmtpServer
 
@@ -121,7 +121,7 @@ def any_cluster(request, tmp_path, one_step) -> Iterator[Cluster]:  # type: igno
     if request.param == "postgres":
         yield request.getfixturevalue("cluster")
         return
-    from nurture.db import session_factory
+    from nurture.core.db import session_factory
 
     request.getfixturevalue("set_env")(database_url=request.getfixturevalue("sqlite_url"))
     factory = session_factory()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from nurture.db import transaction
+from nurture.core.db import transaction
 from nurture.models import Delivery, Subscriber, Suppression
 from tests.helpers import sync_sequences
 from tests.reliability.conftest import Cluster, duplicates, seed

@@ -10,10 +10,10 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, update
 
-from nurture import clock
-from nurture.db import transaction
-from nurture.enrollment import unsubscribe
+from nurture.core import clock
+from nurture.core.db import transaction
 from nurture.models import Delivery, Subscriber
+from nurture.subscribers.enrollment import unsubscribe
 from tests.conftest import service_missing
 from tests.reliability.conftest import Cluster, duplicates, seed
 from tests.support import SmtpServer, wait_until

@@ -10,7 +10,7 @@ import signal
 import pytest
 from sqlalchemy import func, select
 
-from nurture.db import transaction
+from nurture.core.db import transaction
 from nurture.models import Delivery
 from tests.reliability.conftest import Cluster, duplicates, seed
 from tests.support import SmtpServer, wait_until

@@ -20,13 +20,13 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
-from nurture import importer
 from nurture.cli import main
-from nurture.db import transaction
+from nurture.core.db import transaction
 from nurture.mail.compose import Envelope, compose
 from nurture.mail.templates import RenderedEmail
 from nurture.models import Subscriber
-from nurture.signup import FieldErrors, parse_signup
+from nurture.subscribers import importer
+from nurture.subscribers.signup import FieldErrors, parse_signup
 from tests.staff.conftest import (  # noqa: F401  (fixtures, found by name)
     _fast_password_hashing,
     api,

@@ -16,13 +16,14 @@ from click.testing import CliRunner
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from nurture import bounces, clock
 from nurture.cli import main
-from nurture.config import get_settings
-from nurture.db import transaction
+from nurture.core import clock
+from nurture.core.config import get_settings
+from nurture.core.db import transaction
 from nurture.mail.compose import message_id_for
 from nurture.mail.transports import SmtpTransport, TemporaryFailure, transport_from_url
 from nurture.models import Delivery, Event, Suppression
+from nurture.subscribers import bounces
 from nurture.web.app import create_app
 from nurture.webhooks.urls import UnsafeUrl, validate_url
 from tests.conftest import TEST_SECRET

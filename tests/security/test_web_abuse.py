@@ -1,6 +1,6 @@
 """Abuse of the public pages and the staff sign-in, on real databases: click floods, signup bursts, /metrics
 left open, parallel password guesses, ids that only look like numbers, an unset NURTURE_ENV and link tokens
-in logs. Races run on PostgreSQL with real threads; time moves only through nurture.clock."""
+in logs. Races run on PostgreSQL with real threads; time moves only through nurture.core.clock."""
 
 # ruff: noqa: F811  (fixtures imported from the modules that define them are redefined by name)
 
@@ -19,9 +19,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from nurture import clock, consent, staff, tokens
-from nurture.config import ConfigError, Environment, get_settings
-from nurture.db import transaction
+from nurture.core import clock, tokens
+from nurture.core.config import ConfigError, Environment, get_settings
+from nurture.core.db import transaction
 from nurture.models import (
     ConsentRecord,
     Event,
@@ -32,7 +32,9 @@ from nurture.models import (
     WebhookDelivery,
     WebhookEndpoint,
 )
-from nurture.signup import SignupForm, confirm, signup
+from nurture.staff import accounts as staff
+from nurture.subscribers import consent
+from nurture.subscribers.signup import SignupForm, confirm, signup
 from nurture.webhooks import fanout
 from nurture.webhooks import secrets as endpoint_secrets
 from tests.conftest import TEST_SECRET
@@ -114,7 +116,7 @@ def test_a_click_flood_counts_once_per_window_and_every_click_still_redirects(li
         assert count(linked, ExternalEvent) == 1  # the link's goal, reported once
         assert webhooks_for(linked, "clicked") == webhooks_for(linked, "goal_met") == 1
         # Once the window is over, the same person's next click is a new click.
-        from nurture.tracking import HIT_WINDOW_SECONDS
+        from nurture.subscribers.clicks import HIT_WINDOW_SECONDS
 
         advance(timedelta(seconds=HIT_WINDOW_SECONDS + 1))
         with app_client() as client:
@@ -266,7 +268,7 @@ def test_metrics_are_closed_in_production_until_a_token_is_set(sqlite_url, set_e
 
 
 def test_doctor_says_metrics_are_closed_in_production_without_a_token(set_env) -> None:  # type: ignore[no-untyped-def]
-    from nurture.doctor import WARN, check_settings
+    from nurture.delivery.doctor import WARN, check_settings
 
     set_env(env="production", postal_address=REAL_POSTAL, metrics_token="")
     check = check_settings(get_settings())
@@ -453,7 +455,7 @@ def test_the_sample_webhook_verifier_refuses_timestamps_that_only_look_like_numb
 
 
 def test_the_strict_parser_takes_ascii_digits_only() -> None:
-    from nurture.ids import parse_id
+    from nurture.core.ids import parse_id
 
     assert [parse_id(v) for v in ("0", "7", "007", "9" * 18)] == [0, 7, 7, int("9" * 18)]
     for value in ("", "²", "١", "１", "+1", " 1", "1 ", "1\n", "-1", "1.0", "1_000", "9" * 19, None, 7):

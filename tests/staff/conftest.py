@@ -11,8 +11,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from nurture.db import transaction
-from nurture.staff import create_user, issue_token
+from nurture.core.db import transaction
+from nurture.staff.accounts import create_user, issue_token
 from tests.helpers import sync_sequences
 
 PASSWORD = "correct horse battery staple"
@@ -37,7 +37,7 @@ def _fast_password_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
     test machine, and the tests hash dozens of times. Parameters are all that change."""
     from argon2 import PasswordHasher
 
-    from nurture import staff
+    from nurture.staff import accounts as staff
 
     monkeypatch.setattr(staff, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
 

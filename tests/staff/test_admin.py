@@ -9,11 +9,11 @@ from email import message_from_bytes
 import pytest
 from sqlalchemy import func, select
 
-from nurture import clock
-from nurture.db import transaction
-from nurture.enrollment import add_subscriber
+from nurture.core import clock
+from nurture.core.db import transaction
 from nurture.mail.transports import MEMORY_OUTBOX
 from nurture.models import AuditLog, Delivery, LoginFailure, Sequence
+from nurture.subscribers.enrollment import add_subscriber
 from tests.staff.conftest import CSRF, PASSWORD, csrf_of, login, make_client
 
 START = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from nurture import versions
-from nurture.db import transaction
+from nurture.core.db import transaction
 from nurture.models import Sequence
+from nurture.sequences import versions
 from tests.staff.conftest import csrf_of
 
 HOLIDAY_COURSE = """

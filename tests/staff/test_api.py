@@ -7,11 +7,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select
 
-from nurture import clock
-from nurture.db import transaction
-from nurture.enrollment import add_subscriber, unsubscribe
+from nurture.core import clock
+from nurture.core.db import transaction
 from nurture.models import AuditLog, Delivery, Sequence, Subscriber, Suppression
-from nurture.suppression import erased_key
+from nurture.subscribers.enrollment import add_subscriber, unsubscribe
+from nurture.subscribers.suppression import erased_key
 from tests.helpers import dispatch_inline, make_sender
 
 START = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)  # Monday 10:00 in New York

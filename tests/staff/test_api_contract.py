@@ -17,7 +17,7 @@ HOOK = {"url": "http://127.0.0.1:9/hooks", "event_types": ["subscribed"]}
 
 
 def count(world, model) -> int:  # type: ignore[no-untyped-def]
-    from nurture.db import transaction
+    from nurture.core.db import transaction
 
     with transaction(world) as session:
         return int(session.scalar(select(func.count()).select_from(model)) or 0)

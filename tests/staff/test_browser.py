@@ -12,11 +12,11 @@ from playwright import sync_api
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from nurture import clock
-from nurture.db import transaction
+from nurture.core import clock
+from nurture.core.db import transaction
 from nurture.mail.transports import MemoryTransport
 from nurture.models import Delivery, Sequence
-from nurture.staff import create_user
+from nurture.staff.accounts import create_user
 from tests.helpers import dispatch_inline, make_sender, subscribe, sync_sequences
 from tests.staff.conftest import PASSWORD
 from tests.support import free_port

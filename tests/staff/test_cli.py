@@ -9,8 +9,7 @@ from click.testing import CliRunner
 from sqlalchemy import func, select
 
 from nurture.cli import main
-from nurture.db import transaction
-from nurture.enrollment import add_subscriber, unsubscribe
+from nurture.core.db import transaction
 from nurture.models import (
     ApiToken,
     ConsentRecord,
@@ -21,7 +20,8 @@ from nurture.models import (
     Subscriber,
     Suppression,
 )
-from nurture.staff import token_digest, verify_password
+from nurture.staff.accounts import token_digest, verify_password
+from nurture.subscribers.enrollment import add_subscriber, unsubscribe
 from tests.staff.conftest import PASSWORD
 
 

@@ -14,14 +14,14 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from nurture import clock
-from nurture.catalog import window_of
-from nurture.control import MIN_GAP, ControlError, ResumePolicy, lock, pause, resume, schedule
-from nurture.db import transaction
-from nurture.enrollment import add_subscriber
+from nurture.core import clock
+from nurture.core.db import transaction
 from nurture.mail.transports import MemoryTransport
 from nurture.models import Delivery, DeliveryStatus, Enrollment, Sequence, Step, Subscriber
-from nurture.schedule import next_open, resolve_zone
+from nurture.sequences.catalog import window_of
+from nurture.sequences.control import MIN_GAP, ControlError, ResumePolicy, lock, pause, resume, schedule
+from nurture.sequences.schedule import next_open, resolve_zone
+from nurture.subscribers.enrollment import add_subscriber
 from tests.helpers import dispatch_inline, make_sender
 
 START = datetime(2026, 3, 2, 13, 0, tzinfo=UTC)  # a Monday
@@ -189,7 +189,7 @@ def test_pause_twice_and_resume_unpaused_are_refused(world) -> None:  # type: ig
 
 
 def test_joining_a_paused_sequence_waits_and_leaving_during_a_pause_cancels(world) -> None:  # type: ignore[no-untyped-def]
-    from nurture.enrollment import unsubscribe
+    from nurture.subscribers.enrollment import unsubscribe
 
     with clock.frozen(START) as advance:
         with transaction(world) as session:

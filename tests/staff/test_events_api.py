@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from nurture import clock
-from nurture.db import transaction
-from nurture.enrollment import add_subscriber
+from nurture.core import clock
+from nurture.core.db import transaction
 from nurture.models import Enrollment, ExternalEvent
+from nurture.subscribers.enrollment import add_subscriber
 from tests.helpers import dispatch_inline, make_sender
 
 START = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)

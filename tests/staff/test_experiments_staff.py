@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from nurture import clock
-from nurture.db import transaction
+from nurture.core import clock
+from nurture.core.db import transaction
 from nurture.mail.transports import MemoryTransport
 from nurture.models import Delivery, Sequence, SequenceVersion, Subscriber
 from tests.helpers import dispatch_inline, make_sender, subscribe, sync_sequences

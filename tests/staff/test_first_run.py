@@ -10,13 +10,14 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
-from nurture import clock, setup
 from nurture.cli import main
-from nurture.config import get_settings
-from nurture.db import transaction
+from nurture.cli.run_summary import summary
+from nurture.core import clock
+from nurture.core.config import get_settings
+from nurture.core.db import transaction
 from nurture.models import AuditLog, SetupToken, StaffUser
-from nurture.run_summary import summary
-from nurture.staff import create_user
+from nurture.staff import first_admin
+from nurture.staff.accounts import create_user
 from tests.staff.conftest import CSRF, PASSWORD, csrf_of, make_client
 
 LINK = re.compile(r"https?://\S+/admin/setup/(\S+)")
@@ -24,7 +25,7 @@ LINK = re.compile(r"https?://\S+/admin/setup/(\S+)")
 
 def _issue(factory, hours: int = 24) -> str:  # type: ignore[no-untyped-def]
     with transaction(factory) as session:
-        token = setup.issue(session, timedelta(hours=hours))
+        token = first_admin.issue(session, timedelta(hours=hours))
     assert token is not None
     return token
 
@@ -143,13 +144,13 @@ def test_setup_refuses_a_wrong_expired_or_replaced_link_a_bad_form_and_a_cli_mad
             create_user(session, "cli@staff.example.com", "admin", PASSWORD)  # `nurture users create`
         assert client.get(f"/admin/setup/{third}").status_code == 410
         with transaction(world) as session:
-            assert setup.issue(session, timedelta(hours=1)) is None  # no link once an admin exists
+            assert first_admin.issue(session, timedelta(hours=1)) is None  # no link once an admin exists
             assert session.scalar(select(func.count()).select_from(SetupToken)) == 0
 
 
 def test_pasting_the_link_on_the_sign_in_page_leads_to_the_form(world) -> None:  # type: ignore[no-untyped-def]
     token = _issue(world)
-    link = setup.link("http://127.0.0.1:8000", token)
+    link = first_admin.link("http://127.0.0.1:8000", token)
     with make_client() as client:
         pasted = client.post("/admin/setup", data={"csrf": csrf_of(client), "token": f"  {link}  "})
         assert pasted.status_code == 200 and 'name="password_again"' in pasted.text
@@ -161,7 +162,7 @@ def test_pasting_the_link_on_the_sign_in_page_leads_to_the_form(world) -> None: 
 
 
 def test_setup_tokens_stay_out_of_the_logs() -> None:
-    from nurture.logs import redact_tokens
+    from nurture.core.logs import redact_tokens
 
     assert (
         redact_tokens('"GET /admin/setup/abc-DEF_123 HTTP/1.1" 200')

@@ -7,11 +7,11 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
-from nurture import importer
-from nurture.addresses import InvalidInput, normalise_email
 from nurture.cli import main
-from nurture.db import transaction
+from nurture.core.addresses import InvalidInput, normalise_email
+from nurture.core.db import transaction
 from nurture.models import AuditLog, ConsentRecord, Delivery, Enrollment, Event, Subscriber
+from nurture.subscribers import importer
 
 
 def test_a_failed_chunk_writes_nothing_of_itself_and_earlier_chunks_stay_whole(world, monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -81,9 +81,9 @@ def test_enrolling_existing_in_bulk_matches_enrolling_one_by_one(world) -> None:
     """The bulk path (import, enroll existing) writes the same due times and event as enroll()."""
     from datetime import UTC, datetime
 
-    from nurture import clock
-    from nurture.enrollment import add_subscriber, enroll
+    from nurture.core import clock
     from nurture.models import Sequence
+    from nurture.subscribers.enrollment import add_subscriber, enroll
 
     start = datetime(2026, 3, 6, 22, 30, tzinfo=UTC)  # a Friday evening: the window pushes to Monday
     with clock.frozen(datetime(2026, 3, 2, 15, 0, tzinfo=UTC)), transaction(world) as session:

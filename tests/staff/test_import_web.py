@@ -10,10 +10,10 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import func, select
 
-from nurture import clock
-from nurture.db import transaction
-from nurture.enrollment import add_subscriber, unsubscribe
+from nurture.core import clock
+from nurture.core.db import transaction
 from nurture.models import AuditLog, Delivery, Enrollment, Subscriber, Suppression
+from nurture.subscribers.enrollment import add_subscriber, unsubscribe
 from tests.helpers import subscribe
 from tests.staff.conftest import csrf_of
 

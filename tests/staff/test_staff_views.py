@@ -14,12 +14,14 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import func, select
 
-from nurture import clock, jobs, reports
-from nurture.db import transaction
-from nurture.enrollment import unsubscribe
+from nurture.core import clock
+from nurture.core.db import transaction
 from nurture.mail.transports import MemoryTransport
 from nurture.models import AuditLog, Delivery, Enrollment, Event, Job, Sequence, Subscriber, WebhookEndpoint
-from nurture.schedule import SendWindow
+from nurture.sequences import figures_over_time
+from nurture.sequences.schedule import SendWindow
+from nurture.staff import jobs
+from nurture.subscribers.enrollment import unsubscribe
 from nurture.web.admin.timeline import day_strip
 from tests.helpers import dispatch_inline, make_sender, subscribe
 from tests.staff.conftest import csrf_of
@@ -60,7 +62,7 @@ def _count(factory, *where) -> int:  # type: ignore[no-untyped-def]
 
 def test_overview_counts_sends_per_local_day_and_rates_with_their_trend(sent_week) -> None:  # type: ignore[no-untyped-def]
     with transaction(sent_week) as session:
-        view = reports.overview(session, ZoneInfo("America/New_York"), days=30)
+        view = figures_over_time.overview(session, ZoneInfo("America/New_York"), days=30)
     assert len(view.days) == 30 and view.days[-1] == date(2026, 3, 2)
     assert view.sent_per_day[-6:] == [4, 8, 8, 0, 0, 12]  # Wed .. Mon
     assert view.sent_7d == 32 == _count(sent_week, Delivery.status == "sent")
@@ -70,9 +72,12 @@ def test_overview_counts_sends_per_local_day_and_rates_with_their_trend(sent_wee
 
 
 def test_a_rate_compares_with_the_week_before() -> None:
-    worse = reports.Rate(count=3, sent=100, previous_count=1, previous_sent=100)
+    worse = figures_over_time.Rate(count=3, sent=100, previous_count=1, previous_sent=100)
     assert worse.trend == "up" and worse.value == 0.03 and worse.previous == 0.01
-    assert reports.Rate(1, 100, 1, 100).trend == "flat" and reports.Rate(0, 0, 0, 0).value is None
+    assert (
+        figures_over_time.Rate(1, 100, 1, 100).trend == "flat"
+        and figures_over_time.Rate(0, 0, 0, 0).value is None
+    )
 
 
 def test_dashboard_shows_the_week_and_alerts_that_need_a_person(signed_in, sent_week) -> None:  # type: ignore[no-untyped-def]
@@ -282,7 +287,7 @@ def test_cli_enroll_and_export_report_what_they_did(world, tmp_path) -> None:  #
     from click.testing import CliRunner
 
     from nurture.cli import main
-    from nurture.enrollment import add_subscriber
+    from nurture.subscribers.enrollment import add_subscriber
 
     with transaction(world) as session:
         for n in range(3):
@@ -308,11 +313,11 @@ def test_days_are_local_days_of_the_report_zone(world) -> None:  # type: ignore[
         session.add(Event(kind="sent", created_at=late))
         session.add(Event(kind="unsubscribed", created_at=late))
     with transaction(world) as session:
-        new_york = reports.events_per_day(
+        new_york = figures_over_time.events_per_day(
             session, ["sent"], late - timedelta(days=2), ZoneInfo("America/New_York")
         )
-        utc = reports.events_per_day(session, ["sent"], late - timedelta(days=2), ZoneInfo("UTC"))
-        view = reports.overview(session, ZoneInfo("America/New_York"), days=7, now=late)
+        utc = figures_over_time.events_per_day(session, ["sent"], late - timedelta(days=2), ZoneInfo("UTC"))
+        view = figures_over_time.overview(session, ZoneInfo("America/New_York"), days=7, now=late)
     assert new_york["sent"] == {date(2026, 3, 2): 1} and utc["sent"] == {date(2026, 3, 3): 1}
     assert view.days[-1] == date(2026, 3, 2) and view.sent_per_day[-1] == 1
     assert view.unsubscribes.value == 1.0

@@ -11,19 +11,11 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
-from nurture import clock
 from nurture.cli import main
-from nurture.db import transaction
-from nurture.models import (
-    AuditLog,
-    ConsentRecord,
-    Delivery,
-    Enrollment,
-    Event,
-    Subscriber,
-    Suppression,
-)
-from nurture.sender import Sender
+from nurture.core import clock
+from nurture.core.db import transaction
+from nurture.delivery.sender import Sender
+from nurture.models import AuditLog, ConsentRecord, Delivery, Enrollment, Event, Subscriber, Suppression
 from tests.helpers import dispatch_inline, make_sender, subscribe
 from tests.staff.conftest import csrf_of
 
@@ -139,8 +131,8 @@ def test_remove_from_one_sequence_leaves_the_other(api, three_step, world) -> No
     sync_sequences(world)
     sid = subscribe(world, "ana@example.com", "course")
     with transaction(world) as session:
-        from nurture.enrollment import enroll
         from nurture.models import Sequence
+        from nurture.subscribers.enrollment import enroll
 
         enroll(
             session,

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, update
 
-from nurture.config import get_settings
-from nurture.db import transaction
+from nurture.core.config import get_settings
+from nurture.core.db import transaction
 from nurture.mail.context import Recipient, template_context
 from nurture.mail.templates import CONTEXT_VARIABLES, EmailTemplates, SecurityError, UnsafeTemplateError
 from nurture.models import SequenceVersion, Step
@@ -140,7 +140,7 @@ def test_every_context_variable_is_documented() -> None:
 def test_a_subject_stored_before_the_fix_runs_nothing_when_sent(world, tmp_path) -> None:  # type: ignore[no-untyped-def]
     from datetime import timedelta
 
-    from nurture import clock
+    from nurture.core import clock
     from tests.helpers import dispatch_inline, make_sender, statuses, subscribe
 
     marker = tmp_path / "ran"

@@ -8,8 +8,8 @@ from email import message_from_bytes
 
 from sqlalchemy import select
 
-from nurture import clock
-from nurture.db import transaction
+from nurture.core import clock
+from nurture.core.db import transaction
 from nurture.mail.transports import AmbiguousFailure, MemoryTransport
 from nurture.models import AuditLog, Delivery, Event
 from tests.helpers import dispatch_inline, make_sender, subscribe

@@ -11,9 +11,9 @@ from click.testing import CliRunner
 from sqlalchemy import select
 
 from nurture.cli import main
-from nurture.db import transaction
+from nurture.core.db import transaction
 from nurture.models import ApiToken, AuditLog, StaffUser
-from nurture.staff import token_digest
+from nurture.staff.accounts import token_digest
 from tests.staff.conftest import PASSWORD, csrf_of, login, make_client
 
 NEW_PASSWORD = "a brand new passphrase 42"

@@ -17,12 +17,10 @@ from click.testing import CliRunner
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from nurture import clock, versions
 from nurture.cli import main
-from nurture.config import get_settings
-from nurture.control import MIN_GAP
-from nurture.db import transaction
-from nurture.enrollment import EnrollmentError, add_subscriber
+from nurture.core import clock
+from nurture.core.config import get_settings
+from nurture.core.db import transaction
 from nurture.mail.templates import EmailTemplates
 from nurture.models import (
     AuditLog,
@@ -35,8 +33,11 @@ from nurture.models import (
     Step,
     Subscriber,
 )
-from nurture.schedule import resolve_zone
+from nurture.sequences import versions
+from nurture.sequences.control import MIN_GAP
 from nurture.sequences.loader import find
+from nurture.sequences.schedule import resolve_zone
+from nurture.subscribers.enrollment import EnrollmentError, add_subscriber
 from tests.staff.conftest import COURSE
 from tests.staff.test_control import Run
 
@@ -361,7 +362,7 @@ def test_a_dispatcher_cannot_claim_an_email_while_a_publish_moves_it(pg_factory,
     not wait either), and the tick after the commit sends the email once, as the new version wrote it."""
     import threading
 
-    from nurture.dispatch import dispatch_once
+    from nurture.delivery.dispatch import dispatch_once
     from nurture.mail.transports import MemoryTransport
     from tests.helpers import dispatch_inline, make_sender, sync_sequences
 
@@ -400,7 +401,7 @@ def test_a_dispatcher_cannot_claim_an_email_while_a_publish_moves_it(pg_factory,
 
 
 def test_moving_while_paused_keeps_the_emails_held_until_resume(world, course) -> None:  # type: ignore[no-untyped-def]
-    from nurture.control import ResumePolicy, lock, pause, resume
+    from nurture.sequences.control import ResumePolicy, lock, pause, resume
 
     with clock.frozen(START):
         with transaction(world) as session:
@@ -419,9 +420,9 @@ def test_moving_while_paused_keeps_the_emails_held_until_resume(world, course) -
 
 
 def test_a_signup_confirmed_after_archiving_is_confirmed_without_enrolling(world) -> None:  # type: ignore[no-untyped-def]
-    from nurture.consent import Origin
     from nurture.models import ConsentRecord, Event
-    from nurture.signup import confirm, parse_signup, signup
+    from nurture.subscribers.consent import Origin
+    from nurture.subscribers.signup import confirm, parse_signup, signup
 
     form = parse_signup(
         {"email": "late@example.com", "consent": True, "sequence": "course"}, default_source="hosted-form"

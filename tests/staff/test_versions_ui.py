@@ -7,10 +7,11 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from nurture import clock, versions
-from nurture.db import transaction
-from nurture.enrollment import add_subscriber
+from nurture.core import clock
+from nurture.core.db import transaction
 from nurture.models import AuditLog, Enrollment, Sequence, SequenceVersion
+from nurture.sequences import versions
+from nurture.subscribers.enrollment import add_subscriber
 from tests.staff.conftest import csrf_of
 from tests.staff.test_versions import START, cli
 
@@ -158,7 +159,7 @@ def test_unchanged_edit_is_refused(signed_in, world) -> None:  # type: ignore[no
 def _draft(world) -> None:  # type: ignore[no-untyped-def]
     from pathlib import Path
 
-    from nurture.config import get_settings
+    from nurture.core.config import get_settings
     from nurture.mail.templates import EmailTemplates
     from nurture.sequences.loader import definition_from
 
@@ -229,7 +230,7 @@ def test_counts_per_step_follow_the_key_across_versions(api, world) -> None:  # 
     """After a publish with "stay", people on the old version are counted at the step with their key."""
     from pathlib import Path
 
-    from nurture.config import get_settings
+    from nurture.core.config import get_settings
     from nurture.mail.templates import EmailTemplates
     from nurture.sequences.loader import definition_from
 

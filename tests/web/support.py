@@ -12,8 +12,9 @@ from urllib.parse import urlsplit
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from nurture.config import get_settings
-from nurture.db import transaction
+from nurture.core.config import get_settings
+from nurture.core.db import transaction
+from nurture.delivery.confirmations import Outbox
 from nurture.mail.templates import EmailTemplates
 from nurture.mail.transports import MemoryTransport, Transport
 from nurture.models import (
@@ -26,7 +27,6 @@ from nurture.models import (
     Subscriber,
     Suppression,
 )
-from nurture.outbox import Outbox
 
 TABLES = (
     Subscriber,

@@ -23,13 +23,13 @@ from playwright import sync_api
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from nurture import clock
-from nurture.config import get_settings
-from nurture.db import transaction
+from nurture.core import clock
+from nurture.core.config import get_settings
+from nurture.core.db import transaction
+from nurture.delivery.confirmations import Outbox
 from nurture.mail.templates import EmailTemplates
 from nurture.mail.transports import transport_from_url
 from nurture.models import Delivery, Subscriber
-from nurture.outbox import Outbox
 from tests.conftest import service_missing
 from tests.helpers import dispatch_inline, make_sender, subscribe, sync_sequences
 from tests.support import SmtpServer, free_port, wait_until

@@ -10,9 +10,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from nurture import clock, ratelimit, tokens
-from nurture.db import transaction
-from nurture.models import ConsentRecord, Delivery, Enrollment, OutboxMessage, Subscriber
+from nurture.core import clock, tokens
+from nurture.core.db import transaction
+from nurture.models import ConsentRecord, Delivery, Enrollment, OutboxMessage, Subscriber, abuse_limits
 from tests.helpers import statuses
 from tests.web.conftest import CLIENT_IP
 from tests.web.support import (
@@ -155,7 +155,7 @@ def test_unsubscribing_from_the_confirmation_email_stops_the_queued_ones(
     client: TestClient, app_factory
 ) -> None:  # type: ignore[no-untyped-def]
     message = signup_and_read_email(client, app_factory)
-    clock.set_now(clock.now() + ratelimit.CONFIRM_REPEAT_WINDOW)  # later, so no repeat: it is queued
+    clock.set_now(clock.now() + abuse_limits.CONFIRM_REPEAT_WINDOW)  # later, so no repeat: it is queued
     assert client.post("/subscribe", json=SIGNUP).status_code == 202  # a second one waits in the outbox
     one_click = client.post(
         path_of(list_unsubscribe_url(message)),

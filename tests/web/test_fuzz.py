@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
-from nurture import tokens
-from nurture.db import transaction
+from nurture.core import tokens
+from nurture.core.db import transaction
 from nurture.models import ConsentRecord, OutboxMessage, Subscriber
 from tests.web.conftest import make_client
 from tests.web.support import row_counts

@@ -9,10 +9,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from fastapi.testclient import TestClient
 
-from nurture import clock, consent
-from nurture.config import get_settings
-from nurture.ratelimit import RateLimited, client_key
-from nurture.signup import SignupForm, signup
+from nurture.core import clock
+from nurture.core.config import get_settings
+from nurture.models.abuse_limits import RateLimited, client_key
+from nurture.subscribers import consent
+from nurture.subscribers.signup import SignupForm, signup
 from tests.web.conftest import make_client
 from tests.web.support import row_counts, snapshot
 

@@ -28,11 +28,11 @@ from hypothesis import HealthCheck, settings
 from schemathesis import Case
 from sqlalchemy import create_engine, text
 
-from nurture import staff
-from nurture.config import get_settings
-from nurture.db import transaction
-from nurture.enrollment import add_subscriber
-from nurture.staff import create_user, issue_token
+from nurture.core.config import get_settings
+from nurture.core.db import transaction
+from nurture.staff import accounts as staff
+from nurture.staff.accounts import create_user, issue_token
+from nurture.subscribers.enrollment import add_subscriber
 from nurture.webhooks import endpoints, sending, urls
 from tests.conftest import PG_ADMIN_URL, reset_caches, service_missing
 from tests.helpers import sync_sequences
@@ -91,7 +91,7 @@ def _seed(world_dir: Path) -> str:
 
     Row 1 of every table is a bystander the spec's path examples point at ("1"): the fuzzer may deactivate,
     erase or revoke it. The fuzzer's own admin is row 2, so it does not lock itself out on the first try."""
-    from nurture.db import session_factory
+    from nurture.core.db import session_factory
 
     (world_dir / "course.yaml").write_text(COURSE)
     factory = session_factory()
@@ -114,8 +114,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     """One database for every operation of this module, migrated and seeded once: its own, because other
     tests on the same worker empty the shared one before each test, and emptying it per operation would cost
     more than the fuzzing. What one operation's calls create or break, the next ones meet, as in real use."""
-    from nurture.db import make_engine
-    from nurture.migrate import upgrade
+    from nurture.core.db import make_engine
+    from nurture.core.migrate import upgrade
 
     name = f"nurture_fuzz_{os.getpid()}"
     try:

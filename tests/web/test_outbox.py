@@ -9,10 +9,11 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
-from nurture import clock
 from nurture.celery_app import DISPATCH_QUEUE, OUTBOX_TASK, create_app
-from nurture.config import get_settings
-from nurture.db import transaction
+from nurture.core import clock
+from nurture.core.config import get_settings
+from nurture.core.db import transaction
+from nurture.delivery.confirmations import Outbox, claim_due
 from nurture.mail.templates import EmailTemplates
 from nurture.mail.transports import (
     MEMORY_OUTBOX,
@@ -22,7 +23,6 @@ from nurture.mail.transports import (
     TemporaryFailure,
 )
 from nurture.models import Event, OutboxMessage, Subscriber, Suppression
-from nurture.outbox import Outbox, claim_due
 from tests.web.support import drain
 
 START = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)

@@ -9,8 +9,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from nurture import clock, tokens
-from nurture.db import transaction
+from nurture.core import clock, tokens
+from nurture.core.db import transaction
 from nurture.models import ConsentRecord, Delivery, Enrollment, Event, Subscriber
 from tests.helpers import dispatch_inline, make_sender
 from tests.web.support import confirm_url, drain, path_of, snapshot

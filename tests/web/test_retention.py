@@ -7,10 +7,10 @@ from datetime import UTC, datetime, timedelta
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from nurture import clock
-from nurture.db import transaction
+from nurture.core import clock
+from nurture.core.db import transaction
 from nurture.models import ConsentRecord, Event, OutboxMessage, Subscriber
-from nurture.retention import purge_unconfirmed
+from nurture.subscribers.retention import purge_unconfirmed
 from tests.web.support import confirm_url, drain, path_of
 
 START = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)

@@ -9,10 +9,10 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from nurture import consent
-from nurture.db import transaction
+from nurture.core.db import transaction
 from nurture.mail.transports import MEMORY_OUTBOX
 from nurture.models import ConsentRecord, OutboxMessage, Subscriber, Suppression
+from nurture.subscribers import consent
 from tests.web.conftest import CLIENT_IP
 from tests.web.support import confirm_url, drain, path_of, row_counts, snapshot
 
@@ -116,7 +116,7 @@ def _make_states(client: TestClient, app_factory) -> None:  # type: ignore[no-un
     for message in sent:
         if message["To"].startswith(("active", "left")):
             assert client.post(path_of(confirm_url(message))).status_code == 200
-    from nurture import tokens
+    from nurture.core import tokens
 
     with transaction(app_factory) as session:
         left = session.scalar(select(Subscriber).where(Subscriber.email == "left@example.com"))

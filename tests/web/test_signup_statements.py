@@ -1,11 +1,12 @@
 """What a signup costs the database, counted: POST /subscribe must not silently grow more statements.
 
 Benchmark 3 (200 signups/s on two cores) is won or lost on the round trips and per-statement work of this one
-request, so the statements are counted here on the real database, both backends (nurture/signup_sql.py
+request, so the statements are counted here on the real database, both backends
+(nurture/subscribers/signup_statements.py
 describes them). On PostgreSQL a new address costs one statement: data-modifying CTEs count the rate-limit
 hit and write the subscriber, the consent record, the outbox confirmation and the event. A known address
 adds the row lock, the confirmation-quota count and the ledger rows for it; a repeat (the same address and
-course within nurture.ratelimit.CONFIRM_REPEAT_WINDOW) stops after the quota count. SQLite has no
+course within nurture.models.abuse_limits.CONFIRM_REPEAT_WINDOW) stops after the quota count. SQLite has no
 data-modifying CTEs (one statement per row) and its transactions start with a ``BEGIN IMMEDIATE`` SQLAlchemy
 also counts.
 
@@ -22,8 +23,9 @@ from typing import Any
 from fastapi.testclient import TestClient
 from sqlalchemy import event
 
-from nurture import clock, ratelimit
-from nurture.db import get_engine
+from nurture.core import clock
+from nurture.core.db import get_engine
+from nurture.models import abuse_limits
 from tests.web.support import row_counts
 
 # (new address, known address, repeat of a signup moments ago) per backend
@@ -55,7 +57,7 @@ def test_a_signup_runs_a_fixed_small_number_of_statements(client: TestClient, ap
             answer = client.post("/subscribe", json=body)
         assert answer.status_code == 202
         assert len(statements) == new, statements
-        advance(ratelimit.CONFIRM_REPEAT_WINDOW)  # no longer a repeat of the first
+        advance(abuse_limits.CONFIRM_REPEAT_WINDOW)  # no longer a repeat of the first
         with counted() as statements:
             answer = client.post("/subscribe", json=body)
         assert answer.status_code == 202
@@ -88,7 +90,7 @@ def test_repeat_and_refused_signups_use_up_no_ids(app_factory, set_env) -> None:
     from the tables' sequences, and refused signups must not be a way to exhaust them."""
     from sqlalchemy import select
 
-    from nurture.db import transaction
+    from nurture.core.db import transaction
     from nurture.models import Subscriber
     from tests.web.conftest import make_client
 

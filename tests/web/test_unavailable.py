@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
-from nurture.staff import TOKEN_PREFIX
+from nurture.staff.accounts import TOKEN_PREFIX
 from tests.support import free_port
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from nurture.db import transaction
+from nurture.core.db import transaction
 from nurture.models import OutboxMessage
 from tests.support import Processes, SmtpServer, wait_until
 from tests.web.conftest import make_client

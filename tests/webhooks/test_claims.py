@@ -7,11 +7,11 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, select
 
-from nurture import clock
-from nurture.config import get_settings
-from nurture.db import transaction
-from nurture.enrollment import add_subscriber
+from nurture.core import clock
+from nurture.core.config import get_settings
+from nurture.core.db import transaction
 from nurture.models import WebhookAttempt, WebhookDelivery
+from nurture.subscribers.enrollment import add_subscriber
 from nurture.webhooks import endpoints
 from nurture.webhooks.sending import WebhookSender, claim_due
 

@@ -10,11 +10,11 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from nurture import clock
-from nurture.config import get_settings
-from nurture.db import transaction
-from nurture.enrollment import add_subscriber, unsubscribe
+from nurture.core import clock
+from nurture.core.config import get_settings
+from nurture.core.db import transaction
 from nurture.models import AuditLog, Event, Subscriber, WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from nurture.subscribers.enrollment import add_subscriber, unsubscribe
 from nurture.webhooks import endpoints
 from nurture.webhooks.sending import JITTER, WebhookSender
 from nurture.webhooks.verify import InvalidWebhook, verify
@@ -221,7 +221,7 @@ def test_rotation_signs_with_both_secrets_during_the_grace_period(factory, recei
 
 
 def test_erasing_a_subscriber_erases_their_webhook_deliveries(factory, receiver) -> None:  # type: ignore[no-untyped-def]
-    from nurture.importer import erase
+    from nurture.subscribers.importer import erase
 
     add_endpoint(factory, receiver.url, ["subscribed"])
     new_subscriber(factory)

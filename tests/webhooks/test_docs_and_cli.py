@@ -10,9 +10,9 @@ from click.testing import CliRunner
 from sqlalchemy import select
 
 from nurture.cli import main
-from nurture.db import transaction
-from nurture.enrollment import add_subscriber
+from nurture.core.db import transaction
 from nurture.models import AuditLog, WebhookDelivery
+from nurture.subscribers.enrollment import add_subscriber
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "webhooks.md"
 VERIFY = Path(__file__).resolve().parents[2] / "nurture" / "webhooks" / "verify.py"

@@ -8,11 +8,11 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from nurture import clock, events
-from nurture.config import get_settings
-from nurture.db import transaction
-from nurture.enrollment import add_subscriber
-from nurture.models import Event, WebhookCursor, WebhookDelivery
+from nurture.core import clock
+from nurture.core.config import get_settings
+from nurture.core.db import transaction
+from nurture.models import Event, WebhookCursor, WebhookDelivery, events
+from nurture.subscribers.enrollment import add_subscriber
 from nurture.webhooks import endpoints, fanout
 
 START = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)
@@ -146,7 +146,7 @@ def test_goal_met_payload_names_the_email_before_the_goal(factory, three_step) -
     with transaction(factory) as session:
         subscriber, enrollment = add_subscriber(session, "ana@example.com", sequence_slug="three-step")
         delivery = session.scalars(select(Delivery).where(Delivery.enrollment_id == enrollment.id)).first()
-        # As nurture/goals.py records it.
+        # As nurture/subscribers/goals.py records it.
         events.record(
             session,
             "goal_met",

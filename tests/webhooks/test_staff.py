@@ -7,11 +7,11 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from nurture import clock
-from nurture.config import get_settings
-from nurture.db import transaction
-from nurture.enrollment import add_subscriber
+from nurture.core import clock
+from nurture.core.config import get_settings
+from nurture.core.db import transaction
 from nurture.models import AuditLog, WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from nurture.subscribers.enrollment import add_subscriber
 from nurture.webhooks.sending import WebhookSender
 from nurture.webhooks.verify import verify
 from tests.staff.conftest import CSRF, csrf_of

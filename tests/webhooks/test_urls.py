@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from nurture.config import get_settings
-from nurture.db import transaction
+from nurture.core.config import get_settings
+from nurture.core.db import transaction
 from nurture.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from nurture.webhooks import endpoints
 from nurture.webhooks.secrets import generate, seal

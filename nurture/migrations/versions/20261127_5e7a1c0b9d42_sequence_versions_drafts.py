@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import nurture.db
+import nurture.core.db
 
 revision: str = "5e7a1c0b9d42"
 down_revision: str | None = "a7e3c91b5d02"
@@ -22,7 +22,9 @@ def upgrade() -> None:
     with op.batch_alter_table("sequence_versions", schema=None) as batch_op:
         batch_op.add_column(sa.Column("origin", sa.String(length=8), server_default="file", nullable=False))
         batch_op.add_column(sa.Column("author", sa.String(length=320), nullable=True))
-        batch_op.add_column(sa.Column("published_at", nurture.db.UTCDateTime(timezone=True), nullable=True))
+        batch_op.add_column(
+            sa.Column("published_at", nurture.core.db.UTCDateTime(timezone=True), nullable=True)
+        )
     # Every version written before drafts existed went live when it was synced.
     op.execute("UPDATE sequence_versions SET published_at = created_at")
     with op.batch_alter_table("steps", schema=None) as batch_op:

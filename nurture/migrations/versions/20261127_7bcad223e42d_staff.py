@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import nurture.db
+import nurture.core.db
 
 revision: str = "7bcad223e42d"
 down_revision: str | None = "bdf42a90dbd0"
@@ -24,7 +24,7 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("email", sa.String(length=320), nullable=False),
         sa.Column("ip_key", sa.String(length=128), nullable=False),
-        sa.Column("created_at", nurture.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", nurture.core.db.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_login_failures")),
     )
     with op.batch_alter_table("login_failures", schema=None) as batch_op:
@@ -38,8 +38,8 @@ def upgrade() -> None:
         sa.Column("role", sa.String(length=16), nullable=False),
         sa.Column("password_hash", sa.String(length=255), nullable=False),
         sa.Column("active", sa.Boolean(), nullable=False),
-        sa.Column("created_at", nurture.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("last_login_at", nurture.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("created_at", nurture.core.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("last_login_at", nurture.core.db.UTCDateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_staff_users")),
         sa.UniqueConstraint("email", name=op.f("uq_staff_users_email")),
     )
@@ -48,9 +48,9 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("user_id", sa.Integer(), nullable=False),
         sa.Column("token_hash", sa.String(length=64), nullable=False),
-        sa.Column("created_at", nurture.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("last_used_at", nurture.db.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("revoked_at", nurture.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("created_at", nurture.core.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("last_used_at", nurture.core.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("revoked_at", nurture.core.db.UTCDateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
             ["user_id"],
             ["staff_users.id"],
@@ -72,7 +72,7 @@ def upgrade() -> None:
         sa.Column("target", sa.String(length=200), nullable=False),
         sa.Column("before", sa.JSON(), nullable=True),
         sa.Column("after", sa.JSON(), nullable=True),
-        sa.Column("created_at", nurture.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", nurture.core.db.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["user_id"],
             ["staff_users.id"],
@@ -91,8 +91,10 @@ def upgrade() -> None:
         batch_op.create_index("ix_enrollments_sequence_status", ["sequence_id", "status"], unique=False)
 
     with op.batch_alter_table("sequences", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("paused_at", nurture.db.UTCDateTime(timezone=True), nullable=True))
-        batch_op.add_column(sa.Column("activate_at", nurture.db.UTCDateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column("paused_at", nurture.core.db.UTCDateTime(timezone=True), nullable=True))
+        batch_op.add_column(
+            sa.Column("activate_at", nurture.core.db.UTCDateTime(timezone=True), nullable=True)
+        )
 
 
 def downgrade() -> None:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import nurture.db
+import nurture.core.db
 
 revision: str = "a7e3c91b5d02"
 down_revision: str | None = "d9633546b153"
@@ -27,15 +27,15 @@ def upgrade() -> None:
         sa.Column("event_types", sa.JSON(), nullable=False),
         sa.Column("secret", sa.Text(), nullable=False),
         sa.Column("previous_secret", sa.Text(), nullable=True),
-        sa.Column("previous_secret_until", nurture.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("previous_secret_until", nurture.core.db.UTCDateTime(timezone=True), nullable=True),
         sa.Column("enabled", sa.Boolean(), nullable=False),
-        sa.Column("disabled_at", nurture.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("disabled_at", nurture.core.db.UTCDateTime(timezone=True), nullable=True),
         sa.Column("disabled_reason", sa.String(length=300), nullable=True),
         sa.Column("consecutive_failures", sa.Integer(), nullable=False),
-        sa.Column("failing_since", nurture.db.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("last_success_at", nurture.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("failing_since", nurture.core.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("last_success_at", nurture.core.db.UTCDateTime(timezone=True), nullable=True),
         sa.Column("created_by", sa.String(length=320), nullable=False),
-        sa.Column("created_at", nurture.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", nurture.core.db.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_webhook_endpoints")),
     )
     op.create_table(
@@ -43,7 +43,7 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("last_event_id", sa.Integer(), nullable=False),
         sa.Column("gaps", sa.JSON(), nullable=False),
-        sa.Column("updated_at", nurture.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", nurture.core.db.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_webhook_cursor")),
     )
     op.create_table(
@@ -56,14 +56,14 @@ def upgrade() -> None:
         sa.Column("event_type", sa.String(length=64), nullable=False),
         sa.Column("body", sa.Text(), nullable=False),
         sa.Column("status", sa.String(length=16), nullable=False),
-        sa.Column("due_at", nurture.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("due_at", nurture.core.db.UTCDateTime(timezone=True), nullable=False),
         sa.Column("claim_token", sa.String(length=32), nullable=True),
-        sa.Column("lease_until", nurture.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("lease_until", nurture.core.db.UTCDateTime(timezone=True), nullable=True),
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("last_status_code", sa.Integer(), nullable=True),
         sa.Column("last_error", sa.Text(), nullable=True),
-        sa.Column("delivered_at", nurture.db.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("created_at", nurture.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("delivered_at", nurture.core.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("created_at", nurture.core.db.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["endpoint_id"],
             ["webhook_endpoints.id"],
@@ -106,7 +106,7 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("delivery_id", sa.Integer(), nullable=False),
         sa.Column("trigger", sa.String(length=16), nullable=False),
-        sa.Column("attempted_at", nurture.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("attempted_at", nurture.core.db.UTCDateTime(timezone=True), nullable=False),
         sa.Column("status_code", sa.Integer(), nullable=True),
         sa.Column("response_snippet", sa.String(length=500), nullable=True),
         sa.Column("error", sa.String(length=500), nullable=True),

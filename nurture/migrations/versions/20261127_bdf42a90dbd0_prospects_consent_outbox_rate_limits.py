@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import nurture.db
+import nurture.core.db
 
 revision: str = "bdf42a90dbd0"
 down_revision: str | None = "e1c6dd2644e1"
@@ -22,9 +22,9 @@ def upgrade() -> None:
     op.create_table(
         "rate_limit_counters",
         sa.Column("key", sa.String(length=128), nullable=False),
-        sa.Column("window_start", nurture.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("window_start", nurture.core.db.UTCDateTime(timezone=True), nullable=False),
         sa.Column("count", sa.Integer(), nullable=False),
-        sa.Column("expires_at", nurture.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", nurture.core.db.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("key", "window_start", name=op.f("pk_rate_limit_counters")),
     )
     with op.batch_alter_table("rate_limit_counters", schema=None) as batch_op:
@@ -35,7 +35,7 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("public_id", sa.String(length=32), nullable=False),
         sa.Column("subscriber_id", sa.Integer(), nullable=False),
-        sa.Column("created_at", nurture.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", nurture.core.db.UTCDateTime(timezone=True), nullable=False),
         sa.Column("ip", sa.String(length=64), nullable=True),
         sa.Column("user_agent", sa.String(length=512), nullable=True),
         sa.Column("source", sa.String(length=100), nullable=False),
@@ -45,7 +45,7 @@ def upgrade() -> None:
         sa.Column("sequence_slug", sa.String(length=64), nullable=True),
         sa.Column("first_name", sa.String(length=100), nullable=True),
         sa.Column("timezone", sa.String(length=64), nullable=True),
-        sa.Column("confirmed_at", nurture.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("confirmed_at", nurture.core.db.UTCDateTime(timezone=True), nullable=True),
         sa.Column("confirm_ip", sa.String(length=64), nullable=True),
         sa.Column("confirm_user_agent", sa.String(length=512), nullable=True),
         sa.ForeignKeyConstraint(
@@ -67,15 +67,15 @@ def upgrade() -> None:
         sa.Column("subscriber_id", sa.Integer(), nullable=False),
         sa.Column("consent_id", sa.Integer(), nullable=True),
         sa.Column("status", sa.String(length=16), nullable=False),
-        sa.Column("due_at", nurture.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("due_at", nurture.core.db.UTCDateTime(timezone=True), nullable=False),
         sa.Column("claim_token", sa.String(length=32), nullable=True),
-        sa.Column("lease_until", nurture.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("lease_until", nurture.core.db.UTCDateTime(timezone=True), nullable=True),
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("last_error", sa.Text(), nullable=True),
         sa.Column("skip_reason", sa.String(length=64), nullable=True),
         sa.Column("message_id", sa.String(length=255), nullable=True),
-        sa.Column("sent_at", nurture.db.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("created_at", nurture.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("sent_at", nurture.core.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("created_at", nurture.core.db.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["consent_id"],
             ["consent_records.id"],
@@ -112,7 +112,9 @@ def upgrade() -> None:
         )
 
     with op.batch_alter_table("subscribers", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("paused_until", nurture.db.UTCDateTime(timezone=True), nullable=True))
+        batch_op.add_column(
+            sa.Column("paused_until", nurture.core.db.UTCDateTime(timezone=True), nullable=True)
+        )
 
 
 def downgrade() -> None:

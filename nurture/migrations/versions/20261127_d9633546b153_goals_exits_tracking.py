@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import nurture.db
+import nurture.core.db
 
 revision: str = "d9633546b153"
 down_revision: str | None = "7bcad223e42d"
@@ -28,7 +28,7 @@ def upgrade() -> None:
         sa.Column("source", sa.String(length=16), nullable=False),
         sa.Column("properties", sa.JSON(), nullable=False),
         sa.Column("result", sa.JSON(), nullable=False),
-        sa.Column("created_at", nurture.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", nurture.core.db.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["subscriber_id"],
             ["subscribers.id"],
@@ -50,7 +50,7 @@ def upgrade() -> None:
         sa.Column("goal", sa.String(length=64), nullable=False),
         sa.Column("step_id", sa.Integer(), nullable=True),
         sa.Column("delivery_id", sa.Integer(), nullable=True),
-        sa.Column("created_at", nurture.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", nurture.core.db.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["delivery_id"],
             ["deliveries.id"],
@@ -90,7 +90,7 @@ def upgrade() -> None:
         sa.Column("kind", sa.String(length=8), nullable=False),
         sa.Column("url", sa.Text(), nullable=True),
         sa.Column("goal", sa.String(length=64), nullable=True),
-        sa.Column("created_at", nurture.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", nurture.core.db.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["delivery_id"],
             ["deliveries.id"],
@@ -110,7 +110,7 @@ def upgrade() -> None:
         sa.Column("subscriber_id", sa.Integer(), nullable=False),
         sa.Column("step_id", sa.Integer(), nullable=False),
         sa.Column("kind", sa.String(length=8), nullable=False),
-        sa.Column("created_at", nurture.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", nurture.core.db.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["link_id"],
             ["tracked_links.id"],

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import nurture.db
+import nurture.core.db
 
 revision: str = "e1c6dd2644e1"
 down_revision: str | None = None
@@ -26,7 +26,7 @@ def upgrade() -> None:
         sa.Column("name", sa.String(length=200), nullable=False),
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("current_version_id", sa.Integer(), nullable=True),
-        sa.Column("created_at", nurture.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", nurture.core.db.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_sequences")),
         sa.UniqueConstraint("slug", name=op.f("uq_sequences_slug")),
     )
@@ -39,9 +39,9 @@ def upgrade() -> None:
         sa.Column("timezone", sa.String(length=64), nullable=True),
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("attributes", sa.JSON(), nullable=False),
-        sa.Column("created_at", nurture.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("confirmed_at", nurture.db.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("unsubscribed_at", nurture.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("created_at", nurture.core.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("confirmed_at", nurture.core.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("unsubscribed_at", nurture.core.db.UTCDateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_subscribers")),
         sa.UniqueConstraint("email", name=op.f("uq_subscribers_email")),
         sa.UniqueConstraint("public_id", name=op.f("uq_subscribers_public_id")),
@@ -52,7 +52,7 @@ def upgrade() -> None:
         sa.Column("email", sa.String(length=320), nullable=False),
         sa.Column("reason", sa.String(length=32), nullable=False),
         sa.Column("detail", sa.Text(), nullable=True),
-        sa.Column("created_at", nurture.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", nurture.core.db.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_suppressions")),
         sa.UniqueConstraint("email", name=op.f("uq_suppressions_email")),
     )
@@ -67,7 +67,7 @@ def upgrade() -> None:
         sa.Column("window_days", sa.String(length=32), nullable=True),
         sa.Column("window_start", sa.String(length=5), nullable=True),
         sa.Column("window_end", sa.String(length=5), nullable=True),
-        sa.Column("created_at", nurture.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", nurture.core.db.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["sequence_id"], ["sequences.id"], name=op.f("fk_sequence_versions_sequence_id_sequences")
         ),
@@ -87,8 +87,8 @@ def upgrade() -> None:
         sa.Column("sequence_id", sa.Integer(), nullable=False),
         sa.Column("version_id", sa.Integer(), nullable=False),
         sa.Column("status", sa.String(length=16), nullable=False),
-        sa.Column("enrolled_at", nurture.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("ended_at", nurture.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("enrolled_at", nurture.core.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("ended_at", nurture.core.db.UTCDateTime(timezone=True), nullable=True),
         sa.Column("end_reason", sa.String(length=64), nullable=True),
         sa.ForeignKeyConstraint(
             ["sequence_id"], ["sequences.id"], name=op.f("fk_enrollments_sequence_id_sequences")
@@ -131,15 +131,15 @@ def upgrade() -> None:
         sa.Column("step_id", sa.Integer(), nullable=False),
         sa.Column("subscriber_id", sa.Integer(), nullable=False),
         sa.Column("status", sa.String(length=16), nullable=False),
-        sa.Column("due_at", nurture.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("due_at", nurture.core.db.UTCDateTime(timezone=True), nullable=False),
         sa.Column("claim_token", sa.String(length=32), nullable=True),
-        sa.Column("lease_until", nurture.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("lease_until", nurture.core.db.UTCDateTime(timezone=True), nullable=True),
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("last_error", sa.Text(), nullable=True),
         sa.Column("skip_reason", sa.String(length=64), nullable=True),
         sa.Column("message_id", sa.String(length=255), nullable=True),
-        sa.Column("sent_at", nurture.db.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("created_at", nurture.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("sent_at", nurture.core.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("created_at", nurture.core.db.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["enrollment_id"],
             ["enrollments.id"],
@@ -180,7 +180,7 @@ def upgrade() -> None:
         sa.Column("subscriber_id", sa.Integer(), nullable=True),
         sa.Column("delivery_id", sa.Integer(), nullable=True),
         sa.Column("detail", sa.JSON(), nullable=False),
-        sa.Column("created_at", nurture.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", nurture.core.db.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["delivery_id"],
             ["deliveries.id"],

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import nurture.db
+import nurture.core.db
 
 revision: str = "a7e2c9d4f1b3"
 down_revision: str | None = "b8d3e6f1a2c4"
@@ -23,9 +23,9 @@ def upgrade() -> None:
         "setup_tokens",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("token_hash", sa.String(length=64), nullable=False),
-        sa.Column("created_at", nurture.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("expires_at", nurture.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("used_at", nurture.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("created_at", nurture.core.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", nurture.core.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("used_at", nurture.core.db.UTCDateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_setup_tokens")),
         sa.UniqueConstraint("token_hash", name=op.f("uq_setup_tokens_token_hash")),
     )
@@ -41,9 +41,9 @@ def upgrade() -> None:
         sa.Column("result", sa.JSON(), nullable=True),
         sa.Column("error", sa.Text(), nullable=True),
         sa.Column("output", sa.LargeBinary(), nullable=True),
-        sa.Column("created_at", nurture.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("heartbeat_at", nurture.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("finished_at", nurture.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("created_at", nurture.core.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("heartbeat_at", nurture.core.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("finished_at", nurture.core.db.UTCDateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
             ["user_id"], ["staff_users.id"], name=op.f("fk_jobs_user_id_staff_users"), ondelete="SET NULL"
         ),

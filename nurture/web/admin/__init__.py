@@ -11,7 +11,7 @@ login          sign in and out
 dashboard      the home page ``/admin/``: sends per day, rates with their trend, alerts for a person
 setup          the first admin, created in the browser with the one-time setup link
 sequences      the sequence list, one sequence (steps, timeline), pause / resume / schedule
-editor         edit a sequence as a draft, its plan, publish, discard, archive (nurture.versions)
+editor         edit a sequence as a draft, its plan, publish, discard, archive (nurture.sequences.versions)
 previews       a step's email as a subscriber would get it, and a test send
 results        a sequence's results per step and per day (charts, CSV download), the funnel
 subscribers    the list (filters, sorting, pages, bulk actions behind a confirmation), one subscriber's
@@ -100,5 +100,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(BadRequest, on_bad_request)
     for module in ROUTERS:
         app.include_router(module.router)
-    app.include_router(editor.router)  # edit a sequence, its versions and plan (nurture.versions)
+    app.include_router(editor.router)  # edit a sequence, its versions and plan (nurture.sequences.versions)
     app.include_router(unknown.router)  # resolve deliveries held with an unknown outcome

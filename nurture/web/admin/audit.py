@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 from sqlalchemy import select
 
-from nurture.db import transaction
+from nurture.core.db import transaction
 from nurture.models import AuditLog
 from nurture.web.admin.common import page
 from nurture.web.admin.deps import Admin

@@ -19,13 +19,13 @@ from fastapi import Request
 from fastapi.responses import Response
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
-from nurture.config import Environment, Settings
-from nurture.db import transaction
+from nurture.core.config import Environment, Settings
+from nurture.core.db import transaction
 from nurture.models import StaffRole, StaffUser
-from nurture.staff import Actor, session_fingerprint
+from nurture.staff.accounts import Actor, session_fingerprint
 
 COOKIE = "nurture_staff"
-SALT = "nurture.staff-session"
+SALT = "nurture.staff.accounts-session"
 
 
 class LoginRequired(Exception):

@@ -11,14 +11,14 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse
 from sqlalchemy import select
 
-from nurture import control
-from nurture.config import Settings
-from nurture.db import transaction
-from nurture.ids import parse_id
+from nurture.core.config import Settings
+from nurture.core.db import transaction
+from nurture.core.ids import parse_id
 from nurture.models import Sequence, Subscriber
-from nurture.schedule import ScheduleError, localize, resolve_zone, zone
+from nurture.sequences import control
+from nurture.sequences.schedule import ScheduleError, localize, resolve_zone, zone
 from nurture.web.admin.auth import BadRequest
-from nurture.web.forms import BadBody, read_body
+from nurture.web.public.forms import BadBody, read_body
 
 # Staff forms may carry a pasted list of addresses; the public forms' 32 KB limit would refuse ~1,500.
 MAX_STAFF_FORM_BYTES = 2 * 1024 * 1024

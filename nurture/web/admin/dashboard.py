@@ -1,6 +1,7 @@
 """The staff home page (``/admin/``): is everything healthy, and what needs a person?
 
-Figures (:func:`nurture.reports.overview`): emails sent per day, live enrollments, goals met, and the
+Figures (:func:`nurture.sequences.figures_over_time.overview`): emails sent per day, live enrollments, goals
+met, and the
 unsubscribe, bounce and complaint rates of the last 7 days against the 7 before. Alerts, each with the page
 where a person acts on it: sends held with an unknown outcome, paused sequences, disabled webhook
 endpoints, the circuit breaker open, and bounce or complaint rates above the mailbox providers' limits
@@ -16,10 +17,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from sqlalchemy import select
 
-from nurture import reports
-from nurture.config import Settings
-from nurture.db import transaction
+from nurture.core.config import Settings
+from nurture.core.db import transaction
 from nurture.models import WebhookEndpoint
+from nurture.sequences import figures_over_time
 from nurture.web.admin import charts
 from nurture.web.admin.common import page, settings_of
 from nurture.web.admin.deps import Viewer
@@ -40,7 +41,7 @@ def breaker_open_for(settings: Settings) -> float | None:
 
     With Redis the breaker is shared and readable from here; the embedded broker keeps one per worker
     process, which the web process cannot see (the workers log when theirs opens)."""
-    from nurture.guards import circuit_breaker
+    from nurture.delivery.transport_guards import circuit_breaker
 
     if settings.embedded_broker:
         return None
@@ -54,7 +55,9 @@ def _percent(value: float | None) -> str:
     return "–" if value is None else f"{value * 100:.2f}%"
 
 
-def alerts(settings: Settings, view: reports.Overview, disabled: list[WebhookEndpoint]) -> list[Alert]:
+def alerts(
+    settings: Settings, view: figures_over_time.Overview, disabled: list[WebhookEndpoint]
+) -> list[Alert]:
     found: list[Alert] = []
     if view.held_unknown:
         found.append(
@@ -130,7 +133,7 @@ def dashboard(request: Request, who: Viewer) -> HTMLResponse:
     settings = settings_of(request)
     tz = ZoneInfo(settings.report_timezone)
     with transaction() as session:
-        view = reports.overview(session, tz, days=30)
+        view = figures_over_time.overview(session, tz, days=30)
         disabled = list(session.scalars(select(WebhookEndpoint).where(WebhookEndpoint.enabled.is_(False))))
         found = alerts(settings, view, disabled)
     return page(

@@ -27,7 +27,7 @@ from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from nurture.models import StaffRole
-from nurture.staff import Actor
+from nurture.staff.accounts import Actor
 from nurture.web.admin.auth import BadRequest, Forbidden, StaffSession, check_csrf, require
 from nurture.web.admin.common import read_form
 

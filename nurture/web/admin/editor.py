@@ -2,8 +2,9 @@
 
 Saving the form never changes what subscribers receive: it writes a *draft* version (validated by the same
 code as a YAML file, :func:`nurture.sequences.loader.definition_from`). The plan page shows, by step key, how
-many enrollments wait there and what "stay" and "move" would do (:func:`nurture.versions.compute_plan`, the
-function publishing applies); staff then publish with one of them. Every POST: CSRF, then role, then input.
+many enrollments wait there and what "stay" and "move" would do
+(:func:`nurture.sequences.versions.compute_plan`, the function publishing applies); staff then publish with
+one of them. Every POST: CSRF, then role, then input.
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from nurture import staff, versions
-from nurture.db import transaction
-from nurture.ids import parse_id
+from nurture.core.db import transaction
+from nurture.core.ids import parse_id
 from nurture.mail.templates import PARTS, EmailTemplates
 from nurture.models import SequenceVersion, StaffRole
-from nurture.schedule import format_delay
+from nurture.sequences import versions
 from nurture.sequences.loader import SequenceValidationError, definition_from
+from nurture.sequences.schedule import format_delay
+from nurture.staff import accounts
 from nurture.web.admin.common import page, q, sequence_or_404, settings_of
 from nurture.web.admin.deps import Editor, EditorForm, Staff, StaffForm, Viewer
 
@@ -165,7 +167,9 @@ def _raw_definition(base: SequenceVersion, form: dict[str, Any], choices: list[s
         if row["subject"]:
             step["subject"] = row["subject"]
         if row["any_hour"]:
-            step["window"] = False  # sent at its due time, outside the send window (nurture.timetable)
+            step["window"] = (
+                False  # sent at its due time, outside the send window (nurture.sequences.timetable)
+            )
         step |= carried.get(row["key"], {})
         kept.append((order, index, step))
     raw["steps"] = [step for _, _, step in sorted(kept, key=lambda item: (item[0], item[1]))]
@@ -311,7 +315,7 @@ async def _action(request: Request, slug: str, action: str, posted: StaffForm) -
                 if draft is None:
                     return None, "There is no draft to discard.", 409
                 before = {"draft": draft.number}
-                staff.audit(session, actor, "sequence.discard_draft", f"sequence:{slug}", before, None)
+                accounts.audit(session, actor, "sequence.discard_draft", f"sequence:{slug}", before, None)
                 versions.discard_draft(session, draft)
                 return f"Draft version {draft.number} discarded.", None, 200
         except versions.VersionError as exc:

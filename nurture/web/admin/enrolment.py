@@ -1,5 +1,5 @@
 """Enrolling subscribers who are already here (editors): pasted or uploaded addresses, or every active
-subscriber, now or from a later start (:func:`nurture.importer.enroll_existing`, audited)."""
+subscriber, now or from a later start (:func:`nurture.subscribers.importer.enroll_existing`, audited)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 
-from nurture import clock, control, jobs, staff
-from nurture.db import transaction
+from nurture.core import clock
+from nurture.core.db import transaction
 from nurture.models import Subscriber, SubscriberStatus
+from nurture.sequences import control
+from nurture.staff import accounts, jobs
 from nurture.web.admin.common import local_instant, page, sequence_or_404, settings_of
 from nurture.web.admin.deps import Editor, EditorUpload, Staff
 
@@ -60,7 +62,7 @@ def enroll_page(request: Request, slug: str, who: Editor) -> HTMLResponse:
 
 def addresses(fields: dict[str, Any], data: bytes | None) -> list[str] | None:
     """The addresses pasted or uploaded (CSV with an email column, or one address a line); None: all."""
-    from nurture.importer import addresses_in
+    from nurture.subscribers.importer import addresses_in
 
     if fields.get("who") == "all":
         return None
@@ -75,19 +77,19 @@ def active_count(session: Any) -> int:
 
 
 def enroll(
-    actor: staff.Actor,
+    actor: accounts.Actor,
     slug: str,
     emails: list[str] | None,
     start_at: datetime | None,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Enroll and audit, in one transaction; ValueError for a sequence that takes no enrollments."""
-    from nurture.importer import enroll_existing
+    from nurture.subscribers.importer import enroll_existing
 
     with transaction() as session:
         sequence = sequence_or_404(session, slug)
         counts = enroll_existing(session, sequence, emails=emails, start_at=start_at, progress=progress)
-        staff.audit(
+        accounts.audit(
             session,
             actor,
             "sequence.enroll",

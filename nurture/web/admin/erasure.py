@@ -1,5 +1,6 @@
 """A person's rights over their data, from their subscriber page: erasure (confirmed by typing the address)
-and a download of everything stored about them (JSON). Both go through :mod:`nurture.subscriber_admin`,
+and a download of everything stored about them (JSON). Both go through
+:mod:`nurture.subscribers.staff_actions`,
 audited, the same code as the API and the CLI."""
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
-from nurture import staff, subscriber_admin
-from nurture.db import transaction
+from nurture.core.db import transaction
 from nurture.models import Subscriber
+from nurture.staff import accounts
+from nurture.subscribers import staff_actions
 from nurture.web.admin.common import NotFound, page, parse_subscriber_id, subscriber_or_404
 from nurture.web.admin.deps import Editor, Staff
 
@@ -20,18 +22,18 @@ router = APIRouter(prefix="/admin", include_in_schema=False)
 ERASED = "Erased. An anonymous hash keeps the address from being re-added."
 
 
-def erase(actor: staff.Actor, target: int, fields: dict[str, Any]) -> tuple[dict[str, Any], None, int]:
+def erase(actor: accounts.Actor, target: int, fields: dict[str, Any]) -> tuple[dict[str, Any], None, int]:
     """Erase only when the form repeats the address: the confirmation step of an irreversible action."""
     with transaction() as session:
         subscriber = session.get(Subscriber, target)
         if subscriber is None:
-            raise subscriber_admin.ActionError("not_found", "there is no such subscriber")
+            raise staff_actions.ActionError("not_found", "there is no such subscriber")
         typed = fields.get("confirm")
         if not isinstance(typed, str) or typed.strip().lower() != subscriber.email:
-            raise subscriber_admin.ActionError(
+            raise staff_actions.ActionError(
                 "invalid", "type the subscriber's email address exactly to confirm the erasure"
             )
-        return subscriber_admin.act(session, actor, target, "erase"), None, 200
+        return staff_actions.act(session, actor, target, "erase"), None, 200
 
 
 def erase_page(
@@ -67,8 +69,8 @@ def subscriber_export(request: Request, subscriber_id: str, who: Editor) -> Resp
     target = parse_subscriber_id(subscriber_id)
     try:
         with transaction() as session:
-            data = subscriber_admin.export_one(session, who.actor, target)
-    except subscriber_admin.ActionError:
+            data = staff_actions.export_one(session, who.actor, target)
+    except staff_actions.ActionError:
         raise NotFound("There is no such subscriber.") from None
     return Response(
         json.dumps(data, indent=2, ensure_ascii=False),

@@ -1,6 +1,6 @@
 """CSV in and out (editors): import a file of subscribers into a sequence, export every subscriber.
 
-A file of more than ``NURTURE_BACKGROUND_ROWS`` rows is imported as a job (:mod:`nurture.jobs`): the
+A file of more than ``NURTURE_BACKGROUND_ROWS`` rows is imported as a job (:mod:`nurture.staff.jobs`): the
 answer is the job's page, whose bar moves as chunks commit. Smaller files answer with the report at once.
 The export is a direct download (``/admin/subscribers.csv``), or, from the subscribers page, a job with
 progress whose file is downloaded from the job page.
@@ -16,10 +16,11 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 
-from nurture import jobs, staff, subscriber_admin
-from nurture.db import session_factory, transaction
-from nurture.importer import ImportError_, ImportReport, export_csv, import_rows, read_csv
+from nurture.core.db import session_factory, transaction
 from nurture.models import Subscriber
+from nurture.staff import accounts, jobs
+from nurture.subscribers import staff_actions
+from nurture.subscribers.importer import ImportError_, ImportReport, export_csv, import_rows, read_csv
 from nurture.web.admin.common import live_slugs, page, settings_of
 from nurture.web.admin.deps import Editor, EditorForm, EditorUpload
 
@@ -41,13 +42,13 @@ def report_dict(report: ImportReport) -> dict[str, Any]:
 
 
 def run_import(
-    actor: staff.Actor, rows: list[Any], report: ImportReport, slug: str, source: str, progress: Any = None
+    actor: accounts.Actor, rows: list[Any], report: ImportReport, slug: str, source: str, progress: Any = None
 ) -> ImportReport:
     """Import the parsed rows and audit it; ``progress(n)`` hears of each chunk committed."""
     import_rows(session_factory(), rows, slug, source, report, progress=progress)
     summary = report_dict(report)
     with transaction() as session:
-        staff.audit(
+        accounts.audit(
             session,
             actor,
             "subscribers.import",
@@ -116,7 +117,7 @@ async def import_upload(request: Request, upload: EditorUpload) -> Response:
 @router.get("/subscribers.csv")
 def export_all(request: Request, who: Editor) -> Response:
     with transaction() as session:
-        data = subscriber_admin.export_all_csv(session, who.actor)
+        data = staff_actions.export_all_csv(session, who.actor)
     return Response(
         data,
         media_type="text/csv; charset=utf-8",
@@ -135,7 +136,7 @@ async def export_job(form: EditorForm) -> Response:
         buffer = io.StringIO()
         with transaction() as session:
             count = export_csv(session, buffer, progress=progress.add)
-            staff.audit(session, actor, "subscribers.export", "subscribers", None, {"count": count})
+            accounts.audit(session, actor, "subscribers.export", "subscribers", None, {"count": count})
         return jobs.Outcome(
             {"exported": count, "filename": "subscribers.csv"}, buffer.getvalue().encode("utf-8")
         )

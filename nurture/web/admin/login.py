@@ -1,7 +1,7 @@
 """Signing in and out of the staff UI (``/admin/login``, ``/admin/logout``).
 
 Attempts are throttled per account and per client address before the password is checked
-(:func:`nurture.staff.claim_attempt`); a sign-in writes a new session with a fresh CSRF token.
+(:func:`nurture.staff.accounts.claim_attempt`); a sign-in writes a new session with a fresh CSRF token.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from nurture import setup, staff
-from nurture.db import transaction
+from nurture.core.db import transaction
+from nurture.staff import accounts, first_admin
 from nurture.web.admin.auth import (
     StaffSession,
     check_csrf,
@@ -23,7 +23,7 @@ from nurture.web.admin.auth import (
 )
 from nurture.web.admin.common import page, read_form, settings_of
 from nurture.web.admin.deps import ViewerForm
-from nurture.web.forms import origin_of
+from nurture.web.public.forms import origin_of
 
 router = APIRouter(prefix="/admin", include_in_schema=False)
 
@@ -35,7 +35,7 @@ def _text(value: object) -> str:
 def first_run() -> bool:
     """True while nobody could sign in as an admin: the page then points to the setup link."""
     with transaction() as session:
-        return not setup.admin_exists(session)
+        return not first_admin.admin_exists(session)
 
 
 @router.get("/login")
@@ -69,24 +69,24 @@ async def login(request: Request) -> Response:
         write_session(response, request, current)
         return response
     settings = settings_of(request)
-    ip = staff.ip_key(origin_of(request).ip, settings)
+    ip = accounts.ip_key(origin_of(request).ip, settings)
 
-    def attempt() -> tuple[staff.Actor | None, str | None, int | None]:
+    def attempt() -> tuple[accounts.Actor | None, str | None, int | None]:
         try:
             # Committed before the password is checked, so parallel attempts see each other's counts.
             with transaction() as session:
-                claim = staff.claim_attempt(session, email, ip, settings)
-        except staff.LoginThrottled as exc:
+                claim = accounts.claim_attempt(session, email, ip, settings)
+        except accounts.LoginThrottled as exc:
             return None, None, exc.retry_after
         try:
             with transaction() as session:
-                user = staff.authenticate(session, email, password)
-                staff.release_attempt(session, claim)
-                return staff.Actor.of(user), staff.session_fingerprint(user), None
-        except staff.BadCredentials:
+                user = accounts.authenticate(session, email, password)
+                accounts.release_attempt(session, claim)
+                return accounts.Actor.of(user), accounts.session_fingerprint(user), None
+        except accounts.BadCredentials:
             # Recorded in its own transaction: the sign-in's was rolled back with the error.
             with transaction() as session:
-                staff.record_failure(session, email, ip)
+                accounts.record_failure(session, email, ip)
             return None, None, None
 
     actor, fingerprint, retry_after = await run_in_threadpool(attempt)

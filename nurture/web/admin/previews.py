@@ -12,9 +12,10 @@ from jinja2 import TemplateError
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from nurture import clock, timetable
-from nurture.db import transaction
+from nurture.core import clock
+from nurture.core.db import transaction
 from nurture.models import Delivery, Enrollment, Sequence, Subscriber
+from nurture.sequences import timetable
 from nurture.sequences.review import Review
 from nurture.sequences.variants import experiments_of
 from nurture.web.admin.auth import BadRequest
@@ -72,7 +73,8 @@ def _render_step(
             raise BadRequest(400, str(exc.args[0])) from None
         template, shown = chosen.template or template, chosen.key
         subject = chosen.subject if chosen.subject is not None else subject
-    # A step's subject override (nurture.versions) is what subscribers see, so the preview shows it too.
+    # A step's subject override (nurture.sequences.versions) is what subscribers see, so the preview shows it
+    # too.
     try:
         rendered = templates.render(template, context, subject or None)
     except TemplateError as exc:  # e.g. a subject stored before the sandbox refused it at save time

@@ -1,4 +1,5 @@
-"""The page that follows long staff work (:mod:`nurture.jobs`): a progress bar that moves, then the result.
+"""The page that follows long staff work (:mod:`nurture.staff.jobs`): a progress bar that moves, then the
+result.
 
 ``/admin/jobs/{id}`` renders the job; while it runs, a few lines of script on the page ask
 ``/admin/jobs/{id}/status`` (JSON) once a second and move the bar, announcing the change to screen readers
@@ -13,9 +14,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-from nurture import jobs
-from nurture.db import transaction
+from nurture.core.db import transaction
 from nurture.models import Job, JobStatus, StaffRole
+from nurture.staff import jobs
 from nurture.web.admin.common import NotFound, page, row_id
 from nurture.web.admin.deps import Editor, Staff
 

@@ -1,6 +1,7 @@
 """A sequence's results: per step (what was sent, clicked, unsubscribed and converted, from
-:func:`nurture.stats.sequence_stats`) and per day over a chosen period
-(:func:`nurture.reports.sequence_series`), as charts with their numbers beside them, and the same daily
+:func:`nurture.sequences.results.sequence_stats`) and per day over a chosen period
+(:func:`nurture.sequences.figures_over_time.sequence_series`), as charts with their numbers beside them, and
+the same daily
 figures as a CSV download."""
 
 from __future__ import annotations
@@ -11,13 +12,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from nurture import reports, versions
-from nurture.db import transaction
-from nurture.experiments import ExperimentError, winner_draft
+from nurture.core.db import transaction
 from nurture.mail.templates import EmailTemplates
 from nurture.models import StaffRole
+from nurture.sequences import figures_over_time, versions
+from nurture.sequences.experiments import ExperimentError, winner_draft
 from nurture.sequences.loader import SequenceValidationError
-from nurture.stats import sequence_stats
+from nurture.sequences.results import sequence_stats
 from nurture.web.admin import charts
 from nurture.web.admin.common import page, q, sequence_or_404, settings_of
 from nurture.web.admin.deps import EditorForm, Viewer
@@ -32,7 +33,7 @@ def _days(value: str | None) -> int:
         days = int(value or 30)
     except ValueError:
         return 30
-    return days if days in reports.WINDOW_DAYS else 30
+    return days if days in figures_over_time.WINDOW_DAYS else 30
 
 
 @router.get("/sequences/{slug}/results")
@@ -42,9 +43,9 @@ def results_page(request: Request, slug: str, who: Viewer, days: str | None = No
     with transaction() as session:
         sequence = sequence_or_404(session, slug)
         stats = sequence_stats(session, sequence)
-        series = reports.sequence_series(session, sequence, tz, days=period)
+        series = figures_over_time.sequence_series(session, sequence, tz, days=period)
     funnel_rows = [("enrolled", stats.enrolled)] + [(step.key, step.sent) for step in stats.steps]
-    columns = [series.per_day(s) for s in reports.SERIES]
+    columns = [series.per_day(s) for s in figures_over_time.SERIES]
     daily = [(day, [column[i] for column in columns]) for i, day in enumerate(series.days)]
     return page(
         request,
@@ -56,17 +57,17 @@ def results_page(request: Request, slug: str, who: Viewer, days: str | None = No
         series=series,
         labels=LABELS,
         period=period,
-        periods=reports.WINDOW_DAYS,
+        periods=figures_over_time.WINDOW_DAYS,
         zone=tz.key,
         funnel_rows=funnel_rows,
         daily=daily,
         can_end_tests=who.actor.may(StaffRole.editor),
         funnel=charts.both(charts.funnel, funnel_rows),
         over_time=charts.both(
-            charts.per_day, series.days, {LABELS[s]: series.per_day(s) for s in reports.SERIES}
+            charts.per_day, series.days, {LABELS[s]: series.per_day(s) for s in figures_over_time.SERIES}
         ),
         by_step=charts.both(
-            charts.per_step, series.steps, {LABELS[s]: series.per_step(s) for s in reports.SERIES}
+            charts.per_step, series.steps, {LABELS[s]: series.per_step(s) for s in figures_over_time.SERIES}
         ),
     )
 
@@ -97,7 +98,7 @@ def results_csv(request: Request, slug: str, who: Viewer, days: str | None = Non
     tz = ZoneInfo(settings_of(request).report_timezone)
     with transaction() as session:
         sequence = sequence_or_404(session, slug)
-        data = reports.sequence_series(session, sequence, tz, days=period).csv()
+        data = figures_over_time.sequence_series(session, sequence, tz, days=period).csv()
     return Response(
         data,
         media_type="text/csv; charset=utf-8",

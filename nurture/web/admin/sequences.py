@@ -1,5 +1,5 @@
 """Sequences in the staff UI: the list, one sequence's page (steps, timeline) and its controls (pause,
-resume, schedule: :mod:`nurture.control`, audited)."""
+resume, schedule: :mod:`nurture.sequences.control`, audited)."""
 
 from __future__ import annotations
 
@@ -11,21 +11,16 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from nurture import clock, control, staff, timetable
-from nurture.catalog import window_of
-from nurture.db import transaction
+from nurture.core import clock
+from nurture.core.db import transaction
 from nurture.models import Sequence, StaffRole
-from nurture.schedule import ScheduleError, format_delay, localize, zone
-from nurture.stats import standing_counts
+from nurture.sequences import control, timetable
+from nurture.sequences.catalog import window_of
+from nurture.sequences.results import standing_counts
+from nurture.sequences.schedule import ScheduleError, format_delay, localize, zone
+from nurture.staff import accounts
 from nurture.web.admin import timeline as timeline_picture
-from nurture.web.admin.common import (
-    local_instant,
-    page,
-    q,
-    seconds,
-    sequence_or_404,
-    settings_of,
-)
+from nurture.web.admin.common import local_instant, page, q, seconds, sequence_or_404, settings_of
 from nurture.web.admin.deps import EditorForm, Staff, StaffForm, Viewer
 
 router = APIRouter(prefix="/admin", include_in_schema=False)
@@ -182,7 +177,7 @@ async def _control(request: Request, slug: str, action: str, form: StaffForm) ->
                     activate_at = local_instant(fields.get("activate_at"), fields.get("tz"), sequence)
                     retimed = control.schedule(session, sequence, activate_at)
                     message = f"Scheduled for {activate_at:%Y-%m-%d %H:%M} UTC; {retimed} emails re-timed."
-                staff.audit(
+                accounts.audit(
                     session,
                     actor,
                     f"sequence.{action}",

@@ -1,4 +1,4 @@
-"""Creating the first admin in the browser with the one-time setup link (:mod:`nurture.setup`).
+"""Creating the first admin in the browser with the one-time setup link (:mod:`nurture.staff.first_admin`).
 
 ``GET /admin/setup/{token}`` shows the form and changes nothing; ``POST /admin/setup`` carries the token in
 the form (never again in a URL), checks the CSRF token of the visitor's anonymous session like the login
@@ -14,8 +14,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from nurture import setup, staff
-from nurture.db import transaction
+from nurture.core.db import transaction
+from nurture.staff import accounts, first_admin
 from nurture.web.admin.auth import StaffSession, check_csrf, read_session, session_or_new, write_session
 from nurture.web.admin.common import capitalized, page, q, read_form
 
@@ -26,8 +26,8 @@ MAX_TOKEN_LENGTH = 200  # the token is 43 characters; a pasted link is longer, a
 def token_of(text: str) -> str:
     """The token from what was pasted: the whole link or the token alone."""
     text = text.strip()[:MAX_TOKEN_LENGTH]
-    if setup.SETUP_PATH in text:
-        text = text.split(setup.SETUP_PATH, 1)[1]
+    if first_admin.SETUP_PATH in text:
+        text = text.split(first_admin.SETUP_PATH, 1)[1]
     return text.split("?", 1)[0].split("#", 1)[0].strip("/ ")
 
 
@@ -46,7 +46,7 @@ def _form_page(
     return page(request, "setup.html", status_code, csrf=current.csrf, token=token, email=email, error=error)
 
 
-def _refused(request: Request, error: setup.SetupError) -> HTMLResponse:
+def _refused(request: Request, error: first_admin.SetupError) -> HTMLResponse:
     done = error.code == "done"
     return page(
         request,
@@ -57,11 +57,11 @@ def _refused(request: Request, error: setup.SetupError) -> HTMLResponse:
     )
 
 
-def _check(token: str) -> setup.SetupError | None:
+def _check(token: str) -> first_admin.SetupError | None:
     try:
         with transaction() as session:
-            setup.check(session, token)
-    except setup.SetupError as exc:
+            first_admin.check(session, token)
+    except first_admin.SetupError as exc:
         return exc
     return None
 
@@ -112,14 +112,14 @@ async def setup_submit(request: Request) -> Response:
             request, current, token, status_code=400, email=email, error="The two passwords differ."
         )
 
-    def work() -> tuple[staff.Actor | None, str | None, str | None]:
+    def work() -> tuple[accounts.Actor | None, str | None, str | None]:
         try:
             with transaction() as session:
-                user = setup.create_first_admin(session, token, email, password)
-                return staff.Actor.of(user), staff.session_fingerprint(user), None
-        except staff.StaffError as exc:
+                user = first_admin.create_first_admin(session, token, email, password)
+                return accounts.Actor.of(user), accounts.session_fingerprint(user), None
+        except accounts.StaffError as exc:
             return None, None, capitalized(str(exc)) + "."
-        except setup.SetupError as exc:
+        except first_admin.SetupError as exc:
             return None, None, str(exc)
 
     actor, fingerprint, error = await run_in_threadpool(work)

@@ -1,7 +1,8 @@
-"""Subscribers in the staff UI: the list (filtered, sorted and paged by :mod:`nurture.subscriber_list`, with
+"""Subscribers in the staff UI: the list (filtered, sorted and paged by :mod:`nurture.subscribers.listing`,
+with
 bulk actions behind a confirmation page), one person's page (enrollments, deliveries and why each was or was
 not sent) and the actions on it (pause, resume, unsubscribe, resubscribe, remove from a sequence, erase),
-each through :func:`nurture.subscriber_admin.act`, audited."""
+each through :func:`nurture.subscribers.staff_actions.act`, audited."""
 
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 
-from nurture import clock, subscriber_admin, subscriber_list
-from nurture.db import transaction
+from nurture.core import clock
+from nurture.core.db import transaction
 from nurture.models import Sequence, StaffRole, Subscriber
-from nurture.schedule import ScheduleError, localize, resolve_zone, zone
+from nurture.sequences.schedule import ScheduleError, localize, resolve_zone, zone
+from nurture.subscribers import listing, staff_actions
 from nurture.web.admin import erasure
 from nurture.web.admin.common import (
     NotFound,
@@ -41,18 +43,18 @@ def subscribers_page(request: Request, who: Viewer) -> HTMLResponse:
     params = dict(request.query_params)
     error = None
     try:
-        filters = subscriber_list.Filters.read(params)
-    except subscriber_list.FilterError as exc:
-        filters, error = subscriber_list.Filters(), capitalized(str(exc)) + "."
+        filters = listing.Filters.read(params)
+    except listing.FilterError as exc:
+        filters, error = listing.Filters(), capitalized(str(exc)) + "."
     with transaction() as session:
         try:
-            found = subscriber_list.listing(session, filters)
-        except subscriber_list.FilterError as exc:
-            filters, error = subscriber_list.Filters(), capitalized(str(exc)) + "."
-            found = subscriber_list.listing(session, filters)
+            found = listing.listing(session, filters)
+        except listing.FilterError as exc:
+            filters, error = listing.Filters(), capitalized(str(exc)) + "."
+            found = listing.listing(session, filters)
         total = session.scalar(select(func.count()).select_from(Subscriber)) or 0
         slugs = list(session.scalars(select(Sequence.slug).order_by(Sequence.slug)))
-        steps = subscriber_list.step_keys(session, filters.sequence) if filters.sequence else []
+        steps = listing.step_keys(session, filters.sequence) if filters.sequence else []
     return page(
         request,
         "subscribers.html",
@@ -64,10 +66,10 @@ def subscribers_page(request: Request, who: Viewer) -> HTMLResponse:
         total=total,
         slugs=slugs,
         steps=steps,
-        statuses=subscriber_list.STATUSES,
-        sorts=subscriber_list.SORTS,
-        sort_choices=subscriber_list.SORT_CHOICES,
-        per_page=subscriber_list.PER_PAGE,
+        statuses=listing.STATUSES,
+        sorts=listing.SORTS,
+        sort_choices=listing.SORT_CHOICES,
+        per_page=listing.PER_PAGE,
         bulk_actions=BULK_ACTIONS,
         can_edit=who.actor.may(StaffRole.editor),
         # Past this many rows an export is worth a progress bar (a job) over a plain download.
@@ -123,7 +125,7 @@ _DONE = {
 
 def pause_until(fields: dict[str, Any]) -> datetime:
     """The form's local date and time, read in the zone given (default UTC)."""
-    from nurture.subscriber_admin import ActionError
+    from nurture.subscribers.staff_actions import ActionError
 
     value = fields.get("until")
     tz_name = fields.get("tz")
@@ -138,7 +140,8 @@ def pause_until(fields: dict[str, Any]) -> datetime:
 
 
 def action_params(action: str, fields: dict[str, Any]) -> dict[str, Any]:
-    """The keyword arguments :func:`nurture.subscriber_admin.act` takes for ``action``, from a form."""
+    """The keyword arguments :func:`nurture.subscribers.staff_actions.act` takes for ``action``, from a
+    form."""
     if action == "pause":
         return {"until": pause_until(fields)}
     if action == "resubscribe":
@@ -150,7 +153,7 @@ def action_params(action: str, fields: dict[str, Any]) -> dict[str, Any]:
 
 def _known_action(action: str) -> str:
     # Checked before the session: an unknown action is 404 for everyone, signed in or not.
-    if action not in subscriber_admin.ACTIONS:
+    if action not in staff_actions.ACTIONS:
         raise NotFound("There is no such action.")
     return action
 
@@ -171,8 +174,8 @@ async def subscriber_action(
                 return erasure.erase(actor, target, fields)
             params = action_params(action, fields)
             with transaction() as session:
-                return subscriber_admin.act(session, actor, target, action, **params), None, 200
-        except subscriber_admin.ActionError as exc:
+                return staff_actions.act(session, actor, target, action, **params), None, 200
+        except staff_actions.ActionError as exc:
             message = capitalized(exc.message)
             return None, message, {"not_found": 404, "conflict": 409}.get(exc.code, 400)
 
@@ -201,13 +204,13 @@ BULK_ACTIONS = {
     "remove": "Remove from the sequence filtered on",
 }
 BULK_DONE = {"unsubscribe": "unsubscribed", "resume": "resumed", "remove": "removed from {sequence}"}
-BulkForm = Annotated[StaffForm, Depends(list_form_for(StaffRole.editor, "ids", subscriber_list.MAX_PER_PAGE))]
+BulkForm = Annotated[StaffForm, Depends(list_form_for(StaffRole.editor, "ids", listing.MAX_PER_PAGE))]
 
 
 def _chosen(fields: dict[str, Any]) -> list[int]:
     values = fields.get("ids")
     ids = [row_id(v) for v in (values if isinstance(values, list) else [])]
-    return sorted({i for i in ids if i is not None})[: subscriber_list.MAX_PER_PAGE]
+    return sorted({i for i in ids if i is not None})[: listing.MAX_PER_PAGE]
 
 
 @router.post("/subscribers/bulk")
@@ -255,9 +258,9 @@ async def bulk_action(request: Request, form: BulkForm) -> Response:
             try:
                 # One transaction per person: one refusal (already unsubscribed, ...) leaves the rest done.
                 with transaction() as session:
-                    subscriber_admin.act(session, actor, target, action, **params)
+                    staff_actions.act(session, actor, target, action, **params)
                 done += 1
-            except subscriber_admin.ActionError as exc:
+            except staff_actions.ActionError as exc:
                 refused[exc.code] += 1
         return done, dict(refused)
 

@@ -1,7 +1,8 @@
 """The sequence page's timeline as a picture a person reads: one cell per local day from the signup to the
 last email, the days the send window is shut (weekday or public holiday) shaded, each email on its day.
 
-It arranges the due times :mod:`nurture.timetable` computed; it computes none itself. Long quiet stretches
+It arranges the due times :mod:`nurture.sequences.timetable` computed; it computes none itself. Long quiet
+stretches
 (more than ``QUIET_DAYS`` days with nothing sent) fold into one "N quiet days" cell, so a 60-day course
 still fits a phone screen.
 """
@@ -11,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
-from nurture.calendars import HolidayCalendar
-from nurture.schedule import SendWindow
+from nurture.sequences.holidays import HolidayCalendar
+from nurture.sequences.schedule import SendWindow
 
 QUIET_DAYS = 6
 

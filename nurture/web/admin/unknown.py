@@ -1,4 +1,4 @@
-"""Held deliveries in the staff UI: mark one sent, or send it again (nurture.unknown_outcomes).
+"""Held deliveries in the staff UI: mark one sent, or send it again (nurture.delivery.unknown_outcomes).
 
 The buttons stand on the subscriber page beside each delivery held as ``ambiguous``; every POST checks CSRF,
 then the editor role, then the delivery, and is audited.
@@ -12,9 +12,9 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from nurture import unknown_outcomes
-from nurture.db import transaction
-from nurture.ids import parse_id
+from nurture.core.db import transaction
+from nurture.core.ids import parse_id
+from nurture.delivery import unknown_outcomes
 from nurture.models import Delivery
 from nurture.web.admin.auth import BadRequest
 from nurture.web.admin.common import NotFound, q, settings_of

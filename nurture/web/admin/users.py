@@ -9,10 +9,10 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from nurture import staff
-from nurture.db import transaction
-from nurture.ids import parse_id
+from nurture.core.db import transaction
+from nurture.core.ids import parse_id
 from nurture.models import StaffRole
+from nurture.staff import accounts
 from nurture.web.admin.common import NotFound, capitalized, page, q
 from nurture.web.admin.deps import Admin, AdminForm, Staff
 
@@ -31,8 +31,8 @@ def _users_page(
 ) -> HTMLResponse:
     with transaction() as session:
         users = [
-            {"user": u, "tokens": [t for t in staff.tokens_of(session, u) if t.revoked_at is None]}
-            for u in staff.list_users(session)
+            {"user": u, "tokens": [t for t in accounts.tokens_of(session, u) if t.revoked_at is None]}
+            for u in accounts.list_users(session)
         ]
         return page(
             request,
@@ -64,11 +64,11 @@ async def users_create(request: Request, form: AdminForm) -> Response:
     def work() -> str | None:
         try:
             with transaction() as session:
-                user = staff.create_user(session, email, role, password)
-                staff.audit(
-                    session, actor, "user.create", f"user:{user.email}", None, staff.user_snapshot(user)
+                user = accounts.create_user(session, email, role, password)
+                accounts.audit(
+                    session, actor, "user.create", f"user:{user.email}", None, accounts.user_snapshot(user)
                 )
-        except staff.StaffError as exc:
+        except accounts.StaffError as exc:
             return str(exc)
         return None
 
@@ -107,41 +107,41 @@ async def user_action(
 
     def change(session: Any, user: Any) -> tuple[str, str | None]:
         if action == "role":
-            staff.set_role(session, user, str(fields.get("role", "")))
+            accounts.set_role(session, user, str(fields.get("role", "")))
             return f"{user.email} is now {user.role}.", None
         if action in ("deactivate", "reactivate"):
-            staff.set_active(session, user, action == "reactivate")
+            accounts.set_active(session, user, action == "reactivate")
             return f"{user.email} is {'active' if user.active else 'deactivated'}.", None
         if action == "password":
-            staff.reset_password(session, user, str(fields.get("password", "")))
+            accounts.reset_password(session, user, str(fields.get("password", "")))
             return f"New password set for {user.email}; their sessions have ended.", None
         if action == "token":
             if not user.active:
-                raise staff.StaffError("the user is deactivated; reactivate them first")
-            return f"Token issued for {user.email}.", staff.issue_token(session, user)
+                raise accounts.StaffError("the user is deactivated; reactivate them first")
+            return f"Token issued for {user.email}.", accounts.issue_token(session, user)
         token_id = parse_id(fields.get("token_id"))
         if token_id is None:
-            raise staff.StaffError("that user has no such token")
-        staff.revoke_token(session, user, token_id)
+            raise accounts.StaffError("that user has no such token")
+        accounts.revoke_token(session, user, token_id)
         return f"Token revoked for {user.email}.", None
 
     def work() -> tuple[str | None, str | None, str | None, str]:
         try:
             with transaction() as session:
-                user = staff.get_user(session, target, lock=True)
-                before = staff.user_snapshot(user)
+                user = accounts.get_user(session, target, lock=True)
+                before = accounts.user_snapshot(user)
                 message, token = change(session, user)
                 audit_action = "revoke-token" if action == "revoke" else action
-                staff.audit(
+                accounts.audit(
                     session,
                     actor,
                     f"user.{audit_action}",
                     f"user:{user.email}",
                     before,
-                    staff.user_snapshot(user),
+                    accounts.user_snapshot(user),
                 )
                 return message, token, None, user.email
-        except staff.StaffError as exc:
+        except accounts.StaffError as exc:
             return None, None, capitalized(str(exc)), exc.code
 
     message, token, error, extra = await run_in_threadpool(work)

@@ -13,8 +13,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from nurture.config import Settings
-from nurture.db import session_factory, transaction
+from nurture.core.config import Settings
+from nurture.core.db import session_factory, transaction
 from nurture.models import StaffRole
 from nurture.web.admin.common import NotFound, page, settings_of
 from nurture.web.admin.deps import AdminForm, Staff, Viewer

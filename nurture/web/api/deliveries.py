@@ -9,8 +9,8 @@ from fastapi import APIRouter, Path, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from nurture import unknown_outcomes
-from nurture.db import transaction
+from nurture.core.db import transaction
+from nurture.delivery import unknown_outcomes
 from nurture.web.api.deps import AppSettings, DbSession, DeliveryId, Editor, Viewer, find_sequence
 from nurture.web.api.errors import ApiError, error_responses
 from nurture.web.api.routing import ApiRoute

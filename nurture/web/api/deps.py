@@ -8,7 +8,7 @@ A route states what it needs in its signature, and FastAPI solves the dependenci
 
 so the token is checked first (401, then 403 for the role), then a path parameter that cannot name a row is a
 404, and only then is a body that fails its model a 400. Ids arrive as text and are parsed strictly
-(:func:`nurture.ids.parse_id`): ``"²"`` or ``"１"`` is no id, a 404 rather than a different row.
+(:func:`nurture.core.ids.parse_id`): ``"²"`` or ``"１"`` is no id, a 404 rather than a different row.
 """
 
 from __future__ import annotations
@@ -22,13 +22,13 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from nurture import staff
-from nurture.config import Settings
-from nurture.db import transaction
-from nurture.ids import parse_id
+from nurture.core.config import Settings
+from nurture.core.db import transaction
+from nurture.core.ids import parse_id
 from nurture.models import Sequence, StaffRole
 from nurture.sequences.loader import SLUG
-from nurture.staff import Actor
+from nurture.staff import accounts
+from nurture.staff.accounts import Actor
 from nurture.web.api.errors import ApiError
 
 bearer = HTTPBearer(
@@ -47,7 +47,7 @@ def authenticate(credentials: HTTPAuthorizationCredentials | None, needed: Staff
     if not token:
         raise ApiError(401, "unauthorized", "send Authorization: Bearer <token> (nurture users token EMAIL)")
     with transaction() as session:
-        user = staff.user_for_token(session, token)
+        user = accounts.user_for_token(session, token)
         actor = Actor.of(user) if user is not None else None
     if actor is None:
         raise ApiError(401, "unauthorized", "the token is not valid")

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from nurture.web.unavailable import RETRY_AFTER_SECONDS
+from nurture.web.public.unavailable import RETRY_AFTER_SECONDS
 
 API_PATHS = "/api/"
 
@@ -68,7 +68,8 @@ _HEADERS: dict[int, dict[str, Any]] = {
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """The ``responses=`` entries for the error statuses a route can answer, each with the error schema.
-    503 is added to every route: any of them can meet an unreachable database (nurture.web.unavailable)."""
+    503 is added to every route: any of them can meet an unreachable database
+    (nurture.web.public.unavailable)."""
     entries: dict[int | str, dict[str, Any]] = {}
     for status in sorted({*statuses, 503}):
         entry: dict[str, Any] = {"model": ErrorBody, "description": _MEANING[status]}

@@ -1,5 +1,6 @@
 """``POST /api/v1/events``: another system reports that a subscriber did something (contacted the centre,
-booked a consultation). Goals complete, and exit events end, the matching enrollments (``nurture.goals``).
+booked a consultation). Goals complete, and exit events end, the matching enrollments
+(``nurture.subscribers.goals``).
 
 The same ``idempotency_key`` again answers the first result with ``"replayed": true`` and changes nothing;
 the same key for a different event or subscriber is a 409.
@@ -11,8 +12,8 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from nurture import goals
 from nurture.sequences.policy import EVENT_NAME
+from nurture.subscribers import goals
 from nurture.web.api.deps import MAX_ROW_ID, Editor
 from nurture.web.api.errors import ApiError, error_responses
 from nurture.web.api.routing import ApiRoute
@@ -39,7 +40,8 @@ class EventReport(RequestBody):
 
     email: str | None = None
     subscriber_id: int | None = Field(default=None, gt=0, le=MAX_ROW_ID)
-    # The pattern and the limits are nurture.goals' own; it checks them again (it has other callers).
+    # The pattern and the limits are nurture.subscribers.goals' own; it checks them again (it has other
+    # callers).
     event: str = Field(json_schema_extra={"pattern": EVENT_NAME.pattern}, examples=["contacted"])
     properties: JsonObject | None = Field(
         default=None, description=f"At most {goals.MAX_PROPERTIES_BYTES} bytes of JSON; kept with the event"

@@ -1,6 +1,7 @@
 """The route class of every API router: input is checked at the edge, before FastAPI parses or validates it.
 
-* A route with a body model reads its body with :func:`nurture.web.forms.read_body`, the strict reader the
+* A route with a body model reads its body with :func:`nurture.web.public.forms.read_body`, the strict reader
+the
   API has always used: at most 32 KB (413), JSON or a form (else 415), UTF-8, a JSON object. An empty body
   is an empty object, so an action without fields can be a bare ``POST``. FastAPI then validates that
   object against the route's pydantic model, a form's fields as strings.
@@ -22,7 +23,7 @@ from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 
 from nurture.web.api.errors import ApiError
-from nurture.web.forms import BadBody, read_body
+from nurture.web.public.forms import BadBody, read_body
 
 # A sequence draft is 4 levels deep; event properties are the caller's, but no real one is deeper than this.
 MAX_DEPTH = 32

@@ -78,7 +78,7 @@ JsonObject = dict[str, JsonValue]
 
 
 class Profile(BaseModel):
-    """A subscriber's own record, as the staff API shows it (nurture.subscriber_admin.profile)."""
+    """A subscriber's own record, as the staff API shows it (nurture.subscribers.staff_actions.profile)."""
 
     id: int
     email: str | None

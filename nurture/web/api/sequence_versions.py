@@ -9,9 +9,9 @@ from fastapi import APIRouter, Body
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from nurture import versions
-from nurture.db import transaction
+from nurture.core.db import transaction
 from nurture.mail.templates import EmailTemplates
+from nurture.sequences import versions
 from nurture.sequences.loader import SequenceValidationError, definition_from
 from nurture.web.api.deps import AppSettings, DbSession, Editor, SequenceSlug, Viewer, find_sequence
 from nurture.web.api.errors import ApiError, error_responses

@@ -13,13 +13,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from nurture import clock, control, staff
-from nurture.catalog import window_of
-from nurture.db import transaction
+from nurture.core import clock
+from nurture.core.db import transaction
 from nurture.models import Sequence
-from nurture.schedule import format_delay
-from nurture.staff import Actor
-from nurture.stats import sequence_stats, standing_counts
+from nurture.sequences import control
+from nurture.sequences.catalog import window_of
+from nurture.sequences.results import sequence_stats, standing_counts
+from nurture.sequences.schedule import format_delay
+from nurture.staff import accounts
+from nurture.staff.accounts import Actor
 from nurture.web.api.deps import AppSettings, DbSession, Editor, SequenceSlug, Viewer, find_sequence
 from nurture.web.api.errors import ApiError, error_responses
 from nurture.web.api.routing import ApiRoute
@@ -294,7 +296,7 @@ def run_control(
             before = control.snapshot(sequence)
             result = work(session, sequence)
             after = control.snapshot(sequence)
-            staff.audit(session, actor, f"sequence.{action}", f"sequence:{slug}", before, after)
+            accounts.audit(session, actor, f"sequence.{action}", f"sequence:{slug}", before, after)
             return {"sequence": slug, **after, **result}
     except control.ControlError as exc:
         status = {"not_found": 404, "conflict": 409}.get(exc.code, 400)
@@ -350,7 +352,7 @@ def schedule_sequence(actor: Editor, slug: SequenceSlug, body: ScheduleBody) -> 
     responses=CONTROL_ERRORS,
 )
 def enroll_subscribers(actor: Editor, slug: SequenceSlug, body: EnrollBody) -> JSONResponse:
-    from nurture.importer import enroll_existing
+    from nurture.subscribers.importer import enroll_existing
 
     all_active = body.all_active is True
     if all_active == (body.emails is not None):
@@ -365,7 +367,7 @@ def enroll_subscribers(actor: Editor, slug: SequenceSlug, body: EnrollBody) -> J
             counts = enroll_existing(session, sequence, emails=body.emails, start_at=start_at)
         except ValueError as exc:
             raise ApiError(409, "conflict", str(exc)) from None
-        staff.audit(
+        accounts.audit(
             session,
             actor,
             "sequence.enroll",

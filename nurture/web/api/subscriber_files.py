@@ -10,9 +10,10 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from nurture import staff, subscriber_admin
-from nurture.db import transaction
-from nurture.staff import Actor
+from nurture.core.db import transaction
+from nurture.staff import accounts
+from nurture.staff.accounts import Actor
+from nurture.subscribers import staff_actions
 from nurture.web.api.deps import Editor
 from nurture.web.api.errors import ApiError, error_responses
 from nurture.web.api.routing import ApiRoute
@@ -56,15 +57,15 @@ def import_report_dict(report: Any) -> dict[str, Any]:
 def run_import(actor: Actor, data: bytes, slug: str, consent_source: str) -> Any:
     """Parse, import, audit (the staff UI's upload too); raises ImportError_ for a file that cannot be
     imported at all."""
-    from nurture.db import session_factory
-    from nurture.importer import ImportReport as Report
-    from nurture.importer import import_rows, read_csv
+    from nurture.core.db import session_factory
+    from nurture.subscribers.importer import ImportReport as Report
+    from nurture.subscribers.importer import import_rows, read_csv
 
     rows, errors = read_csv(data)
     report = Report(errors=errors)
     import_rows(session_factory(), rows, slug, consent_source, report)
     with transaction() as session:
-        staff.audit(
+        accounts.audit(
             session,
             actor,
             "subscribers.import",
@@ -91,7 +92,7 @@ async def import_subscribers(
         str, Query(description="Where these people consented", examples=["webinar signup 2026-02"])
     ] = "",
 ) -> JSONResponse:
-    from nurture.importer import ImportError_
+    from nurture.subscribers.importer import ImportError_
 
     kind = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     if kind not in CSV_TYPES:
@@ -125,7 +126,7 @@ async def import_subscribers(
 )
 def export_subscribers(actor: Editor) -> Response:
     with transaction() as session:
-        data = subscriber_admin.export_all_csv(session, actor)
+        data = staff_actions.export_all_csv(session, actor)
     return Response(
         data,
         media_type="text/csv; charset=utf-8",

@@ -1,4 +1,5 @@
-"""Subscribers: search, one subscriber's explain log, the six staff actions (nurture.subscriber_admin: lock,
+"""Subscribers: search, one subscriber's explain log, the six staff actions
+(nurture.subscribers.staff_actions: lock,
 change, event and audit row in one transaction) and the GDPR export of one subscriber."""
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ from pydantic import BaseModel, Field
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from nurture import subscriber_admin, unknown_outcomes
-from nurture.addresses import InvalidInput, normalise_email
-from nurture.db import transaction
+from nurture.core.addresses import InvalidInput, normalise_email
+from nurture.core.db import transaction
+from nurture.delivery import unknown_outcomes
 from nurture.models import ConsentRecord, Delivery, Enrollment, Event, Sequence, Step, Subscriber
-from nurture.staff import Actor
+from nurture.staff.accounts import Actor
+from nurture.subscribers import staff_actions
 from nurture.web.api.deps import DbSession, Editor, SubscriberId, Viewer
 from nurture.web.api.errors import ApiError, error_responses
 from nurture.web.api.routing import ApiRoute
@@ -128,7 +130,7 @@ class EraseDone(ActionDone):
 
 
 class SubscriberExport(BaseModel):
-    """Everything held about one person (nurture.subscriber_admin.export_data)."""
+    """Everything held about one person (nurture.subscribers.staff_actions.export_data)."""
 
     exported_at: Timestamp
     profile: JsonObject
@@ -201,7 +203,7 @@ def explain(session: Session, subscriber: Subscriber) -> dict[str, Any]:
         select(Event).where(Event.subscriber_id == subscriber.id).order_by(Event.id.desc()).limit(200)
     )
     return {
-        **subscriber_admin.profile(subscriber),
+        **staff_actions.profile(subscriber),
         "attributes": subscriber.attributes,
         "enrollments": list(enrollments.values()),
         "consent": [
@@ -242,7 +244,7 @@ def list_subscribers(
         except InvalidInput as exc:
             raise ApiError(400, "invalid", str(exc)) from None
     found = search_subscribers(session, email, q)
-    return JSONResponse({"subscribers": [subscriber_admin.profile(s) for s in found]})
+    return JSONResponse({"subscribers": [staff_actions.profile(s) for s in found]})
 
 
 @router.get(
@@ -264,8 +266,8 @@ def get_subscriber(actor: Viewer, session: DbSession, subscriber_id: SubscriberI
 def act(actor: Actor, subscriber_id: int, action: str, **params: Any) -> JSONResponse:
     try:
         with transaction() as session:
-            return JSONResponse(subscriber_admin.act(session, actor, subscriber_id, action, **params))
-    except subscriber_admin.ActionError as exc:
+            return JSONResponse(staff_actions.act(session, actor, subscriber_id, action, **params))
+    except staff_actions.ActionError as exc:
         raise ApiError(ACTION_STATUS.get(exc.code, 400), exc.code, exc.message) from None
 
 
@@ -338,8 +340,8 @@ def erase_subscriber(actor: Editor, subscriber_id: SubscriberId, body: NoBody) -
 def export_subscriber(actor: Editor, subscriber_id: SubscriberId) -> JSONResponse:
     try:
         with transaction() as session:
-            data = subscriber_admin.export_one(session, actor, subscriber_id)
-    except subscriber_admin.ActionError as exc:
+            data = staff_actions.export_one(session, actor, subscriber_id)
+    except staff_actions.ActionError as exc:
         raise ApiError(404, exc.code, exc.message) from None
     return JSONResponse(
         data, headers={"Content-Disposition": f'attachment; filename="subscriber-{subscriber_id}.json"'}

@@ -12,10 +12,10 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
-from nurture import staff
-from nurture.db import transaction
+from nurture.core.db import transaction
 from nurture.models import StaffRole, StaffUser
-from nurture.staff import Actor
+from nurture.staff import accounts
+from nurture.staff.accounts import Actor
 from nurture.web.api.deps import Admin, DbSession, TokenId, UserId
 from nurture.web.api.errors import ApiError, error_responses
 from nurture.web.api.routing import ApiRoute
@@ -65,7 +65,7 @@ class NewUser(RequestBody):
 
     email: str
     role: Role
-    password: str = Field(description="At least the length nurture.staff.check_password asks for")
+    password: str = Field(description="At least the length nurture.staff.accounts.check_password asks for")
 
 
 class RoleBody(RequestBody):
@@ -119,14 +119,14 @@ def user_change(
     """Lock the user, apply ``change(session, user) -> extra``, audit before/after; one transaction."""
     try:
         with transaction() as session:
-            user = staff.get_user(session, user_id, lock=True)
-            before = staff.user_snapshot(user)
+            user = accounts.get_user(session, user_id, lock=True)
+            before = accounts.user_snapshot(user)
             extra = change(session, user) or {}
-            staff.audit(
-                session, actor, f"user.{action}", f"user:{user.email}", before, staff.user_snapshot(user)
+            accounts.audit(
+                session, actor, f"user.{action}", f"user:{user.email}", before, accounts.user_snapshot(user)
             )
             return {**user_dict(user), **extra}
-    except staff.StaffError as exc:
+    except accounts.StaffError as exc:
         raise ApiError(STATUS_OF.get(exc.code, 400), exc.code, exc.args[0]) from None
 
 
@@ -140,7 +140,7 @@ def user_change(
     responses=error_responses(401, 403),
 )
 def list_users(actor: Admin, session: DbSession) -> JSONResponse:
-    users = [user_dict(u, staff.tokens_of(session, u)) for u in staff.list_users(session)]
+    users = [user_dict(u, accounts.tokens_of(session, u)) for u in accounts.list_users(session)]
     return JSONResponse({"users": users})
 
 
@@ -154,10 +154,12 @@ def list_users(actor: Admin, session: DbSession) -> JSONResponse:
 def create_user(actor: Admin, body: NewUser) -> JSONResponse:
     try:
         with transaction() as session:
-            user = staff.create_user(session, body.email, body.role.value, body.password)
-            staff.audit(session, actor, "user.create", f"user:{user.email}", None, staff.user_snapshot(user))
+            user = accounts.create_user(session, body.email, body.role.value, body.password)
+            accounts.audit(
+                session, actor, "user.create", f"user:{user.email}", None, accounts.user_snapshot(user)
+            )
             return JSONResponse(user_dict(user), status_code=201)
-    except staff.StaffError as exc:
+    except accounts.StaffError as exc:
         raise ApiError(STATUS_OF.get(exc.code, 400), exc.code, exc.args[0]) from None
 
 
@@ -169,7 +171,7 @@ def create_user(actor: Admin, body: NewUser) -> JSONResponse:
 )
 def change_role(actor: Admin, user_id: UserId, body: RoleBody) -> JSONResponse:
     return JSONResponse(
-        user_change(actor, user_id, "role", lambda s, u: staff.set_role(s, u, body.role.value))
+        user_change(actor, user_id, "role", lambda s, u: accounts.set_role(s, u, body.role.value))
     )
 
 
@@ -180,7 +182,9 @@ def change_role(actor: Admin, user_id: UserId, body: RoleBody) -> JSONResponse:
     responses=CHANGE_ERRORS,
 )
 def deactivate_user(actor: Admin, user_id: UserId, body: NoBody) -> JSONResponse:
-    return JSONResponse(user_change(actor, user_id, "deactivate", lambda s, u: staff.set_active(s, u, False)))
+    return JSONResponse(
+        user_change(actor, user_id, "deactivate", lambda s, u: accounts.set_active(s, u, False))
+    )
 
 
 @router.post(
@@ -190,7 +194,9 @@ def deactivate_user(actor: Admin, user_id: UserId, body: NoBody) -> JSONResponse
     responses=CHANGE_ERRORS,
 )
 def reactivate_user(actor: Admin, user_id: UserId, body: NoBody) -> JSONResponse:
-    return JSONResponse(user_change(actor, user_id, "reactivate", lambda s, u: staff.set_active(s, u, True)))
+    return JSONResponse(
+        user_change(actor, user_id, "reactivate", lambda s, u: accounts.set_active(s, u, True))
+    )
 
 
 @router.post(
@@ -201,7 +207,7 @@ def reactivate_user(actor: Admin, user_id: UserId, body: NoBody) -> JSONResponse
 )
 def reset_password(actor: Admin, user_id: UserId, body: PasswordBody) -> JSONResponse:
     return JSONResponse(
-        user_change(actor, user_id, "password", lambda s, u: staff.reset_password(s, u, body.password))
+        user_change(actor, user_id, "password", lambda s, u: accounts.reset_password(s, u, body.password))
     )
 
 
@@ -215,8 +221,8 @@ def reset_password(actor: Admin, user_id: UserId, body: PasswordBody) -> JSONRes
 def issue_user_token(actor: Admin, user_id: UserId, body: NoBody) -> JSONResponse:
     def issue(session: Session, user: StaffUser) -> dict[str, Any]:
         if not user.active:
-            raise staff.StaffError("the user is deactivated; reactivate them first", "conflict")
-        return {"token": staff.issue_token(session, user)}
+            raise accounts.StaffError("the user is deactivated; reactivate them first", "conflict")
+        return {"token": accounts.issue_token(session, user)}
 
     return JSONResponse(user_change(actor, user_id, "token", issue), status_code=201)
 
@@ -229,6 +235,6 @@ def issue_user_token(actor: Admin, user_id: UserId, body: NoBody) -> JSONRespons
 )
 def revoke_user_token(actor: Admin, user_id: UserId, token_id: TokenId, body: NoBody) -> JSONResponse:
     def revoke(session: Session, user: StaffUser) -> dict[str, Any]:
-        return {"revoked_token": staff.revoke_token(session, user, token_id).id}
+        return {"revoked_token": accounts.revoke_token(session, user, token_id).id}
 
     return JSONResponse(user_change(actor, user_id, "revoke-token", revoke))

@@ -16,8 +16,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_valida
 from pydantic_core import PydanticCustomError
 from sqlalchemy.orm import Session
 
-from nurture.config import Settings
-from nurture.db import transaction
+from nurture.core.config import Settings
+from nurture.core.db import transaction
 from nurture.web.api.deps import Admin, AppSettings, EndpointId, Viewer, WebhookDeliveryId
 from nurture.web.api.errors import ApiError, error_responses
 from nurture.web.api.routing import ApiRoute
@@ -177,7 +177,7 @@ def _in_transaction(work: Callable[[Session], T]) -> T:
 
 
 def _send_now(settings: Settings, delivery_id: int, trigger: str) -> dict[str, Any]:
-    from nurture.db import session_factory
+    from nurture.core.db import session_factory
 
     sender = WebhookSender(settings, session_factory())
     try:

@@ -1,0 +1,141 @@
+"""Claim due deliveries for workers, and take back claims whose lease ran out.
+
+A claim is one conditional UPDATE: only rows still ``pending`` and due move to ``queued``, stamped with a
+claim token and a lease. On PostgreSQL the inner SELECT uses ``FOR UPDATE SKIP LOCKED`` so concurrent
+dispatchers take disjoint rows without waiting on each other; on SQLite the write lock serialises them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from nurture.core import clock
+from nurture.core.config import Settings, get_settings, parse_rate
+from nurture.core.db import transaction
+from nurture.delivery import frequency_cap, leases, receipts
+from nurture.models import Delivery, DeliveryStatus, events
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReapResult:
+    returned: int  # queued rows whose task never ran: back to pending
+    settled: leases.Settled  # rows whose worker died mid-send: accepted, unknown (one per attempt), returned
+
+    @property
+    def ambiguous(self) -> int:
+        """Deliveries whose outcome a crash made unknown (resent, or held under ``hold``)."""
+        return len(self.settled.unknown)
+
+
+@dataclass(frozen=True)
+class DispatchResult:
+    reaped: ReapResult
+    claimed: int
+
+
+def claim_due(
+    session: Session, *, limit: int, lease_seconds: int, now: datetime | None = None
+) -> leases.Claim:
+    return leases.DELIVERIES.claim(session, limit=limit, lease_seconds=lease_seconds, now=now)
+
+
+def _claim_spaced(session: Session, settings: Settings, room: int) -> leases.Claim:
+    """Claim up to ``room`` due rows, after the frequency cap moved those that must wait
+    (nurture.delivery.frequency_cap);
+    with the cap off, the plain claim."""
+    if settings.frequency_cap_hours <= 0:
+        return claim_due(session, limit=room, lease_seconds=settings.lease_seconds)
+    now = clock.db_now(session)
+    passing = frequency_cap.space_out(session, cap_hours=settings.frequency_cap_hours, limit=room, now=now)
+    return leases.DELIVERIES.claim(
+        session,
+        limit=max(1, len(passing)),
+        lease_seconds=settings.lease_seconds,
+        only=(Delivery.id.in_(passing or [0]),),
+        now=now,
+    )
+
+
+def release(session: Session, token: str, ids: list[int]) -> int:
+    """Give back claimed rows that never reached a worker."""
+    return leases.DELIVERIES.release(session, token, ids)
+
+
+def reap_expired(session: Session, *, policy: str, now: datetime | None = None) -> ReapResult:
+    reaped = leases.DELIVERIES.reap(session, policy=policy, now=now)
+    settled = reaped.settled
+    resolution = "resent" if settled.resent else "held"
+    # Rows with a receipt were accepted: the `sent` event their group would have written, receipts done.
+    for delivery_id in settled.accepted:
+        message_id = settled.receipts[delivery_id]["message_id"]
+        events.record(session, "sent", delivery_id=delivery_id, message_id=message_id)
+    receipts.forget(session, settled.accepted)
+    # The one delivery per dead worker whose fate is unknown: an event staff see (results, subscriber page,
+    # /metrics), with how it was resolved.
+    for delivery_id in settled.unknown:
+        events.record(
+            session, "ambiguous", delivery_id=delivery_id, cause="lease expired while sending",
+            resolution=resolution,
+        )  # fmt: skip
+    if settled.unknown or settled.returned or settled.accepted:
+        log.warning(
+            "reaped a dead worker's sends: %d accepted, %d unknown (%s), %d returned unsent",
+            len(settled.accepted), len(settled.unknown), resolution, len(settled.returned),
+        )  # fmt: skip
+    return ReapResult(returned=reaped.returned, settled=settled)
+
+
+def batches(ids: list[int], size: int) -> list[list[int]]:
+    return [ids[i : i + size] for i in range(0, len(ids), size)]
+
+
+def claim_room(settings: Settings, outstanding: int) -> int:
+    """How many rows this tick may claim: the claim limit less what is still waiting for a worker, and with
+    an SMTP rate limit no more than it lets out in half a lease (so no claim expires while it waits its turn
+    in the queue)."""
+    room = settings.claim_limit - outstanding
+    per_second = parse_rate(settings.smtp_rate)
+    if per_second is not None:
+        room = min(room, int(per_second * settings.lease_seconds / 2) - outstanding)
+    return room
+
+
+def dispatch_once(
+    enqueue: Callable[[str, list[int]], None],
+    *,
+    factory: sessionmaker[Session] | None = None,
+    settings: Settings | None = None,
+) -> DispatchResult:
+    """One tick: reap, claim, commit, then hand batches to the broker (never before the claim commits)."""
+    settings = settings or get_settings()
+    with transaction(factory) as session:
+        reaped = reap_expired(session, policy=settings.ambiguous_policy)
+    with transaction(factory) as session:
+        # Backpressure: claims still waiting for a worker count against this tick's limit, so a slow worker
+        # pool is never buried under claims whose leases would run out in the queue.
+        outstanding = session.scalar(
+            select(func.count()).where(Delivery.status.in_([DeliveryStatus.queued, DeliveryStatus.sending]))
+        )
+        room = claim_room(settings, outstanding or 0)
+        if room <= 0:
+            return DispatchResult(reaped=reaped, claimed=0)
+        claim = _claim_spaced(session, settings, room)
+    handed: list[int] = []
+    try:
+        for batch in batches(claim.ids, settings.batch_size):
+            enqueue(claim.token, batch)
+            handed.extend(batch)
+    except Exception:
+        # Broker unreachable: return what was not handed over now rather than after the lease expires.
+        with transaction(factory) as session:
+            release(session, claim.token, claim.ids[len(handed) :])
+        raise
+    return DispatchResult(reaped=reaped, claimed=len(claim.ids))
