@@ -73,7 +73,8 @@ def main() -> None:
     from nurture.models import Delivery
     from nurture.sequences.catalog import sync_definition
     from nurture.sequences.loader import find
-    from nurture.subscribers.importer import ImportReport, import_rows, read_csv
+    from nurture.subscribers.import_files import ImportReport, read_csv
+    from nurture.subscribers.importer import import_rows
 
     settings = get_settings()
     with transaction() as session:

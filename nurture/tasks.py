@@ -20,8 +20,8 @@ from nurture.core.db import session_factory
 from nurture.delivery.dispatch import dispatch_once
 from nurture.delivery.sender import Sender
 from nurture.delivery.transport_guards import circuit_breaker, rate_limiter
+from nurture.mail.factory import transport_from_url
 from nurture.mail.templates import EmailTemplates
-from nurture.mail.transports import transport_from_url
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,9 @@ from nurture.core.config import get_settings
 from nurture.core.db import transaction
 from nurture.delivery.dispatch import dispatch_once
 from nurture.delivery.sender import Sender
+from nurture.mail.factory import transport_from_url
 from nurture.mail.templates import EmailTemplates
-from nurture.mail.transports import Transport, transport_from_url
+from nurture.mail.transports import Transport
 from nurture.models import Delivery
 from nurture.sequences.catalog import sync_definition
 from nurture.sequences.loader import load_all

@@ -11,13 +11,13 @@ from aiosmtpd.controller import Controller
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from nurture.mail.factory import transport_from_url
 from nurture.mail.transports import (
     ConnectFailure,
     PermanentFailure,
     SmtpTransport,
     TemporaryFailure,
     angle_address,
-    transport_from_url,
 )
 from tests.support import RecordingHandler, SmtpScript, free_port
 

@@ -9,7 +9,8 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 
-from nurture.mail.transports import SmtpTransport, TemporaryFailure, transport_from_url
+from nurture.mail.factory import transport_from_url
+from nurture.mail.transports import SmtpTransport, TemporaryFailure
 from tests.support import RecordingHandler, SmtpScript, free_port
 
 MESSAGE = b"From: a@example.com\r\nTo: b@example.com\r\nSubject: tls\r\n\r\nhello\r\n.leading dot\r\n"

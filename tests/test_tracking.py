@@ -25,7 +25,7 @@ from nurture.models import Enrollment, Event, ExternalEvent, GoalCompletion, Lin
 from nurture.sequences.catalog import get_sequence
 from nurture.sequences.results import sequence_stats
 from nurture.subscribers import clicks, goals
-from nurture.subscribers.importer import erase
+from nurture.subscribers.erasure import erase
 from tests.helpers import dispatch_inline, make_sender, statuses, subscribe, sync_sequences
 
 START = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)

@@ -378,7 +378,8 @@ def _render_step(  # type: ignore[no-untyped-def]
 )
 def send_test(slug: str, step: str, to_email: str, name: str | None, variant: str | None) -> None:
     """Send one step to an address now, through the configured transport (no subscriber is created)."""
-    from nurture.mail.transports import SendFailure, transport_from_url
+    from nurture.mail.factory import transport_from_url
+    from nurture.mail.transports import SendFailure
 
     settings = load_settings()
     _, data = _render_step(slug, step, name, to_email, variant)

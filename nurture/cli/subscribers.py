@@ -49,7 +49,8 @@ def subscribers_import(csv_file: Path, slug: str, consent_source: str) -> None:
     Bad rows are reported and skipped whole; suppressed, erased and unsubscribed addresses are never re-added.
     Exits 1 if any row was refused."""
     from nurture.core.db import session_factory
-    from nurture.subscribers.importer import ImportError_, ImportReport, import_rows, read_csv
+    from nurture.subscribers.import_files import ImportError_, ImportReport, read_csv
+    from nurture.subscribers.importer import import_rows
 
     load_settings()
     try:
@@ -95,7 +96,7 @@ def subscribers_export(csv_file: Path) -> None:
 
     from nurture.core.db import transaction
     from nurture.models import Subscriber
-    from nurture.subscribers.importer import export_csv
+    from nurture.subscribers.exports import export_csv
 
     load_settings()
     with csv_file.open("w", encoding="utf-8", newline="") as handle, transaction() as session:
@@ -115,7 +116,7 @@ def subscribers_erase(email: str) -> None:
     """GDPR erasure of EMAIL: personal data deleted; an anonymous hash keeps them from being re-added."""
     from nurture.core.db import transaction
     from nurture.staff.accounts import audit
-    from nurture.subscribers.importer import erase
+    from nurture.subscribers.erasure import erase
 
     load_settings()
     with transaction() as session:

@@ -1,6 +1,6 @@
 """DKIM signatures (RFC 6376) on every outgoing message.
 
-Signing is a transport wrapper: :func:`nurture.mail.transports.transport_from_url` wraps the transport the
+Signing is a transport wrapper: :func:`nurture.mail.factory.transport_from_url` wraps the transport the
 settings name in a :class:`SigningTransport` when ``NURTURE_DKIM_KEY`` is set, so sequence emails,
 confirmation emails and ``nurture send-test`` are all signed, over the exact bytes that go on the wire.
 

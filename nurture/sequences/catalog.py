@@ -16,7 +16,6 @@ from sqlalchemy.orm import Session
 
 from nurture.models import Sequence, SequenceStatus, SequenceVersion
 from nurture.sequences.loader import SequenceDefinition
-from nurture.sequences.schedule import SendWindow
 
 
 @dataclass(frozen=True)
@@ -123,13 +122,6 @@ def _rate() -> int:
     from nurture.core.config import get_settings
 
     return get_settings().resume_rate_per_minute
-
-
-def window_of(version: SequenceVersion) -> SendWindow | None:
-    """The version's send window, for display; due times come from nurture.sequences.timetable."""
-    from nurture.sequences.timetable import Rules
-
-    return Rules.of_version(version).window
 
 
 def get_sequence(session: Session, slug: str) -> Sequence | None:

@@ -195,3 +195,8 @@ def retry_time(delivery: Delivery, at: datetime) -> datetime:
     subscriber = delivery.subscriber
     table = of_version(delivery.enrollment.version, subscriber.timezone, country_of(subscriber.attributes))
     return table.fit(at, use_window=delivery.step.use_window)
+
+
+def window_of(version: SequenceVersion) -> SendWindow | None:
+    """The version's send window, for display (due times come from ``Rules``)."""
+    return Rules.of_version(version).window

@@ -44,11 +44,11 @@ from nurture.models import (
     events,
 )
 from nurture.sequences import control, timetable
-from nurture.sequences.catalog import window_of
 from nurture.sequences.control import MIN_GAP, ControlError, SlotLimiter
 from nurture.sequences.loader import SequenceDefinition
 from nurture.sequences.review import Review
 from nurture.sequences.schedule import SendWindow, format_delay
+from nurture.sequences.timetable import window_of
 from nurture.staff import accounts
 
 OPEN = (DeliveryStatus.pending, DeliveryStatus.held)  # waiting: what a move re-times or a stop cancels

@@ -6,23 +6,19 @@ enrolled is skipped and counted, never enrolled or re-added.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-import re
 import secrets
 from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Table, delete, exists, insert, or_, select, text
+from sqlalchemy import JSON, Table, exists, insert, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from nurture.core import clock, safe_csv
-from nurture.core.addresses import MAX_EMAIL_LENGTH, InvalidInput, clean_name, clean_zone, normalise_email
+from nurture.core import clock
+from nurture.core.addresses import InvalidInput, normalise_email
 from nurture.core.db import among, on_postgresql, transaction
 from nurture.models import (
     ConsentRecord,
@@ -37,7 +33,8 @@ from nurture.models import (
     SubscriberStatus,
 )
 from nurture.sequences import timetable
-from nurture.subscribers.suppression import suppress_erased, suppressed_among
+from nurture.subscribers.import_files import GoodRow, ImportError_, ImportReport, read_csv
+from nurture.subscribers.suppression import suppressed_among
 
 CHUNK = 500
 # Whose clock and calendar a timetable follows: (IANA zone, holiday country), either unknown.
@@ -136,137 +133,13 @@ def addresses_in(data: bytes) -> list[str]:
     return [r.email for r in rows] + [e.email for e in errors if e.email]
 
 
-# --- CSV import -----------------------------------------------------------------------------------------
-
-REQUIRED_COLUMNS = ("email",)
-KNOWN_COLUMNS = ("email", "first_name", "timezone")
 IMPORT_CHUNK = 5000
 IMPORT_WORKERS = 2  # connections writing chunks at once, on PostgreSQL
-MAX_ATTRIBUTE_LENGTH = 500
-
-
-@dataclass(frozen=True)
-class RowError:
-    line: int
-    email: str
-    message: str
-
-
-@dataclass
-class ImportReport:
-    imported: int = 0  # new subscribers, enrolled
-    enrolled_existing: int = 0  # already subscribed and active: enrolled if they were not
-    already_enrolled: int = 0
-    skipped: Counter[str] = field(default_factory=Counter)  # unsubscribed, suppressed, not-confirmed
-    errors: list[RowError] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class _Good:
-    line: int
-    email: str
-    first_name: str | None
-    timezone: str | None
-    attributes: dict[str, str]
-
-
-class ImportError_(ValueError):
-    """The file as a whole cannot be imported (not CSV, no email column); nothing was written."""
-
-
-# A plain ASCII dot-atom local part: for these, email_validator's answer depends only on the domain, so the
-# domain is validated (by email_validator itself) once per file instead of once per row.
-_SIMPLE_LOCAL = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
-
-
-class _Addresses:
-    """normalise_email with the per-domain work cached; anything unusual goes through normalise_email."""
-
-    def __init__(self) -> None:
-        self.domains: dict[str, str | None] = {}  # raw domain -> normalised domain, None when invalid
-
-    def normalise(self, raw: str) -> str:
-        if not raw.isprintable():  # control characters: refused by normalise_email, with its message
-            return normalise_email(raw)
-        value = raw.strip()
-        local, at, domain = value.rpartition("@")
-        if (
-            at
-            and len(value) <= MAX_EMAIL_LENGTH
-            and len(local) <= 64
-            and domain.isascii()
-            and _SIMPLE_LOCAL.fullmatch(local)
-        ):
-            if domain not in self.domains:
-                try:
-                    self.domains[domain] = normalise_email("a@" + domain).partition("@")[2]
-                except InvalidInput:
-                    self.domains[domain] = None
-            normalised = self.domains[domain]
-            if normalised is not None:
-                return (local + "@" + normalised).lower()
-        return normalise_email(raw)  # the full check, and its exact error message
-
-
-def read_csv(data: bytes) -> tuple[list[_Good], list[RowError]]:
-    """Parse and validate every row; a bad row is reported and left out whole. BOM and CRLF are fine.
-
-    Rows get the same checks as the signup form (nurture.core.addresses), and cells are read through
-    ``csvsafe.unescape``, so a file nurture exported imports back as the values it held."""
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise ImportError_("the file is not UTF-8 text") from None
-    reader = csv.reader(io.StringIO(text, newline=""))
-    try:
-        header = [h.strip().lower() for h in next(reader)]
-    except StopIteration:
-        raise ImportError_("the file is empty") from None
-    except csv.Error as exc:
-        raise ImportError_(f"not a CSV file: {exc}") from None
-    if "email" not in header:
-        raise ImportError_(f"the header row needs an 'email' column; found {', '.join(header) or 'nothing'}")
-    if len(set(header)) != len(header):
-        raise ImportError_("the header row names a column twice")
-    good: list[_Good] = []
-    errors: list[RowError] = []
-    seen: dict[str, int] = {}
-    addresses = _Addresses()
-    try:
-        for row in reader:
-            line = reader.line_num
-            if not any(cell.strip() for cell in row):
-                continue
-            if len(row) != len(header):
-                errors.append(RowError(line, "", f"has {len(row)} fields, the header has {len(header)}"))
-                continue
-            values = dict(zip(header, map(safe_csv.unescape, row), strict=True))
-            raw_email = values["email"]
-            try:
-                address = addresses.normalise(raw_email)
-                name = clean_name(values.get("first_name") or None)
-                tz = clean_zone(values.get("timezone"))
-                attributes = {k: v.strip() for k, v in values.items() if k not in KNOWN_COLUMNS and v.strip()}
-                if any(len(v) > MAX_ATTRIBUTE_LENGTH for v in attributes.values()):
-                    raise InvalidInput(
-                        "attributes", f"values must be at most {MAX_ATTRIBUTE_LENGTH} characters"
-                    )
-            except InvalidInput as exc:
-                errors.append(RowError(line, raw_email[:254], str(exc)))
-                continue
-            if address in seen:
-                errors.append(RowError(line, address, f"duplicate of line {seen[address]}"))
-                continue
-            seen[address] = line
-            good.append(_Good(line, address, name, tz, attributes))
-    except csv.Error as exc:
-        errors.append(RowError(reader.line_num, "", f"unreadable CSV: {exc}"))
-    return good, errors
 
 
 def import_rows(
     factory: sessionmaker[Session],
-    rows: list[_Good],
+    rows: list[GoodRow],
     sequence_slug: str,
     consent_source: str,
     report: ImportReport,
@@ -290,7 +163,7 @@ def import_rows(
         # (duplicates were dropped while parsing), so they cannot wait on each other's rows.
         workers = IMPORT_WORKERS if on_postgresql(session) else 1
 
-    def one(chunk: list[_Good]) -> ImportReport:
+    def one(chunk: list[GoodRow]) -> ImportReport:
         part = ImportReport()
         with transaction(factory) as session:
             sequence = session.scalar(select(Sequence).where(Sequence.slug == sequence_slug))
@@ -302,7 +175,7 @@ def import_rows(
     with ThreadPoolExecutor(max_workers=workers) as pool:
         # At most ``workers`` chunks in flight, so a failure stops the import at once: nothing after it
         # starts, and what is running finishes whole (each chunk is its own transaction).
-        in_flight: deque[tuple[list[_Good], Future[ImportReport]]] = deque()
+        in_flight: deque[tuple[list[GoodRow], Future[ImportReport]]] = deque()
 
         def submit_next() -> None:
             chunk = next(chunks, None)
@@ -325,7 +198,7 @@ def import_rows(
 
 
 def _import_chunk(
-    session: Session, sequence: Sequence, chunk: list[_Good], source: str, report: ImportReport
+    session: Session, sequence: Sequence, chunk: list[GoodRow], source: str, report: ImportReport
 ) -> None:
     emails = [row.email for row in chunk]
     existing = {
@@ -345,7 +218,7 @@ def _import_chunk(
         if existing
         else set()
     )
-    new_rows: list[_Good] = []
+    new_rows: list[GoodRow] = []
     existing_to_enroll: list[tuple[int, str | None]] = []
     for row in chunk:
         if row.email in suppressed:
@@ -627,64 +500,3 @@ def _bulk_enroll(
 
 
 # --- export and erasure ---------------------------------------------------------------------------------
-
-EXPORT_COLUMNS = (
-    "email",
-    "first_name",
-    "timezone",
-    "status",
-    "created_at",
-    "confirmed_at",
-    "unsubscribed_at",
-)
-
-
-def export_csv(session: Session, handle: Any, progress: Callable[[int], None] | None = None) -> int:
-    """Every subscriber as CSV (attributes as one JSON column), streamed; returns the row count. Cells are
-    escaped against spreadsheet formulas (nurture.core.safe_csv). ``progress(n)`` hears of every 1,000
-    rows."""
-    writer = safe_csv.SafeWriter(handle)
-    writer.writerow([*EXPORT_COLUMNS, "attributes"])
-    count = 0
-    for subscriber in session.scalars(
-        select(Subscriber).order_by(Subscriber.id).execution_options(yield_per=1000)
-    ):
-        writer.writerow(
-            [
-                *(
-                    (value.isoformat() if isinstance(value, datetime) else (value or ""))
-                    for value in (getattr(subscriber, column) for column in EXPORT_COLUMNS)
-                ),
-                json.dumps(subscriber.attributes or {}, sort_keys=True),
-            ]
-        )
-        count += 1
-        if progress is not None and count % 1000 == 0:
-            progress(1000)
-    if progress is not None and count % 1000:
-        progress(count % 1000)
-    return count
-
-
-def erase(session: Session, email: str) -> bool:
-    """GDPR erasure: the subscriber and everything about them (enrollments, deliveries, events, consent,
-    outbox) go; an anonymous suppression hash stays so no import or staff action re-adds the address.
-    Returns False when there was no such subscriber (the hash is kept either way)."""
-    address = email.strip().lower()
-    suppress_erased(session, address)
-    subscriber_id = session.scalar(select(Subscriber.id).where(Subscriber.email == address))
-    if subscriber_id is None:
-        session.flush()
-        return False
-    delivery_ids = select(Delivery.id).where(Delivery.subscriber_id == subscriber_id).scalar_subquery()
-    session.execute(
-        delete(Event)
-        .where(or_(Event.subscriber_id == subscriber_id, Event.delivery_id.in_(delivery_ids)))
-        .execution_options(synchronize_session=False)
-    )
-    # The database cascades the rest (ON DELETE CASCADE on every table that names the subscriber).
-    session.execute(
-        delete(Subscriber).where(Subscriber.id == subscriber_id).execution_options(synchronize_session=False)
-    )
-    session.flush()
-    return True

@@ -48,9 +48,9 @@ from nurture.models import (
     Sequence,
     Subscriber,
     SubscriberStatus,
-    _public_id,
     abuse_limits,
 )
+from nurture.models.subscribers import new_public_id
 from nurture.subscribers.confirmation import CONFIRM
 
 # Filled in when the address owner confirms, never by a signup.
@@ -185,7 +185,7 @@ def ledger_params(row: dict[str, Any], source: str, now: datetime) -> dict[str, 
     the rest are
     the values the tables' defaults give. :data:`LEDGER` also needs ``c_subscriber_id``."""
     params = {f"c_{key}": value for key, value in row.items()}
-    params.update(c_public_id=_public_id(), c_created_at=now)
+    params.update(c_public_id=new_public_id(), c_created_at=now)
     params.update(o_kind=CONFIRM, o_status=OutboxStatus.pending, o_due_at=now, o_attempts=0, o_created_at=now)
     params.update(e_kind="signup", e_delivery_id=None, e_detail={"source": source}, e_created_at=now)
     return params
@@ -197,6 +197,6 @@ def new_address_params(
     """Parameters of :data:`NEW_ADDRESS`: the hit's, the subscriber's (as its table's defaults would give
     them) and the ledger's. ``write=False`` counts the hit only."""
     params = {**window.params(), **ledger_params(row, source, now), "s_write": write}
-    params.update(s_public_id=_public_id(), s_email=email, s_status=SubscriberStatus.pending)
+    params.update(s_public_id=new_public_id(), s_email=email, s_status=SubscriberStatus.pending)
     params.update(s_attributes={}, s_created_at=now)
     return params

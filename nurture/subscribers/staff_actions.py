@@ -34,8 +34,8 @@ from nurture.staff import accounts
 from nurture.subscribers import preferences
 from nurture.subscribers.enrollment import end_enrollment
 from nurture.subscribers.enrollment import unsubscribe as unsubscribe_everywhere
-from nurture.subscribers.importer import erase as erase_everything
-from nurture.subscribers.importer import export_csv
+from nurture.subscribers.erasure import erase as erase_everything
+from nurture.subscribers.exports import export_csv
 from nurture.subscribers.suppression import suppressed_among
 
 MAX_PAUSE = timedelta(days=366)
@@ -223,7 +223,7 @@ def remove_from_sequence(
 
 
 def erase(session: Session, subscriber: Subscriber, *, by: str) -> dict[str, Any]:
-    """GDPR erasure (:func:`nurture.subscribers.importer.erase`); the audit row keeps the id, never the
+    """GDPR erasure (:func:`nurture.subscribers.erasure.erase`); the audit row keeps the id, never the
     address."""
     erase_everything(session, subscriber.email)
     session.expunge(subscriber)

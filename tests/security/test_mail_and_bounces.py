@@ -21,7 +21,8 @@ from nurture.core import clock
 from nurture.core.config import get_settings
 from nurture.core.db import transaction
 from nurture.mail.compose import message_id_for
-from nurture.mail.transports import SmtpTransport, TemporaryFailure, transport_from_url
+from nurture.mail.factory import transport_from_url
+from nurture.mail.transports import SmtpTransport, TemporaryFailure
 from nurture.models import Delivery, Event, Suppression
 from nurture.subscribers import bounces
 from nurture.web.app import create_app

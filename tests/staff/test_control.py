@@ -18,9 +18,9 @@ from nurture.core import clock
 from nurture.core.db import transaction
 from nurture.mail.transports import MemoryTransport
 from nurture.models import Delivery, DeliveryStatus, Enrollment, Sequence, Step, Subscriber
-from nurture.sequences.catalog import window_of
 from nurture.sequences.control import MIN_GAP, ControlError, ResumePolicy, lock, pause, resume, schedule
 from nurture.sequences.schedule import next_open, resolve_zone
+from nurture.sequences.timetable import window_of
 from nurture.subscribers.enrollment import add_subscriber
 from tests.helpers import dispatch_inline, make_sender
 

@@ -11,7 +11,7 @@ from nurture.cli import main
 from nurture.core.addresses import InvalidInput, normalise_email
 from nurture.core.db import transaction
 from nurture.models import AuditLog, ConsentRecord, Delivery, Enrollment, Event, Subscriber
-from nurture.subscribers import importer
+from nurture.subscribers import import_files, importer
 
 
 def test_a_failed_chunk_writes_nothing_of_itself_and_earlier_chunks_stay_whole(world, monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -52,7 +52,7 @@ ADDRESSES = [
 
 
 def test_the_cached_address_check_answers_as_the_full_one() -> None:
-    cached = importer._Addresses()
+    cached = import_files._Addresses()
 
     def outcome(check, raw: str) -> str:  # type: ignore[no-untyped-def]
         try:

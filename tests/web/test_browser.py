@@ -27,8 +27,8 @@ from nurture.core import clock
 from nurture.core.config import get_settings
 from nurture.core.db import transaction
 from nurture.delivery.confirmations import Outbox
+from nurture.mail.factory import transport_from_url
 from nurture.mail.templates import EmailTemplates
-from nurture.mail.transports import transport_from_url
 from nurture.models import Delivery, Subscriber
 from tests.conftest import service_missing
 from tests.helpers import dispatch_inline, make_sender, subscribe, sync_sequences

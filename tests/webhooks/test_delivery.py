@@ -221,7 +221,7 @@ def test_rotation_signs_with_both_secrets_during_the_grace_period(factory, recei
 
 
 def test_erasing_a_subscriber_erases_their_webhook_deliveries(factory, receiver) -> None:  # type: ignore[no-untyped-def]
-    from nurture.subscribers.importer import erase
+    from nurture.subscribers.erasure import erase
 
     add_endpoint(factory, receiver.url, ["subscribed"])
     new_subscriber(factory)

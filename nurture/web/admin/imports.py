@@ -20,7 +20,9 @@ from nurture.core.db import session_factory, transaction
 from nurture.models import Subscriber
 from nurture.staff import accounts, jobs
 from nurture.subscribers import staff_actions
-from nurture.subscribers.importer import ImportError_, ImportReport, export_csv, import_rows, read_csv
+from nurture.subscribers.exports import export_csv
+from nurture.subscribers.import_files import ImportError_, ImportReport, read_csv
+from nurture.subscribers.importer import import_rows
 from nurture.web.admin.common import live_slugs, page, settings_of
 from nurture.web.admin.deps import Editor, EditorForm, EditorUpload
 

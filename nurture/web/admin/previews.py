@@ -141,7 +141,8 @@ def preview_page(
 @router.post("/sequences/{slug}/steps/{key}/test")
 async def send_test(request: Request, slug: str, key: str, form: ViewerForm) -> Response:
     from nurture.mail.compose import Envelope, compose, message_id_for
-    from nurture.mail.transports import SendFailure, transport_from_url
+    from nurture.mail.factory import transport_from_url
+    from nurture.mail.transports import SendFailure
 
     actor = form.actor
     settings = settings_of(request)

@@ -15,9 +15,9 @@ from nurture.core import clock
 from nurture.core.db import transaction
 from nurture.models import Sequence, StaffRole
 from nurture.sequences import control, timetable
-from nurture.sequences.catalog import window_of
 from nurture.sequences.results import standing_counts
 from nurture.sequences.schedule import ScheduleError, format_delay, localize, zone
+from nurture.sequences.timetable import window_of
 from nurture.staff import accounts
 from nurture.web.admin import timeline as timeline_picture
 from nurture.web.admin.common import local_instant, page, q, seconds, sequence_or_404, settings_of

@@ -17,9 +17,9 @@ from nurture.core import clock
 from nurture.core.db import transaction
 from nurture.models import Sequence
 from nurture.sequences import control
-from nurture.sequences.catalog import window_of
 from nurture.sequences.results import sequence_stats, standing_counts
 from nurture.sequences.schedule import format_delay
+from nurture.sequences.timetable import window_of
 from nurture.staff import accounts
 from nurture.staff.accounts import Actor
 from nurture.web.api.deps import AppSettings, DbSession, Editor, SequenceSlug, Viewer, find_sequence

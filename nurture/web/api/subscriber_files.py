@@ -58,8 +58,9 @@ def run_import(actor: Actor, data: bytes, slug: str, consent_source: str) -> Any
     """Parse, import, audit (the staff UI's upload too); raises ImportError_ for a file that cannot be
     imported at all."""
     from nurture.core.db import session_factory
-    from nurture.subscribers.importer import ImportReport as Report
-    from nurture.subscribers.importer import import_rows, read_csv
+    from nurture.subscribers.import_files import ImportReport as Report
+    from nurture.subscribers.import_files import read_csv
+    from nurture.subscribers.importer import import_rows
 
     rows, errors = read_csv(data)
     report = Report(errors=errors)
@@ -92,7 +93,7 @@ async def import_subscribers(
         str, Query(description="Where these people consented", examples=["webinar signup 2026-02"])
     ] = "",
 ) -> JSONResponse:
-    from nurture.subscribers.importer import ImportError_
+    from nurture.subscribers.import_files import ImportError_
 
     kind = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     if kind not in CSV_TYPES:
