@@ -55,9 +55,10 @@ soak: $(STAMP) services ## The long fault-injection run: 100 worker kills over 1
 	NURTURE_SOAK_KILLS=100 NURTURE_SOAK_EMAILS=10000 $(BIN)/pytest -s \
 		tests/reliability/test_worker_faults.py::test_sigkilled_workers_lose_nothing_and_leave_at_most_one_unknown_per_kill
 
-lint: $(STAMP) ## ruff check and format check
+lint: $(STAMP) ## ruff check and format check, and the layering contract (import-linter)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 fmt: $(STAMP) ## Format and auto-fix with ruff
 	$(BIN)/ruff format .

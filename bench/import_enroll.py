@@ -71,8 +71,8 @@ def main() -> None:
     from nurture.core.db import session_factory, transaction
     from nurture.mail.templates import EmailTemplates
     from nurture.models import Delivery
-    from nurture.sequences.catalog import sync_definition
     from nurture.sequences.loader import find
+    from nurture.sequences.sync import sync_definition
     from nurture.subscribers.import_files import ImportReport, read_csv
     from nurture.subscribers.importer import import_rows
 

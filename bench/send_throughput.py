@@ -111,8 +111,8 @@ def main() -> None:
         from nurture.core.config import get_settings
         from nurture.core.db import get_engine, transaction
         from nurture.mail.templates import EmailTemplates
-        from nurture.sequences.catalog import sync_definition
         from nurture.sequences.loader import find
+        from nurture.sequences.sync import sync_definition
 
         settings = get_settings()
         with transaction() as session:

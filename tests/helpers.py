@@ -16,8 +16,8 @@ from nurture.mail.factory import transport_from_url
 from nurture.mail.templates import EmailTemplates
 from nurture.mail.transports import Transport
 from nurture.models import Delivery
-from nurture.sequences.catalog import sync_definition
 from nurture.sequences.loader import load_all
+from nurture.sequences.sync import sync_definition
 from nurture.subscribers.enrollment import add_subscriber
 
 

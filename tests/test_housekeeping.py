@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 from nurture.core import clock
 from nurture.core.db import transaction
-from nurture.sequences.catalog import get_sequence
 from nurture.sequences.control import schedule
+from nurture.sequences.sync import get_sequence
 from nurture.tasks import housekeeping
 from tests.helpers import sync_sequences
 

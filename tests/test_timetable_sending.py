@@ -14,7 +14,7 @@ from sqlalchemy import select
 from nurture.core import clock
 from nurture.core.db import transaction
 from nurture.models import Delivery, Step, Subscriber, SubscriberStatus
-from nurture.sequences.catalog import get_sequence
+from nurture.sequences.sync import get_sequence
 from nurture.subscribers import importer
 from nurture.subscribers.enrollment import enroll
 from tests.helpers import deliveries, dispatch_inline, make_sender, subscribe, sync_sequences

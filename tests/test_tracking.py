@@ -22,8 +22,8 @@ from nurture.mail.context import Recipient, step_message
 from nurture.mail.templates import EmailTemplates
 from nurture.mail.transports import MemoryTransport
 from nurture.models import Enrollment, Event, ExternalEvent, GoalCompletion, LinkClick, TrackedLink
-from nurture.sequences.catalog import get_sequence
 from nurture.sequences.results import sequence_stats
+from nurture.sequences.sync import get_sequence
 from nurture.subscribers import clicks, goals
 from nurture.subscribers.erasure import erase
 from tests.helpers import dispatch_inline, make_sender, statuses, subscribe, sync_sequences

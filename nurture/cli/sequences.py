@@ -85,7 +85,7 @@ def sequences_sync(migrate: str, draft: bool, force: bool, strict: bool) -> None
 def sync_files(migrate: str = "stay", draft: bool = False, force: bool = False) -> list[str]:
     """Sync every file in one transaction: a publish and its migration commit together or not at all."""
     from nurture.core.db import transaction
-    from nurture.sequences.catalog import sync_definition
+    from nurture.sequences.sync import sync_definition
     from nurture.staff.accounts import audit
 
     definitions = _load_all()
@@ -110,7 +110,7 @@ def sequences_plan(slug: str) -> None:
     """What publishing the file on disk would do to the enrollments in flight, by step key."""
     from nurture.core.db import transaction
     from nurture.sequences import versions
-    from nurture.sequences.catalog import get_sequence
+    from nurture.sequences.sync import get_sequence
 
     definition = _load_one(slug)
     with transaction() as session:
@@ -176,7 +176,7 @@ def sequences_export(slug: str, draft: bool) -> None:
     """Print a version as YAML (e.g. to bring a file up to date with an edit published from the UI)."""
     from nurture.core.db import transaction
     from nurture.sequences import versions
-    from nurture.sequences.catalog import get_sequence
+    from nurture.sequences.sync import get_sequence
 
     with transaction() as session:
         sequence = get_sequence(session, slug)

@@ -11,7 +11,7 @@ from typing import TypeVar
 import click
 
 from nurture.cli.common import load_settings
-from nurture.webhooks.catalog import EVENT_TYPES
+from nurture.webhooks.event_types import EVENT_TYPES
 
 T = TypeVar("T")
 

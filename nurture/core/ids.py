@@ -20,3 +20,12 @@ def parse_id(value: object) -> int | None:
     if not isinstance(value, str) or not _DIGITS.fullmatch(value):
         return None
     return int(value)
+
+
+MAX_ROW_ID = 2**31 - 1  # ids are INTEGER columns: a larger number names no row (and PostgreSQL refuses it)
+
+
+def row_id(value: object) -> int | None:
+    """A row id from a path or a form: plain digits that fit the column, else None."""
+    parsed = parse_id(value)
+    return parsed if parsed is not None and parsed <= MAX_ROW_ID else None

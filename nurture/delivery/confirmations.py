@@ -34,7 +34,7 @@ from nurture.mail.context import Recipient, template_context
 from nurture.mail.templates import EmailTemplates
 from nurture.mail.transports import AmbiguousFailure, PermanentFailure, TemporaryFailure, Transport
 from nurture.models import ConsentRecord, OutboxMessage, OutboxStatus, Subscriber, abuse_limits, events
-from nurture.sequences.catalog import get_sequence
+from nurture.sequences.sync import get_sequence
 from nurture.subscribers.confirmation import CONFIRM
 from nurture.subscribers.suppression import is_suppressed, suppress
 

@@ -4,7 +4,7 @@ Files ``*.yaml`` here are the shipped sequences; ``loader`` reads and validates 
 
 - ``loader``: YAML → a validated ``SequenceDefinition``; ``policy``: re-entry and ambiguity rules per sequence
 - ``conditions``, ``variants``, ``review``: conditional steps, A/B variants, the reviewed-by line
-- ``catalog``: files → immutable versions in the database, and reading them back
+- ``sync``: files → immutable versions in the database, and reading them back
 - ``versions``: drafts, the publish plan, publishing (stay/move), archiving
 - ``control``: pause, resume and schedule a whole sequence
 - ``schedule``: pure due-time arithmetic (delays, send windows, zones)

@@ -12,6 +12,9 @@
 - ``suppression``: the one suppression list: add, check, erasure hashes
 - ``staff_actions``: what staff may do to one person (pause, resume, unsubscribe, erase, export)
 - ``listing``: the staff subscriber list: filtered, sorted, paginated
-- ``importer``: bulk CSV import and export, enrolling existing subscribers, GDPR erasure
+- ``import_files``: an uploaded CSV read into checked rows, each refusal with its line and reason
+- ``importer``: writing imported rows in chunks, and enrolling existing subscribers in bulk
+- ``exports``: every subscriber as CSV
+- ``erasure``: GDPR erasure (an anonymous suppression hash stays)
 - ``retention``: forgetting signups never confirmed
 """

@@ -26,7 +26,7 @@ from nurture.models import (
     events,
 )
 from nurture.sequences import timetable
-from nurture.sequences.catalog import get_sequence
+from nurture.sequences.sync import get_sequence
 
 UNSENT_STATUSES = (DeliveryStatus.pending, DeliveryStatus.queued, DeliveryStatus.held)
 

@@ -5,11 +5,7 @@ from __future__ import annotations
 from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session
 
-from nurture.models import (
-    Delivery,
-    Event,
-    Subscriber,
-)
+from nurture.models import Delivery, Event, Subscriber
 from nurture.subscribers.suppression import suppress_erased
 
 

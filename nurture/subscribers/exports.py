@@ -11,9 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from nurture.core import safe_csv
-from nurture.models import (
-    Subscriber,
-)
+from nurture.models import Subscriber
 
 EXPORT_COLUMNS = (
     "email",

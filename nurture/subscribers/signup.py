@@ -24,7 +24,7 @@ from nurture.core.addresses import InvalidInput, clean_name, clean_zone, normali
 from nurture.core.config import Settings
 from nurture.core.db import engine_of
 from nurture.models import ConsentRecord, SequenceStatus, Subscriber, abuse_limits, events
-from nurture.sequences.catalog import get_sequence
+from nurture.sequences.sync import get_sequence
 from nurture.subscribers import confirmation, consent
 from nurture.subscribers import signup_statements as sql
 from nurture.subscribers.enrollment import EnrollmentError

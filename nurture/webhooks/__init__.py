@@ -1,8 +1,11 @@
 """Signed outbound webhooks (docs/webhooks.md).
 
-fanout.py reads the event log after a cursor and makes one ``webhook_deliveries`` row per event per endpoint
-that asked for it; sending.py claims due rows, POSTs them signed (signing.py) through a client that refuses
-private addresses at connect time (urls.py), retries with backoff and disables an endpoint that keeps
-failing; endpoints.py holds the staff operations the UI, API and CLI share; verify.py is the sample
-receiver-side verifier that the docs quote.
+- ``event_types``: which internal events are published, under which public name, with which payload
+- ``fanout``: reads the event log after a cursor; one ``webhook_deliveries`` row per event per endpoint
+- ``sending``: claims due rows (the shared lease worker), POSTs them signed, retries with backoff and
+  disables an endpoint that keeps failing
+- ``signing``: the signature header; ``secrets``: endpoint secrets, stored encrypted
+- ``urls``: the client that refuses private addresses at connect time
+- ``endpoints``: the staff operations the UI, API and CLI share
+- ``verify``: the sample receiver-side verifier that the docs quote
 """

@@ -19,7 +19,7 @@ from nurture.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from nurture.staff import accounts
 from nurture.staff.accounts import Actor
 from nurture.webhooks import secrets as endpoint_secrets
-from nurture.webhooks.catalog import EVENT_TYPES, TEST_TYPE, envelope
+from nurture.webhooks.event_types import EVENT_TYPES, TEST_TYPE, envelope
 from nurture.webhooks.fanout import new_message_id
 from nurture.webhooks.urls import UnsafeUrl, validate_url
 

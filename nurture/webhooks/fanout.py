@@ -32,7 +32,7 @@ from nurture.models import (
     WebhookDelivery,
     WebhookEndpoint,
 )
-from nurture.webhooks.catalog import PUBLIC_TYPES, envelope, public_detail
+from nurture.webhooks.event_types import PUBLIC_TYPES, envelope, public_detail
 
 MAX_TRACKED_GAPS = 10_000  # a jump larger than this is a sequence reset or bulk rollback, not in-flight work
 

@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from nurture.core.config import Settings
 from nurture.core.db import transaction
-from nurture.core.ids import parse_id
+from nurture.core.ids import row_id
 from nurture.models import Sequence, Subscriber
 from nurture.sequences import control
 from nurture.sequences.schedule import ScheduleError, localize, resolve_zone, zone
@@ -82,15 +82,6 @@ def subscriber_or_404(session: Any, subscriber_id: int) -> Subscriber:
     if subscriber is None:
         raise NotFound("There is no such subscriber.")
     return subscriber
-
-
-MAX_ROW_ID = 2**31 - 1  # ids are INTEGER columns: a larger number names no row (and PostgreSQL refuses it)
-
-
-def row_id(value: object) -> int | None:
-    """A row id from a path or a form: plain digits that fit the column, else None."""
-    parsed = parse_id(value)
-    return parsed if parsed is not None and parsed <= MAX_ROW_ID else None
 
 
 def parse_subscriber_id(value: str) -> int:

@@ -15,9 +15,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from nurture.core.db import transaction
+from nurture.core.ids import row_id
 from nurture.models import Job, JobStatus, StaffRole
 from nurture.staff import jobs
-from nurture.web.admin.common import NotFound, page, row_id
+from nurture.web.admin.common import NotFound, page
 from nurture.web.admin.deps import Editor, Staff
 
 router = APIRouter(prefix="/admin", include_in_schema=False)

@@ -19,7 +19,7 @@ from nurture.models import StaffRole
 from nurture.web.admin.common import NotFound, page, settings_of
 from nurture.web.admin.deps import AdminForm, Staff, Viewer
 from nurture.webhooks import endpoints
-from nurture.webhooks.catalog import EVENT_TYPES
+from nurture.webhooks.event_types import EVENT_TYPES
 from nurture.webhooks.sending import WebhookSender
 
 router = APIRouter(prefix="/admin/webhooks", include_in_schema=False)

@@ -13,6 +13,8 @@ Modules, one router per resource:
 * ``webhooks``           outbound webhook endpoints, their deliveries, test, replay
 * ``deliveries``         unknown send outcomes, and resolving the held ones
 * ``events``             events reported by other systems (goals, exit events)
+* ``bounces``            bounce reports handed over by a mail server (its own bearer token, mounted by
+                         ``web.app``; kept out of the staff spec, as its caller is a mail server, not staff)
 
 Shared by them:
 

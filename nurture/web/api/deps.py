@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from nurture.core.config import Settings
 from nurture.core.db import transaction
-from nurture.core.ids import parse_id
+from nurture.core.ids import MAX_ROW_ID, row_id
 from nurture.models import Sequence, StaffRole
 from nurture.sequences.loader import SLUG
 from nurture.staff import accounts
@@ -38,7 +38,6 @@ bearer = HTTPBearer(
 )
 # Row ids are INTEGER columns: on PostgreSQL a larger number in a query is an error, not a miss, so it is
 # refused here as what it is, an id no row has.
-MAX_ROW_ID = 2**31 - 1
 ID_PATTERN = rf"^[0-9]{{1,{len(str(MAX_ROW_ID))}}}$"
 
 
@@ -133,8 +132,8 @@ def find_sequence(session: Session, slug: str) -> Sequence:
 
 
 def _row_id(value: str, message: str) -> int:
-    parsed = parse_id(value)
-    if parsed is None or parsed > MAX_ROW_ID:
+    parsed = row_id(value)
+    if parsed is None:
         raise ApiError(404, "not_found", message)
     return parsed
 

@@ -12,9 +12,10 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from nurture.core.ids import MAX_ROW_ID
 from nurture.sequences.policy import EVENT_NAME
 from nurture.subscribers import goals
-from nurture.web.api.deps import MAX_ROW_ID, Editor
+from nurture.web.api.deps import Editor
 from nurture.web.api.errors import ApiError, error_responses
 from nurture.web.api.routing import ApiRoute
 from nurture.web.api.schemas import JsonObject, RequestBody

@@ -23,7 +23,7 @@ from nurture.web.api.errors import ApiError, error_responses
 from nurture.web.api.routing import ApiRoute
 from nurture.web.api.schemas import RequestBody, Timestamp
 from nurture.webhooks import endpoints
-from nurture.webhooks.catalog import EVENT_TYPES
+from nurture.webhooks.event_types import EVENT_TYPES
 from nurture.webhooks.sending import WebhookSender
 
 router = APIRouter(prefix="/api/v1/webhooks", tags=["webhooks"], route_class=ApiRoute)

@@ -18,7 +18,7 @@ from nurture.core.config import Settings
 from nurture.core.db import transaction
 from nurture.models import SequenceStatus
 from nurture.models.abuse_limits import RateLimited
-from nurture.sequences.catalog import get_sequence
+from nurture.sequences.sync import get_sequence
 from nurture.subscribers import consent
 from nurture.subscribers.signup import SLUG, FieldErrors, honeypot_filled, parse_signup, signup
 from nurture.web.public.forms import FORM, JSON, BadBody, origin_of, read_body, wants_json
