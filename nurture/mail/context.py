@@ -61,6 +61,36 @@ def template_context(
     }
 
 
+def render_step(
+    settings: Settings,
+    templates: EmailTemplates,
+    recipient: Recipient,
+    *,
+    template: str,
+    sequence_name: str,
+    step_number: int,
+    step_count: int,
+    subject: str | None = None,
+    reviewed_by: str | None = None,
+    reviewed_on: str | None = None,
+) -> tuple[RenderedEmail, dict[str, Any]]:
+    """The one rendering of a step for one reader: (rendered parts, the context they saw). Sending, the
+    staff preview, the CLI preview and both test sends all come through here."""
+    context = template_context(
+        settings,
+        recipient,
+        sequence_name=sequence_name,
+        step_number=step_number,
+        step_count=step_count,
+        reviewed_by=reviewed_by,
+        reviewed_on=reviewed_on,
+    )
+    # A step's subject override (nurture.sequences.versions) replaces the template's own subject.txt.
+    if subject:
+        return templates.render(template, context, subject), context
+    return templates.render(template, context), context
+
+
 def step_message(
     settings: Settings,
     templates: EmailTemplates,
@@ -82,20 +112,18 @@ def step_message(
 
     With ``links``, the rendered parts' links are rewritten for click/open tracking before composing; the
     caller stores ``links.rows`` before sending."""
-    context = template_context(
+    rendered, context = render_step(
         settings,
+        templates,
         recipient,
+        template=template,
         sequence_name=sequence_name,
         step_number=step_number,
         step_count=step_count,
+        subject=subject,
         reviewed_by=reviewed_by,
         reviewed_on=reviewed_on,
     )
-    # A step's subject override (nurture.sequences.versions) replaces the template's own subject.txt.
-    if subject:
-        rendered = templates.render(template, context, subject)
-    else:
-        rendered = templates.render(template, context)
     if links is not None:
         samples = samples_of_step(
             settings, templates, template, subject, sequence_name, step_number, step_count

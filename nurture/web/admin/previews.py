@@ -34,7 +34,7 @@ def _render_step(
     to: str,
     variant: str | None = None,
 ) -> dict[str, Any]:
-    from nurture.mail.context import Recipient, template_context
+    from nurture.mail.context import Recipient, render_step
     from nurture.mail.templates import EmailTemplates
 
     settings = settings_of(request)
@@ -46,15 +46,6 @@ def _render_step(
         subscriber.email if subscriber else to,
         subscriber.first_name if subscriber else "Sam",
         subscriber.public_id if subscriber else "preview",
-    )
-    context = template_context(
-        settings,
-        recipient,
-        sequence_name=sequence.name,
-        step_number=step.position,
-        step_count=len(version.steps),
-        reviewed_by=Review.of(version.definition).by,
-        reviewed_on=Review.of(version.definition).on_text,
     )
     templates = EmailTemplates(settings.templates_dir)
     # An A/B test: the variant asked for, else the one this subscriber (or the sample) gets.
@@ -74,9 +65,20 @@ def _render_step(
         template, shown = chosen.template or template, chosen.key
         subject = chosen.subject if chosen.subject is not None else subject
     # A step's subject override (nurture.sequences.versions) is what subscribers see, so the preview shows it
-    # too.
+    # too: the very rendering the sender uses.
     try:
-        rendered = templates.render(template, context, subject or None)
+        rendered, _context = render_step(
+            settings,
+            templates,
+            recipient,
+            template=template,
+            sequence_name=sequence.name,
+            step_number=step.position,
+            step_count=len(version.steps),
+            subject=subject,
+            reviewed_by=Review.of(version.definition).by,
+            reviewed_on=Review.of(version.definition).on_text,
+        )
     except TemplateError as exc:  # e.g. a subject stored before the sandbox refused it at save time
         raise BadRequest(400, f"Step {step.key!r} cannot be rendered: {exc}") from None
     # When would this subscriber (or a sample signing up now) get it, on their own clock?
