@@ -35,8 +35,8 @@ services: ## Start local PostgreSQL and Redis if they are installed but stopped;
 TEST_WORKERS ?= auto
 
 test: $(STAMP) services chromium compose-client ## Install, then run the whole test suite (PostgreSQL and Redis included)
-	$(BIN)/pytest -n $(TEST_WORKERS) --ignore=tests/reliability
-	$(BIN)/pytest tests/reliability
+	$(BIN)/pytest -n $(TEST_WORKERS) --ignore=tests/scenarios/faults
+	$(BIN)/pytest tests/scenarios/faults
 
 chromium: ## Install Debian's chromium for the browser test if missing (needs root + apt-get; never fatal)
 	@command -v chromium >/dev/null 2>&1 || [ "$$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1 || \
@@ -53,7 +53,7 @@ compose-client: ## Install Debian's docker-compose to validate docker-compose.ym
 
 soak: $(STAMP) services ## The long fault-injection run: 100 worker kills over 10,000 emails
 	NURTURE_SOAK_KILLS=100 NURTURE_SOAK_EMAILS=10000 $(BIN)/pytest -s \
-		tests/reliability/test_worker_faults.py::test_sigkilled_workers_lose_nothing_and_leave_at_most_one_unknown_per_kill
+		tests/scenarios/faults/test_worker_faults.py::test_sigkilled_workers_lose_nothing_and_leave_at_most_one_unknown_per_kill
 
 lint: $(STAMP) ## ruff check and format check, and the layering contract (import-linter)
 	$(BIN)/ruff check .

@@ -17,8 +17,8 @@ value and the bytes can change it:
   part's tidying would change (``_plain``); the HTML part gets them escaped, as autoescape writes them;
 * every plan is checked once, when made, against a full render for a stand-in reader.
 
-Anything else is rendered in full (``StepPlans.message`` answers None). tests/test_plans.py compares the two
-over random readers and steps.
+Anything else is rendered in full (``StepPlans.message`` answers None). tests/mail/test_plans.py compares the
+two over random readers and steps.
 """
 
 from __future__ import annotations

@@ -37,9 +37,9 @@ from nurture.staff import first_admin
 from nurture.subscribers.enrollment import unsubscribe
 from nurture.webhooks import secrets as endpoint_secrets
 from tests.browser.conftest import Inspector
-from tests.helpers import dispatch_inline, make_sender, subscribe, sync_sequences
-from tests.support import free_port
-from tests.web.support import drain, text_part
+from tests.support.helpers import dispatch_inline, make_sender, subscribe, sync_sequences
+from tests.support.processes import free_port
+from tests.support.web import drain, text_part
 from tests.web.test_browser import WebServer
 
 # Weekday mornings in New York, shut on US public holidays; the last email falls after a weekend, which the

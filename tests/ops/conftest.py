@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import Processes
+from tests.support.processes import Processes
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from tests.conftest import service_missing
-from tests.support import ROOT
+from tests.support.processes import ROOT
 
 FILLED = {
     "NURTURE_SECRET_KEY": "k" * 48,

@@ -17,8 +17,8 @@ from nurture.core import clock
 from nurture.core.config import ConfigError, get_settings
 from nurture.core.dkim_keys import generate_private_key
 from nurture.mail.dkim import DkimSigner, public_record
-from tests.helpers import dispatch_inline, make_sender, subscribe, sync_sequences
-from tests.support import SmtpServer
+from tests.support.helpers import dispatch_inline, make_sender, subscribe, sync_sequences
+from tests.support.processes import SmtpServer
 
 START = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)
 REQUIRED = {

@@ -7,7 +7,7 @@ from aiosmtpd.smtp import AuthResult
 from click.testing import CliRunner
 
 from nurture.cli import main
-from tests.support import RecordingHandler, SmtpScript, free_port
+from tests.support.processes import RecordingHandler, SmtpScript, free_port
 
 CHECKS = ["settings", "database", "migrations", "broker", "smtp", "dkim"]
 

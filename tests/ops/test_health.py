@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 
 from nurture.web.app import create_app
-from tests.support import free_port
+from tests.support.processes import free_port
 
 
 def _ready(client: TestClient) -> tuple[int, dict[str, str]]:

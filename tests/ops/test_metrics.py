@@ -16,8 +16,8 @@ from nurture.delivery.metrics import DatabaseCollector
 from nurture.models import Event, Subscriber, Suppression, events
 from nurture.subscribers.enrollment import unsubscribe
 from nurture.web.app import create_app
-from tests.helpers import dispatch_inline, make_sender, subscribe, sync_sequences
-from tests.support import SmtpScript, SmtpServer, free_port
+from tests.support.helpers import dispatch_inline, make_sender, subscribe, sync_sequences
+from tests.support.processes import SmtpScript, SmtpServer, free_port
 
 START = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]

@@ -15,8 +15,8 @@ from aiosmtpd.controller import Controller
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import statuses, subscribe, sync_sequences
-from tests.support import Processes, RecordingHandler, SmtpScript, free_port, wait_until
+from tests.support.helpers import statuses, subscribe, sync_sequences
+from tests.support.processes import Processes, RecordingHandler, SmtpScript, free_port, wait_until
 
 pytestmark = pytest.mark.slow
 

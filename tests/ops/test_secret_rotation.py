@@ -13,7 +13,7 @@ from nurture.core.db import transaction
 from nurture.models import Subscriber
 from nurture.web.app import create_app
 from tests.conftest import TEST_SECRET
-from tests.helpers import statuses, subscribe, sync_sequences
+from tests.support.helpers import statuses, subscribe, sync_sequences
 
 NEW_SECRET = "rotated-secret-key-for-nurture-tests-9876543210"
 

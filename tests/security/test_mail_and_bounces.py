@@ -28,9 +28,9 @@ from nurture.subscribers import bounces
 from nurture.web.app import create_app
 from nurture.webhooks.urls import UnsafeUrl, validate_url
 from tests.conftest import TEST_SECRET
-from tests.helpers import deliveries, dispatch_inline, make_sender, subscribe, sync_sequences
-from tests.support import RecordingHandler, SmtpScript, SmtpServer
-from tests.test_bounces import START, TOKEN, advance, dsn, post, send_due, world  # noqa: F401 (fixtures)
+from tests.subscribers.test_bounces import START, TOKEN, advance, dsn, post, send_due, world  # noqa: F401 (fixtures)
+from tests.support.helpers import deliveries, dispatch_inline, make_sender, subscribe, sync_sequences
+from tests.support.processes import RecordingHandler, SmtpScript, SmtpServer
 
 # --- item 6: a bounce report acts only with proof that we sent the message it reports on ----------------
 

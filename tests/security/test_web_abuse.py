@@ -38,11 +38,11 @@ from nurture.subscribers.signup import SignupForm, confirm, signup
 from nurture.webhooks import fanout
 from nurture.webhooks import secrets as endpoint_secrets
 from tests.conftest import TEST_SECRET
-from tests.helpers import sync_sequences
 from tests.ops.conftest import processes  # noqa: F401 (a fixture: real processes, logs on failure)
 from tests.staff.conftest import PASSWORD, csrf_of, login
-from tests.support import Processes, free_port, wait_until
-from tests.test_tracking import CONTACT, COURSE, START, TRACKED, parts, send_first
+from tests.subscribers.test_clicks import CONTACT, COURSE, START, TRACKED, parts, send_first
+from tests.support.helpers import sync_sequences
+from tests.support.processes import Processes, free_port, wait_until
 from tests.web.conftest import OTHER, TWO_STEP
 
 BASE = "https://nurture.test"

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from nurture.core.db import transaction
 from nurture.staff.accounts import create_user, issue_token
-from tests.helpers import sync_sequences
+from tests.support.helpers import sync_sequences
 
 PASSWORD = "correct horse battery staple"
 ROLES = ("viewer", "editor", "admin")

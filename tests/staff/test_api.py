@@ -12,7 +12,7 @@ from nurture.core.db import transaction
 from nurture.models import AuditLog, Delivery, Sequence, Subscriber, Suppression
 from nurture.subscribers.enrollment import add_subscriber, unsubscribe
 from nurture.subscribers.suppression import erased_key
-from tests.helpers import dispatch_inline, make_sender
+from tests.support.helpers import dispatch_inline, make_sender
 
 START = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)  # Monday 10:00 in New York
 
@@ -118,7 +118,7 @@ def test_enroll_skips_unsubscribed_suppressed_erased_and_already_enrolled(api, w
     (sequences_dir / "other.yaml").write_text(
         "slug: other\nname: Other\nsteps:\n  - {key: hello, delay: 0, template: demo/hello}\n"
     )
-    from tests.helpers import sync_sequences
+    from tests.support.helpers import sync_sequences
 
     sync_sequences(world)
     with transaction(world) as session:

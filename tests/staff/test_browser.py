@@ -17,9 +17,9 @@ from nurture.core.db import transaction
 from nurture.mail.transports import MemoryTransport
 from nurture.models import Delivery, Sequence
 from nurture.staff.accounts import create_user
-from tests.helpers import dispatch_inline, make_sender, subscribe, sync_sequences
 from tests.staff.conftest import PASSWORD
-from tests.support import free_port
+from tests.support.helpers import dispatch_inline, make_sender, subscribe, sync_sequences
+from tests.support.processes import free_port
 from tests.web.test_browser import CHROMIUM_FLAGS, WebServer, chromium_path
 
 START = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)  # Monday 10:00 in New York: inside the window

@@ -22,7 +22,7 @@ from nurture.sequences.control import MIN_GAP, ControlError, ResumePolicy, lock,
 from nurture.sequences.schedule import next_open, resolve_zone
 from nurture.sequences.timetable import window_of
 from nurture.subscribers.enrollment import add_subscriber
-from tests.helpers import dispatch_inline, make_sender
+from tests.support.helpers import dispatch_inline, make_sender
 
 START = datetime(2026, 3, 2, 13, 0, tzinfo=UTC)  # a Monday
 ZONES = ["America/New_York", "Europe/Berlin", "Asia/Tokyo", None]

@@ -12,7 +12,7 @@ from nurture.core import clock
 from nurture.core.db import transaction
 from nurture.models import Enrollment, ExternalEvent
 from nurture.subscribers.enrollment import add_subscriber
-from tests.helpers import dispatch_inline, make_sender
+from tests.support.helpers import dispatch_inline, make_sender
 
 START = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)
 GOAL_COURSE = """

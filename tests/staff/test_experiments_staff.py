@@ -14,7 +14,7 @@ from nurture.core import clock
 from nurture.core.db import transaction
 from nurture.mail.transports import MemoryTransport
 from nurture.models import Delivery, Sequence, SequenceVersion, Subscriber
-from tests.helpers import dispatch_inline, make_sender, subscribe, sync_sequences
+from tests.support.helpers import dispatch_inline, make_sender, subscribe, sync_sequences
 
 START = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)  # a Monday, 10:00 in New York: inside the window
 AB = """

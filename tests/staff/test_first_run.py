@@ -231,7 +231,7 @@ def test_dev_mailbox_lists_and_shows_what_was_sent_in_development(dev_mail, worl
 def test_nurture_run_prints_its_summary_and_a_working_setup_link_without_celery_banners(tmp_path) -> None:  # type: ignore[no-untyped-def]
     import urllib.request
 
-    from tests.support import Processes, free_port, wait_until
+    from tests.support.processes import Processes, free_port, wait_until
 
     port = free_port()
     env = {

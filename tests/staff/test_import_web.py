@@ -14,8 +14,8 @@ from nurture.core import clock
 from nurture.core.db import transaction
 from nurture.models import AuditLog, Delivery, Enrollment, Subscriber, Suppression
 from nurture.subscribers.enrollment import add_subscriber, unsubscribe
-from tests.helpers import subscribe
 from tests.staff.conftest import csrf_of
+from tests.support.helpers import subscribe
 
 NOW = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)
 CSV_ROWS = "\r\n".join(
@@ -142,7 +142,7 @@ def test_ui_export_is_a_csv_download_for_editors(signed_in, people) -> None:  # 
 
 
 def test_enroll_existing_from_the_sequence_page(signed_in, people, three_step) -> None:  # type: ignore[no-untyped-def]
-    from tests.helpers import sync_sequences
+    from tests.support.helpers import sync_sequences
 
     sync_sequences(people)
     subscribe(people, "in@example.com", "three-step")
@@ -220,7 +220,7 @@ def test_enroll_existing_from_the_sequence_page(signed_in, people, three_step) -
 
 
 def test_long_pasted_lists_are_read_and_oversized_forms_get_413(signed_in, people, three_step) -> None:  # type: ignore[no-untyped-def]
-    from tests.helpers import sync_sequences
+    from tests.support.helpers import sync_sequences
 
     sync_sequences(people)
     editor = signed_in("editor")

@@ -23,8 +23,8 @@ from nurture.sequences.schedule import SendWindow
 from nurture.staff import jobs
 from nurture.subscribers.enrollment import unsubscribe
 from nurture.web.admin.timeline import day_strip
-from tests.helpers import dispatch_inline, make_sender, subscribe
 from tests.staff.conftest import csrf_of
+from tests.support.helpers import dispatch_inline, make_sender, subscribe
 
 START = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)  # Monday 10:00 in New York: inside the course's window
 

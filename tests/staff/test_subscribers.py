@@ -16,8 +16,8 @@ from nurture.core import clock
 from nurture.core.db import transaction
 from nurture.delivery.sender import Sender
 from nurture.models import AuditLog, ConsentRecord, Delivery, Enrollment, Event, Subscriber, Suppression
-from tests.helpers import dispatch_inline, make_sender, subscribe
 from tests.staff.conftest import csrf_of
+from tests.support.helpers import dispatch_inline, make_sender, subscribe
 
 NOW = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)  # a Monday, inside the course's window
 UNTIL = "2026-03-20T12:00:00+00:00"
@@ -126,7 +126,7 @@ def test_resubscribe_is_refused_for_a_suppressed_address(api, world) -> None:  #
 
 
 def test_remove_from_one_sequence_leaves_the_other(api, three_step, world) -> None:  # type: ignore[no-untyped-def]
-    from tests.helpers import sync_sequences
+    from tests.support.helpers import sync_sequences
 
     sync_sequences(world)
     sid = subscribe(world, "ana@example.com", "course")

@@ -141,7 +141,7 @@ def test_a_subject_stored_before_the_fix_runs_nothing_when_sent(world, tmp_path)
     from datetime import timedelta
 
     from nurture.core import clock
-    from tests.helpers import dispatch_inline, make_sender, statuses, subscribe
+    from tests.support.helpers import dispatch_inline, make_sender, statuses, subscribe
 
     marker = tmp_path / "ran"
     with transaction(world) as session:

@@ -12,9 +12,9 @@ from nurture.core import clock
 from nurture.core.db import transaction
 from nurture.mail.transports import AmbiguousFailure, MemoryTransport
 from nurture.models import AuditLog, Delivery, Event
-from tests.helpers import dispatch_inline, make_sender, subscribe
 from tests.staff.conftest import csrf_of
 from tests.staff.test_versions import cli
+from tests.support.helpers import dispatch_inline, make_sender, subscribe
 
 START = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)  # a Monday, inside the course's window
 

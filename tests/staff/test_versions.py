@@ -364,7 +364,7 @@ def test_a_dispatcher_cannot_claim_an_email_while_a_publish_moves_it(pg_factory,
 
     from nurture.delivery.dispatch import dispatch_once
     from nurture.mail.transports import MemoryTransport
-    from tests.helpers import dispatch_inline, make_sender, sync_sequences
+    from tests.support.helpers import dispatch_inline, make_sender, sync_sequences
 
     sync_sequences(pg_factory)
     with clock.frozen(START + timedelta(hours=1, minutes=1)):  # 09:01 in New York: `hello` is due now

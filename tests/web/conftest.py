@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
-from tests.helpers import sync_sequences
+from tests.support.helpers import sync_sequences
 
 CLIENT_IP = "203.0.113.7"
 # Two steps a day apart, no send window: the second step is the one that must never arrive after leaving.

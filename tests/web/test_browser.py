@@ -31,9 +31,9 @@ from nurture.mail.factory import transport_from_url
 from nurture.mail.templates import EmailTemplates
 from nurture.models import Delivery, Subscriber
 from tests.conftest import service_missing
-from tests.helpers import dispatch_inline, make_sender, subscribe, sync_sequences
-from tests.support import SmtpServer, free_port, wait_until
-from tests.web.support import confirm_url, text_part
+from tests.support.helpers import dispatch_inline, make_sender, subscribe, sync_sequences
+from tests.support.processes import SmtpServer, free_port, wait_until
+from tests.support.web import confirm_url, text_part
 
 CHROMIUM_FLAGS = [
     "--headless",

@@ -13,9 +13,8 @@ from sqlalchemy import select
 from nurture.core import clock, tokens
 from nurture.core.db import transaction
 from nurture.models import ConsentRecord, Delivery, Enrollment, OutboxMessage, Subscriber, abuse_limits
-from tests.helpers import statuses
-from tests.web.conftest import CLIENT_IP
-from tests.web.support import (
+from tests.support.helpers import statuses
+from tests.support.web import (
     confirm_url,
     drain,
     html_part,
@@ -25,6 +24,7 @@ from tests.web.support import (
     snapshot,
     text_part,
 )
+from tests.web.conftest import CLIENT_IP
 
 SIGNUP = {"email": "ana@example.com", "first_name": "Ana", "timezone": "America/Chicago", "consent": True}
 

@@ -11,7 +11,7 @@ from nurture.core import tokens
 from nurture.core.db import transaction
 from nurture.models import Subscriber
 from nurture.subscribers import consent
-from tests.web.support import confirm_url, drain, path_of, snapshot
+from tests.support.web import confirm_url, drain, path_of, snapshot
 
 # Add a line here when a version is released; never edit one (the ledger points at these words).
 RELEASED = {"2026-11-v1": "a83b05436d1ba67584e0e0db247784adab6d6f019ba200836753284a3430fc77"}

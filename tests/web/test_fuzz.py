@@ -21,8 +21,8 @@ from sqlalchemy import func, select
 from nurture.core import tokens
 from nurture.core.db import transaction
 from nurture.models import ConsentRecord, OutboxMessage, Subscriber
+from tests.support.web import row_counts
 from tests.web.conftest import make_client
-from tests.web.support import row_counts
 
 FUZZ = settings(
     max_examples=75,  # per database: 150 per route in all

@@ -14,8 +14,8 @@ from nurture.core.config import get_settings
 from nurture.models.abuse_limits import RateLimited, client_key
 from nurture.subscribers import consent
 from nurture.subscribers.signup import SignupForm, signup
+from tests.support.web import row_counts, snapshot
 from tests.web.conftest import make_client
-from tests.web.support import row_counts, snapshot
 
 START = datetime(2026, 12, 1, 10, 0, 30, tzinfo=UTC)  # 30 s into an hour window
 

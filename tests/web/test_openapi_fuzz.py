@@ -35,8 +35,8 @@ from nurture.staff.accounts import create_user, issue_token
 from nurture.subscribers.enrollment import add_subscriber
 from nurture.webhooks import endpoints, sending, urls
 from tests.conftest import PG_ADMIN_URL, reset_caches, service_missing
-from tests.helpers import sync_sequences
 from tests.staff.conftest import COURSE, PASSWORD
+from tests.support.helpers import sync_sequences
 
 FAST_HASHER = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)  # real argon2id, cheap parameters
 SEED = 20_261_201

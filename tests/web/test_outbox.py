@@ -23,7 +23,7 @@ from nurture.mail.transports import (
     TemporaryFailure,
 )
 from nurture.models import Event, OutboxMessage, Subscriber, Suppression
-from tests.web.support import drain
+from tests.support.web import drain
 
 START = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 

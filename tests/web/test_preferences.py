@@ -12,8 +12,8 @@ from sqlalchemy import select
 from nurture.core import clock, tokens
 from nurture.core.db import transaction
 from nurture.models import ConsentRecord, Delivery, Enrollment, Event, Subscriber
-from tests.helpers import dispatch_inline, make_sender
-from tests.web.support import confirm_url, drain, path_of, snapshot
+from tests.support.helpers import dispatch_inline, make_sender
+from tests.support.web import confirm_url, drain, path_of, snapshot
 
 START = datetime(2026, 12, 1, 15, 0, tzinfo=UTC)
 
@@ -62,7 +62,7 @@ def test_pause_postpones_every_unsent_email_and_resume_restores_the_timetable(
 ) -> None:  # type: ignore[no-untyped-def]
     path, advance = member
     # Two sequences whose first emails go together: this is about pausing, not the cross-sequence frequency
-    # cap (tests/test_frequency_cap.py), which would move the second by 12 hours.
+    # cap (tests/delivery/test_frequency_cap.py), which would move the second by 12 hours.
     set_env(frequency_cap_hours="0")
     sender = make_sender(app_factory)
     assert dispatch_inline(app_factory, sender) == {"sent": 2}  # both first steps go at once

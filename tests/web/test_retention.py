@@ -11,7 +11,7 @@ from nurture.core import clock
 from nurture.core.db import transaction
 from nurture.models import ConsentRecord, Event, OutboxMessage, Subscriber
 from nurture.subscribers.retention import purge_unconfirmed
-from tests.web.support import confirm_url, drain, path_of
+from tests.support.web import confirm_url, drain, path_of
 
 START = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 

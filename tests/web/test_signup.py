@@ -13,8 +13,8 @@ from nurture.core.db import transaction
 from nurture.mail.transports import MEMORY_OUTBOX
 from nurture.models import ConsentRecord, OutboxMessage, Subscriber, Suppression
 from nurture.subscribers import consent
+from tests.support.web import confirm_url, drain, path_of, row_counts, snapshot
 from tests.web.conftest import CLIENT_IP
-from tests.web.support import confirm_url, drain, path_of, row_counts, snapshot
 
 GOOD = {"email": "ana@example.com", "first_name": "Ana", "timezone": "Europe/Berlin", "consent": "yes"}
 FORM_HEADERS = {"Content-Type": "application/x-www-form-urlencoded"}

@@ -26,7 +26,7 @@ from sqlalchemy import event
 from nurture.core import clock
 from nurture.core.db import get_engine
 from nurture.models import abuse_limits
-from tests.web.support import row_counts
+from tests.support.web import row_counts
 
 # (new address, known address, repeat of a signup moments ago) per backend
 EXPECTED = {"postgresql": (1, 4, 3), "sqlite": (6, 8, 5)}

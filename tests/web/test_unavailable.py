@@ -6,7 +6,7 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 
 from nurture.staff.accounts import TOKEN_PREFIX
-from tests.support import free_port
+from tests.support.processes import free_port
 
 
 def _client_without_a_database(set_env) -> TestClient:  # type: ignore[no-untyped-def]

@@ -9,9 +9,9 @@ from sqlalchemy import select
 
 from nurture.core.db import transaction
 from nurture.models import OutboxMessage
-from tests.support import Processes, SmtpServer, wait_until
+from tests.support.processes import Processes, SmtpServer, wait_until
+from tests.support.web import confirm_url
 from tests.web.conftest import make_client
-from tests.web.support import confirm_url
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +26,7 @@ def processes(tmp_path: Path):  # type: ignore[no-untyped-def]
 def test_beat_and_worker_send_the_queued_confirmation_once(
     pg_factory, redis_url, courses, processes, set_env
 ) -> None:  # type: ignore[no-untyped-def]
-    from tests.helpers import sync_sequences
+    from tests.support.helpers import sync_sequences
 
     sync_sequences(pg_factory)
     with SmtpServer() as smtp:

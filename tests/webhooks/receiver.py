@@ -6,7 +6,7 @@ import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from tests.support import free_port
+from tests.support.processes import free_port
 
 
 @dataclass

@@ -139,7 +139,7 @@ def test_goal_met_payload_names_the_email_before_the_goal(factory, three_step) -
     import json
 
     from nurture.models import Delivery
-    from tests.helpers import sync_sequences
+    from tests.support.helpers import sync_sequences
 
     sync_sequences(factory)
     add_endpoint(factory, ["goal_met"])

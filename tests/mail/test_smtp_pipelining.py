@@ -1,0 +1,108 @@
+"""SMTP PIPELINING (RFC 2920): MAIL, RCPT and DATA in one write when the server offers it, with every
+failure read and classified as without pipelining, against aiosmtpd on loopback."""
+
+from __future__ import annotations
+
+import smtplib
+from collections.abc import Iterator
+
+import pytest
+from aiosmtpd.controller import Controller
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nurture.mail.factory import transport_from_url
+from nurture.mail.transports import (
+    ConnectFailure,
+    PermanentFailure,
+    SmtpTransport,
+    TemporaryFailure,
+    angle_address,
+)
+from tests.support.processes import RecordingHandler, SmtpScript, free_port
+
+MESSAGE = b"From: a@example.com\r\nTo: b@example.com\r\nSubject: pipelined\r\n\r\nhello\r\n.leading dot\r\n"
+
+
+class CountingHandler(RecordingHandler):
+    """Refuses one sender, as a server refuses an envelope sender it does not accept."""
+
+    async def handle_MAIL(self, server, session, envelope, address, options):  # type: ignore[no-untyped-def]
+        if address == "refused@example.com":
+            return "553 sender not allowed"
+        envelope.mail_from = address
+        return "250 OK"
+
+
+@pytest.fixture(params=[True, False], ids=["pipelining", "plain"])
+def server(request, monkeypatch) -> Iterator[tuple[CountingHandler, SmtpTransport]]:  # type: ignore[no-untyped-def]
+    script = SmtpScript(pipelining=request.param, rcpt_replies={"gone@example.com": "550 no such user"})
+    handler = CountingHandler(script)
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    transport = transport_from_url(f"smtp://127.0.0.1:{port}", timeout=5, dkim=False)
+    assert isinstance(transport, SmtpTransport)
+    # Count the pipelined envelopes, to tell which path each case took.
+    pipelined = transport._envelope_pipelined
+    transport.pipelined = 0  # type: ignore[attr-defined]
+
+    def counted(*args):  # type: ignore[no-untyped-def]
+        transport.pipelined += 1  # type: ignore[attr-defined]
+        return pipelined(*args)
+
+    monkeypatch.setattr(transport, "_envelope_pipelined", counted)
+    yield handler, transport
+    transport.close()
+    controller.stop()
+
+
+def test_messages_arrive_whole_over_one_connection(server) -> None:  # type: ignore[no-untyped-def]
+    handler, transport = server
+    for n in range(3):
+        transport.send("a@example.com", f"r{n}@example.com", MESSAGE)
+    assert [r.rcpt_tos[0] for r in handler.received] == ["r0@example.com", "r1@example.com", "r2@example.com"]
+    assert handler.received[0].data.replace(b"\r\n", b"\n").endswith(b"hello\n.leading dot\n")
+    assert transport.pipelined == (3 if handler.script.pipelining else 0)
+
+
+def test_a_refused_recipient_is_its_bounce_and_the_connection_goes_on(server) -> None:  # type: ignore[no-untyped-def]
+    handler, transport = server
+    with pytest.raises(PermanentFailure, match="RCPT TO: 550"):
+        transport.send("a@example.com", "gone@example.com", MESSAGE)
+    transport.send("a@example.com", "here@example.com", MESSAGE)
+    assert [r.rcpt_tos for r in handler.received] == [["here@example.com"]]
+
+
+def test_a_refused_sender_is_not_the_recipients_bounce(server) -> None:  # type: ignore[no-untyped-def]
+    handler, transport = server
+    with pytest.raises(ConnectFailure, match="refused our sender"):
+        transport.send("refused@example.com", "r@example.com", MESSAGE)
+    transport.send("a@example.com", "r@example.com", MESSAGE)
+    assert [r.rcpt_tos for r in handler.received] == [["r@example.com"]]
+
+
+def test_a_temporary_refusal_at_the_end_of_data_is_temporary(server) -> None:  # type: ignore[no-untyped-def]
+    handler, transport = server
+    handler.script.data_replies.append("451 try later")
+    with pytest.raises(TemporaryFailure, match="451"):
+        transport.send("a@example.com", "r@example.com", MESSAGE)
+    transport.send("a@example.com", "r@example.com", MESSAGE)
+    assert len(handler.received) == 1
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    local=st.text(alphabet=st.sampled_from("abcXYZ019.!#$%&'*+/=?^_`{|}~-"), min_size=1, max_size=20),
+    domain=st.text(alphabet=st.sampled_from("abc019.-"), min_size=1, max_size=15),
+)
+def test_plain_addresses_are_quoted_as_smtplib_quotes_them(local: str, domain: str) -> None:
+    address = f"{local}@{domain}"
+    assert angle_address(address) == smtplib.quoteaddr(address)
+
+
+@pytest.mark.parametrize(
+    "address", ["<>", "Ann <ann@example.com>", "ann smith@example.com", "a@b@c", '"a b"@x']
+)
+def test_other_addresses_go_through_smtplib(address: str) -> None:
+    assert angle_address(address) == smtplib.quoteaddr(address)
