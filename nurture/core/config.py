@@ -104,16 +104,15 @@ class Settings(BaseSettings):
     dispatch_interval: float = Field(default=5.0, gt=0, le=3600)
     lease_seconds: int = Field(default=300, ge=5, le=86_400)
     # Rows a dispatch tick may have waiting for workers (nurture.delivery.dispatch.claim_room). It caps
-    # throughput at
-    # claim_limit / dispatch_interval: 10,000 / 5 s = 2,000 emails/s, above what a 2-core worker sends.
+    # throughput at claim_limit / dispatch_interval: 10,000 / 5 s = 2,000 emails/s, above what a 2-core worker
+    # sends.
     claim_limit: int = Field(default=10_000, ge=1, le=100_000)
     # Deliveries carried by one Celery task: 200 rather than 50 cut the worker's CPU per email by a fifth
     # (Celery's per-task cost: receiving, acking, the batch's reads; bench/analysis.md).
     batch_size: int = Field(default=200, ge=1, le=1000)
     # Group commits (nurture.delivery.sender): one transaction marks up to this many emails "sending" before
-    # they are
-    # handed over one by one, each with its own receipt, so a worker killed mid-group still leaves only the
-    # email on the wire unknown (docs/reliability.md, "Crashes")...
+    # they are handed over one by one, each with its own receipt, so a worker killed mid-group still leaves
+    # only the email on the wire unknown (docs/reliability.md, "Crashes")...
     send_group_max: int = Field(default=20, ge=1, le=1000)
     # ...and a group is only as large as the SMTP server accepts in this long (measured per process), which
     # bounds how long after an unsubscribe commits an email already marked "sending" may still go out.

@@ -5,11 +5,10 @@ The dispatcher runs :func:`space_out` in its claim transaction, over the due row
 order: a row whose subscriber had an email from another sequence less than the cap ago (sent, or claimed and
 on its way, or in this same tick ahead of it) is *moved*, never skipped: its due time becomes that email's
 time plus the cap, fitted into its own send window by nurture.sequences.timetable like any due time, with a
-``capped``
-event that says why (shown on the subscriber page). The cap is elapsed hours, so across a DST change 12
-hours are 12 real hours. The claim then takes only the rows that passed. When a moved row comes due it is
-checked again, so it also waits for an email that went out late. Confirmation emails (the outbox) are not
-deliveries and are never capped.
+``capped`` event that says why (shown on the subscriber page). The cap is elapsed hours, so across a DST
+change 12 hours are 12 real hours. The claim then takes only the rows that passed. When a moved row comes due
+it is checked again, so it also waits for an email that went out late. Confirmation emails (the outbox) are
+not deliveries and are never capped.
 """
 
 from __future__ import annotations

@@ -318,8 +318,7 @@ class DatabaseCollector:
 
 def _unknown_outcomes(events: Counter[tuple[str, str]]) -> Iterator[Metric]:
     """Sends a crash or a broken connection left unknown (nurture.delivery.unknown_outcomes), by resolution,
-    and
-    the held ones staff resolved since; their difference is what still waits for a person."""
+    and the held ones staff resolved since; their difference is what still waits for a person."""
     by_resolution = _details_of(events, "ambiguous", ("resent", "held"), missing="held")
     by_action = _details_of(events, "ambiguous-resolved", ("mark-sent", "send-again"))
     yield _labelled_counter(

@@ -3,8 +3,8 @@
 A receipt is a row of the narrow ``send_receipts`` table. The sender writes it before it starts the next
 email, so a worker that dies leaves at most one email without a receipt whose fate is unknown
 (nurture.delivery.leases reads the receipts back). When the group's rows are recorded as sent, with their
-``sent``
-events, their receipts are deleted in the same transaction, so the table only ever holds emails in flight.
+``sent`` events, their receipts are deleted in the same transaction, so the table only ever holds emails in
+flight.
 
 That is one write per email on the hottest path, so it is as small as a write gets: one single-statement
 INSERT in autocommit on a connection kept for nothing else, as a prepared statement, into a table with one

@@ -7,11 +7,10 @@ group; one short transaction that records the previous group's rows as sent, re-
 ``sent`` event, in a commit of its own (one narrow INSERT, without waiting for the disk on PostgreSQL) before
 the next email starts. A worker that dies therefore leaves at most one email whose fate is unknown: the
 reaper (nurture.delivery.leases) records the group's emails that have a receipt as sent, resends (or, under
-``hold``,
-holds) the first without one, and returns the rest to pending (docs/reliability.md, "Crashes"). A group is
-only as large as the server accepts in 50 ms (at most 20), so an unsubscribe that lands while we render still
-wins. Every database step retries on a lost connection; each is a conditional write, so a repeat changes
-nothing.
+``hold``, holds) the first without one, and returns the rest to pending (docs/reliability.md, "Crashes"). A
+group is only as large as the server accepts in 50 ms (at most 20), so an unsubscribe that lands while we
+render still wins. Every database step retries on a lost connection; each is a conditional write, so a repeat
+changes nothing.
 """
 
 from __future__ import annotations
@@ -129,8 +128,7 @@ DELIVERIES = leases.DELIVERIES
 # SQLAlchemy builds and compiles nothing per group), the ids and Message-IDs as arrays: the rows marked sent
 # under WorkTable.finish's rule (same token, "sending" or a reaper's "ambiguous"), a ``sent`` event for each
 # row that moved, and the receipts of all of them deleted (nurture.delivery.receipts). Elsewhere the same
-# three steps
-# are three statements (_record_sent_portably).
+# three steps are three statements (_record_sent_portably).
 _RECORD_SENT_PG = text(
     "WITH done AS ("
     " UPDATE deliveries AS d SET status = 'sent', sent_at = :sent_at, message_id = v.message_id,"

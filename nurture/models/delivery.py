@@ -91,11 +91,10 @@ class Delivery(Base):
 
 class SendReceipt(Base):
     """Proof that the SMTP server accepted one delivery's email (nurture.delivery.receipts), written right
-    after its
-    250 and deleted when the delivery is recorded as sent. No foreign key on purpose: the check would take a
-    share lock on the delivery row on every email, which cost PostgreSQL four times the insert itself
-    (docs/benchmarks.md); a receipt outlives an erased delivery only until the group records or the reaper
-    settles it."""
+    after its 250 and deleted when the delivery is recorded as sent. No foreign key on purpose: the check
+    would take a share lock on the delivery row on every email, which cost PostgreSQL four times the insert
+    itself (docs/benchmarks.md); a receipt outlives an erased delivery only until the group records or the
+    reaper settles it."""
 
     __tablename__ = "send_receipts"
 

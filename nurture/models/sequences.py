@@ -85,8 +85,7 @@ class SequenceVersion(Base):
     holidays: Mapped[str | None] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=clock.now)
     # Versions (nurture.sequences.versions): where the definition came from ("file": YAML + sync, "ui": the
-    # staff
-    # editor), who made it, and when it went live; NULL published_at is a draft nobody is enrolled in.
+    # staff editor), who made it, and when it went live; NULL published_at is a draft nobody is enrolled in.
     origin: Mapped[str] = mapped_column(String(8), default="file", server_default="file")
     author: Mapped[str | None] = mapped_column(String(320))
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -110,8 +110,7 @@ class JobStatus(StrEnum):
 class Job(Base):
     """Long staff work (an import, an export, enrolling thousands) running in the background of the web
     process, with counts the browser polls (nurture.staff.jobs). ``heartbeat_at`` moves with the counts, so a
-    job
-    whose process died is told apart from a slow one."""
+    job whose process died is told apart from a slow one."""
 
     __tablename__ = "jobs"
     __table_args__ = (Index("ix_jobs_user_created", "user_id", "created_at"),)

@@ -8,8 +8,8 @@ One condition per step, on what the person did earlier in the same enrollment or
 * ``{variant: {STEP: KEY}}``: that earlier step went out to them as variant KEY (nurture.sequences.variants).
 
 A step whose condition is false is skipped with the reason ``condition`` (nurture.delivery.sender); the due
-times of
-the steps after it were set at enrolment, so their delays still count from the skipped step's due time.
+times of the steps after it were set at enrolment, so their delays still count from the skipped step's due
+time.
 """
 
 from __future__ import annotations

@@ -1,11 +1,10 @@
 """A/B test results per variant, and the comparison that says whether the leader really leads.
 
 Counted by the database from the variant recorded on each delivery (nurture.delivery.sender writes it when
-the email
-is first prepared), never recomputed: a person who was sent ``b`` counts for ``b`` even after the test ended.
-The comparison is a two-proportion z-test (statsmodels' ``proportions_ztest``, pooled, two-sided) of the
-leading variant's unique-clicker rate against each other variant's; a difference is called significant only
-when p < ``ALPHA``, and every comparison says "not yet significant" until then.
+the email is first prepared), never recomputed: a person who was sent ``b`` counts for ``b`` even after the
+test ended. The comparison is a two-proportion z-test (statsmodels' ``proportions_ztest``, pooled, two-sided)
+of the leading variant's unique-clicker rate against each other variant's; a difference is called significant
+only when p < ``ALPHA``, and every comparison says "not yet significant" until then.
 """
 
 from __future__ import annotations

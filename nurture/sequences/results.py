@@ -56,8 +56,7 @@ class StepStats:
     goals: int = 0  # goal completions whose last email before the goal was this step
     conversion_rate: float | None = None  # goals / sent (None before anything was sent)
     # An A/B test on the step (nurture.sequences.experiments): figures per variant, the leader against the
-    # others,
-    # and the winner once staff ended it. None on a step that never had variants.
+    # others, and the winner once staff ended it. None on a step that never had variants.
     variants: list[dict[str, Any]] | None = None
     comparison: dict[str, Any] | None = None
     winner: str | None = None
@@ -275,9 +274,8 @@ def standing_counts(session: Session) -> dict[int, dict[int, int]]:
     """sequence id -> {step position: live enrollments whose next email is that step} (current versions).
 
     Enrollments pinned to an older version (nurture.sequences.versions) are counted at the current version's
-    step with
-    the same key, since positions differ between versions; a key the current version no longer has is not
-    shown."""
+    step with the same key, since positions differ between versions; a key the current version no longer has
+    is not shown."""
     standing = (
         select(
             Enrollment.sequence_id.label("sequence_id"),

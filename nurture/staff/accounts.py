@@ -2,12 +2,11 @@
 
 Sign-in attempts are counted per account and per client IP in the database's fixed-window counters
 (nurture.models.abuse_limits), so every web worker on every host sees the same count and a restart forgets
-nothing.
-Each attempt is counted atomically and committed *before* its password is checked, so a burst of parallel
-guesses cannot all pass a check that has not seen the others yet; a successful sign-in gives its count back,
-so the limits are limits on failed attempts. Failures are also kept as rows (``login_failures``) for the
-record. A login for an unknown address still runs one argon2 verification, so the answer time does not tell
-an attacker which addresses have accounts.
+nothing. Each attempt is counted atomically and committed *before* its password is checked, so a burst of
+parallel guesses cannot all pass a check that has not seen the others yet; a successful sign-in gives its
+count back, so the limits are limits on failed attempts. Failures are also kept as rows (``login_failures``)
+for the record. A login for an unknown address still runs one argon2 verification, so the answer time does not
+tell an attacker which addresses have accounts.
 """
 
 from __future__ import annotations

@@ -42,10 +42,10 @@ def record_hit(
     A hit counts only once per link per :data:`HIT_WINDOW_SECONDS`, and a click only while its client IP
     is within ``NURTURE_CLICK_IP_LIMIT`` per ``NURTURE_CLICK_IP_WINDOW_SECONDS``. Both are the signup
     limiter's counters (nurture.models.abuse_limits): one atomic upsert each, so of any number of parallel
-    requests
-    exactly one counts. A hit that does not count is still answered in full: the person must reach the
-    page even behind a busy shared address or after a double click, and refusing the redirect (a 429) would
-    punish them rather than the flood; dropping only the record costs the flood everything it could gain.
+    requests exactly one counts. A hit that does not count is still answered in full: the person must reach
+    the page even behind a busy shared address or after a double click, and refusing the redirect (a 429)
+    would punish them rather than the flood; dropping only the record costs the flood everything it could
+    gain.
     """
     if not TOKEN.match(token):
         return None

@@ -1,8 +1,7 @@
 """The confirmation a signup asks for: one row in the outbox, queued in the signup's own transaction.
 
 The outbox worker (nurture.delivery.confirmations) sends it; this module is only the queueing, so a signup
-needs nothing from
-the sending side.
+needs nothing from the sending side.
 """
 
 from __future__ import annotations

@@ -232,8 +232,7 @@ def _signup_postgresql(
     connection: Connection, form: SignupForm, window: abuse_limits.Window, row: dict[str, Any], limit: int
 ) -> None:
     """One statement for a new address (see nurture.subscribers.signup_statements); four for one already on
-    file, three
-    for a repeat."""
+    file, three for a repeat."""
     now = window.now
     offered = form.sequence is None or _course_offered(connection, form.sequence)
     params = sql.new_address_params(window, form.email, row, form.source, now, write=offered)

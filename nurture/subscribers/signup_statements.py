@@ -182,8 +182,7 @@ NEW_ADDRESS = _new_address_statement()
 
 def ledger_params(row: dict[str, Any], source: str, now: datetime) -> dict[str, Any]:
     """Parameters of the ledger CTEs: ``row`` is :func:`nurture.subscribers.consent.signup_row`'s columns;
-    the rest are
-    the values the tables' defaults give. :data:`LEDGER` also needs ``c_subscriber_id``."""
+    the rest are the values the tables' defaults give. :data:`LEDGER` also needs ``c_subscriber_id``."""
     params = {f"c_{key}": value for key, value in row.items()}
     params.update(c_public_id=new_public_id(), c_created_at=now)
     params.update(o_kind=CONFIRM, o_status=OutboxStatus.pending, o_due_at=now, o_attempts=0, o_created_at=now)

@@ -1,9 +1,8 @@
 """Send webhook deliveries: claim with a lease, POST signed, record every attempt, retry, auto-disable.
 
 The claim follows the outbox (nurture/delivery/confirmations.py): one conditional UPDATE (``FOR UPDATE SKIP
-LOCKED`` on
-PostgreSQL) moves due rows of enabled endpoints ``pending -> queued`` under a token and a lease; the
-outcome is written only while the row still carries that token; the reaper returns rows whose lease ran
+LOCKED`` on PostgreSQL) moves due rows of enabled endpoints ``pending -> queued`` under a token and a lease;
+the outcome is written only while the row still carries that token; the reaper returns rows whose lease ran
 out. Webhooks are at-least-once: a worker that dies after the POST leaves the row to be sent again, and
 receivers drop repeats by ``webhook-id``.
 """

@@ -11,9 +11,8 @@ the best of several rounds (a round that was preempted or hit a cache miss only 
 
 REFERENCE_RATIO was measured on the 2-core AMD EPYC development machine on 2026-11-27 (load average 2-6,
 five engineers working): ``.venv/bin/pytest -q -s tests/scenarios/test_perf_guard.py`` prints the ratio;
-eleven runs
-gave 3.5-5.1, median 3.9 (``step_message`` 0.46-0.81 ms of CPU per email, the baseline 0.12-0.21 ms).
-The test fails when the ratio exceeds twice the reference: per-email CPU cost has doubled relative to the
+eleven runs gave 3.5-5.1, median 3.9 (``step_message`` 0.46-0.81 ms of CPU per email, the baseline 0.12-0.21
+ms). The test fails when the ratio exceeds twice the reference: per-email CPU cost has doubled relative to the
 fixed work. If a deliberate change makes emails costlier, re-measure and update the reference with the
 date and numbers.
 """

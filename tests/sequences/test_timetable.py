@@ -1,6 +1,5 @@
 """The one timetable (nurture.sequences.timetable): steps that skip the send window, holiday calendars, and
-the reason
-each due time gives. Pure: no database.
+the reason each due time gives. Pure: no database.
 
 Dates (2026): Christmas Day is a Friday; US Independence Day (Sat 07-04) is observed on Fri 07-03; Ireland
 leaves summer time on Sun 10-25 and has its October Bank Holiday on Mon 10-26; in Great Britain Boxing Day

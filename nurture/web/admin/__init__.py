@@ -7,9 +7,8 @@ auth           the session cookie, CSRF tokens, role checks, safe redirects afte
 deps           FastAPI dependencies: ``Viewer``/``Editor``/``Admin`` (who is signed in, with that role)
                and ``*Form``/``EditorUpload`` (a POST whose CSRF token checked out, with its fields)
 common         page rendering with the staff headers, NotFound, form reading, shared lookups
-login          sign in and out
-dashboard      the home page ``/admin/``: sends per day, rates with their trend, alerts for a person
-setup          the first admin, created in the browser with the one-time setup link
+login          sign in and out dashboard      the home page ``/admin/``: sends per day, rates with their
+trend, alerts for a person setup          the first admin, created in the browser with the one-time setup link
 sequences      the sequence list, one sequence (steps, timeline), pause / resume / schedule
 editor         edit a sequence as a draft, its plan, publish, discard, archive (nurture.sequences.versions)
 previews       a step's email as a subscriber would get it, and a test send

@@ -1,10 +1,9 @@
 """The staff home page (``/admin/``): is everything healthy, and what needs a person?
 
 Figures (:func:`nurture.sequences.figures_over_time.overview`): emails sent per day, live enrollments, goals
-met, and the
-unsubscribe, bounce and complaint rates of the last 7 days against the 7 before. Alerts, each with the page
-where a person acts on it: sends held with an unknown outcome, paused sequences, disabled webhook
-endpoints, the circuit breaker open, and bounce or complaint rates above the mailbox providers' limits
+met, and the unsubscribe, bounce and complaint rates of the last 7 days against the 7 before. Alerts, each
+with the page where a person acts on it: sends held with an unknown outcome, paused sequences, disabled
+webhook endpoints, the circuit breaker open, and bounce or complaint rates above the mailbox providers' limits
 (``NURTURE_ALERT_BOUNCE_RATE``, ``NURTURE_ALERT_COMPLAINT_RATE``).
 """
 

@@ -1,8 +1,7 @@
 """A sequence's results: per step (what was sent, clicked, unsubscribed and converted, from
 :func:`nurture.sequences.results.sequence_stats`) and per day over a chosen period
 (:func:`nurture.sequences.figures_over_time.sequence_series`), as charts with their numbers beside them, and
-the same daily
-figures as a CSV download."""
+the same daily figures as a CSV download."""
 
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
 """Subscribers in the staff UI: the list (filtered, sorted and paged by :mod:`nurture.subscribers.listing`,
-with
-bulk actions behind a confirmation page), one person's page (enrollments, deliveries and why each was or was
-not sent) and the actions on it (pause, resume, unsubscribe, resubscribe, remove from a sequence, erase),
+with bulk actions behind a confirmation page), one person's page (enrollments, deliveries and why each was or
+was not sent) and the actions on it (pause, resume, unsubscribe, resubscribe, remove from a sequence, erase),
 each through :func:`nurture.subscribers.staff_actions.act`, audited."""
 
 from __future__ import annotations

@@ -2,9 +2,8 @@
 last email, the days the send window is shut (weekday or public holiday) shaded, each email on its day.
 
 It arranges the due times :mod:`nurture.sequences.timetable` computed; it computes none itself. Long quiet
-stretches
-(more than ``QUIET_DAYS`` days with nothing sent) fold into one "N quiet days" cell, so a 60-day course
-still fits a phone screen.
+stretches (more than ``QUIET_DAYS`` days with nothing sent) fold into one "N quiet days" cell, so a 60-day
+course still fits a phone screen.
 """
 
 from __future__ import annotations
