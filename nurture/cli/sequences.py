@@ -299,6 +299,10 @@ def sequences_timeline(slug: str, signup_at: str, tz_name: str | None, country: 
             f"{step.position:>2}. {step.key:<22} +{_delay(step.delay):<5} "
             f"{when:%Y-%m-%d %H:%M} UTC   {local:%a %Y-%m-%d %H:%M %Z}" + (f"   [{note}]" if note else "")
         )
+    from nurture.delivery.frequency_cap import timeline_notice
+
+    if notice := timeline_notice(load_settings().frequency_cap_hours):
+        click.echo(notice)
 
 
 def _delay(delta) -> str:  # type: ignore[no-untyped-def]

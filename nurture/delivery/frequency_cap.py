@@ -118,3 +118,14 @@ def _set_due(session: Session, delivery_id: int, due_at: datetime) -> None:
         .values(due_at=due_at)
         .execution_options(synchronize_session=False)
     )
+
+
+def timeline_notice(cap_hours: float) -> str | None:
+    """What a sequence's timeline says about the cap (a trial timeline shows one sequence, so it cannot show
+    the moves themselves; the subscriber page shows each one)."""
+    if cap_hours <= 0:
+        return None
+    return (
+        f"Frequency cap: for someone also in another sequence, an email due less than {cap_hours:g} h after "
+        "that sequence's last email to them moves later (never skipped); their subscriber page says why."
+    )

@@ -117,6 +117,10 @@ def test_timeline_prints_each_step_in_utc_and_local_time() -> None:
     # Email 7 would land on Christmas Day (a Friday): US holidays close the window, so it waits for Monday.
     assert times[6][-5:] == ["UTC", "Mon", "2026-12-28", "09:00", "CST"]
     assert lines[6].endswith("[moved past Christmas Day on Fri 2026-12-25]")
+    # The default cap (12 h across sequences) is named under the steps: one timeline cannot show its moves.
+    assert output.splitlines()[-1].startswith(
+        "Frequency cap: for someone also in another sequence, an email due"
+    )
 
 
 def test_timeline_rejects_an_unknown_zone() -> None:

@@ -129,3 +129,32 @@ def test_a_cap_of_zero_is_off(two_sequences, set_env) -> None:  # type: ignore[n
         subscribe(two_sequences, "off@example.com", "news")
         _enroll(two_sequences, "off@example.com", "course")
         assert dispatch_inline(two_sequences, make_sender(two_sequences, MemoryTransport())) == {"sent": 2}
+
+
+def test_a_confirmation_is_never_capped_though_the_course_it_starts_is(two_sequences, set_env) -> None:  # type: ignore[no-untyped-def]
+    """Someone mailed by one sequence an hour ago signs up for another: the double opt-in email goes out at
+    once (transactional), and the new course's first email waits out the cap."""
+    from nurture.core.config import get_settings
+    from nurture.subscribers import consent
+    from nurture.subscribers.signup import SignupForm, confirm, signup
+    from tests.support.web import drain
+
+    set_env(frequency_cap_hours="12")
+    start = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)
+    with clock.frozen(start) as advance:
+        subscribe(two_sequences, "twice@example.com", "news")
+        sender = make_sender(two_sequences, MemoryTransport())
+        assert dispatch_inline(two_sequences, sender) == {"sent": 1}
+        advance(timedelta(hours=1))
+        form = SignupForm("twice@example.com", None, None, "course", consent.CURRENT, "test form")
+        signup(two_sequences, form, consent.Origin.of("192.0.2.1", "test"), get_settings())
+        outcomes, sent = drain(two_sequences)
+        assert outcomes == {"sent": 1}  # an hour after news: not held back by the cap
+        assert len(sent) == 1 and sent[0]["To"] == "twice@example.com"
+        with transaction(two_sequences) as session:
+            record = session.scalar(select(consent.ConsentRecord).order_by(consent.ConsentRecord.id.desc()))
+            assert confirm(session, record.public_id, consent.Origin.of("192.0.2.1", "test")) is not None
+        assert dispatch_inline(two_sequences, sender) == {}  # the course's welcome is the capped one
+    course = _rows(two_sequences)["course/one"]
+    assert course.status == "pending"
+    assert course.due_at == start + timedelta(hours=12)

@@ -49,6 +49,16 @@ def test_timeline_shows_the_window_opt_out_and_the_holiday_that_moved_an_email(
     assert "Mon 2026-12-28 09:00 EST" in html
 
 
+def test_the_timeline_says_how_the_frequency_cap_may_move_an_email(
+    holiday_course, signed_in, set_env
+) -> None:  # type: ignore[no-untyped-def]
+    url = "/admin/sequences/holiday-course?signup_at=2026-12-24T10:00&tz=America/New_York"
+    set_env(frequency_cap_hours="12")
+    assert "less than 12 h after that sequence&#39;s last email" in signed_in("viewer").get(url).text
+    set_env(frequency_cap_hours="0")
+    assert 'id="cap-notice"' not in signed_in("viewer").get(url).text
+
+
 def test_the_editor_shows_and_saves_the_any_hour_choice(holiday_course, signed_in, world) -> None:  # type: ignore[no-untyped-def]
     client = signed_in("editor")
     edit = "/admin/sequences/holiday-course/edit"

@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from nurture.core import clock
 from nurture.core.db import transaction
+from nurture.delivery import frequency_cap
 from nurture.models import Sequence, StaffRole
 from nurture.sequences import control, timetable
 from nurture.sequences.results import standing_counts
@@ -139,6 +140,7 @@ def _detail(
             window_hours=f"{window.start:%H:%M}-{window.end:%H:%M}" if window else None,
             holidays=calendar.code if calendar else None,
             timeline_error=timeline_error,
+            cap_notice=frequency_cap.timeline_notice(settings_of(request).frequency_cap_hours),
             signup_value=signup_value,
             tz_value=tz_value,
             can_edit=who.actor.may(StaffRole.editor),
