@@ -205,8 +205,7 @@ def sequences_enroll(slug: str, everyone: bool, address_file: Path | None) -> No
 
     from nurture.core.db import transaction
     from nurture.models import Sequence, Subscriber
-    from nurture.staff.accounts import audit
-    from nurture.subscribers.importer import addresses_in, enroll_existing
+    from nurture.subscribers.importer import addresses_in, enroll_and_audit
 
     load_settings()
     if everyone == (address_file is not None):
@@ -222,13 +221,12 @@ def sequences_enroll(slug: str, everyone: bool, address_file: Path | None) -> No
                 if total is None:
                     total = session.scalar(select(func.count()).where(Subscriber.status == "active")) or 0
                 with click.progressbar(length=total, label="enrolling", file=sys.stderr) as bar:
-                    counts = enroll_existing(session, sequence, emails=emails, progress=bar.update)
+                    counts = enroll_and_audit(session, None, sequence, emails=emails, progress=bar.update)
             else:  # piped or logged: no bar (it would fill the log with carriage returns)
-                counts = enroll_existing(session, sequence, emails=emails)
+                counts = enroll_and_audit(session, None, sequence, emails=emails)
         except ValueError as exc:
             raise click.ClickException(str(exc)) from None
         invalid = len(counts.pop("invalid"))  # type: ignore[arg-type]
-        audit(session, None, "sequence.enroll", f"sequence:{slug}", None, {**counts, "invalid": invalid})
     summary = ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in counts.items())
     click.echo(f"{summary}, invalid {invalid}")
 

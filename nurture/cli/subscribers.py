@@ -48,9 +48,8 @@ def subscribers_import(csv_file: Path, slug: str, consent_source: str) -> None:
 
     Bad rows are reported and skipped whole; suppressed, erased and unsubscribed addresses are never re-added.
     Exits 1 if any row was refused."""
-    from nurture.core.db import session_factory
     from nurture.subscribers.import_files import ImportError_, ImportReport, read_csv
-    from nurture.subscribers.importer import import_rows
+    from nurture.subscribers.importer import import_and_audit
 
     load_settings()
     try:
@@ -58,25 +57,14 @@ def subscribers_import(csv_file: Path, slug: str, consent_source: str) -> None:
         report = ImportReport(errors=errors)
         if sys.stderr.isatty():
             with click.progressbar(length=len(rows), label="importing", file=sys.stderr) as bar:
-                import_rows(session_factory(), rows, slug, consent_source, report, progress=bar.update)
+                progress = bar.update
+                import_and_audit(
+                    None, rows, report, slug, consent_source, progress=progress, file_name=csv_file.name
+                )
         else:  # piped or logged: no bar (it would fill the log with carriage returns)
-            import_rows(session_factory(), rows, slug, consent_source, report)
+            import_and_audit(None, rows, report, slug, consent_source, file_name=csv_file.name)
     except ImportError_ as exc:
         raise click.ClickException(str(exc)) from None
-    from nurture.core.db import transaction
-    from nurture.staff.accounts import audit
-
-    with transaction() as session:
-        audit(
-            session,
-            None,
-            "subscribers.import",
-            f"sequence:{slug}",
-            None,
-            {"imported": report.imported, "enrolled_existing": report.enrolled_existing,
-             "already_enrolled": report.already_enrolled, "skipped": dict(report.skipped),
-             "errors": len(report.errors), "file": csv_file.name, "consent_source": consent_source},
-        )  # fmt: skip
     for error in report.errors:
         click.echo(f"line {error.line}: {error.email or '-'}: {error.message}", err=True)
     skipped = ", ".join(f"{reason} {count}" for reason, count in sorted(report.skipped.items())) or "none"

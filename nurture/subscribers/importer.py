@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from nurture.core import clock
 from nurture.core.addresses import InvalidInput, normalise_email
-from nurture.core.db import among, on_postgresql, transaction
+from nurture.core.db import among, on_postgresql, session_factory, transaction
 from nurture.models import (
     ConsentRecord,
     Delivery,
@@ -33,6 +33,7 @@ from nurture.models import (
     SubscriberStatus,
 )
 from nurture.sequences import timetable
+from nurture.staff.accounts import Actor, audit
 from nurture.subscribers.import_files import GoodRow, ImportError_, ImportReport, read_csv
 from nurture.subscribers.suppression import suppressed_among
 
@@ -135,6 +136,55 @@ def addresses_in(data: bytes) -> list[str]:
 
 IMPORT_CHUNK = 5000
 IMPORT_WORKERS = 2  # connections writing chunks at once, on PostgreSQL
+
+
+def enroll_and_audit(
+    session: Session,
+    actor: Actor | None,
+    sequence: Sequence,
+    *,
+    emails: list[str] | None,
+    start_at: datetime | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """``enroll_existing`` and its audit row, in the caller's transaction: what the staff UI, the API and the
+    CLI (actor None) all run. The audit keeps how many addresses were refused, not the addresses."""
+    counts = enroll_existing(session, sequence, emails=emails, start_at=start_at, progress=progress)
+    after = {k: v for k, v in counts.items() if k != "invalid"}
+    after.update(
+        all_active=emails is None,
+        start_at=start_at.isoformat() if start_at else None,
+        invalid=len(counts["invalid"]),  # type: ignore[arg-type]
+    )
+    audit(session, actor, "sequence.enroll", f"sequence:{sequence.slug}", None, after)
+    return counts
+
+
+def import_and_audit(
+    actor: Actor | None,
+    rows: list[GoodRow],
+    report: ImportReport,
+    slug: str,
+    consent_source: str,
+    *,
+    progress: Callable[[int], None] | None = None,
+    file_name: str | None = None,
+) -> ImportReport:
+    """Import the parsed rows and audit it: what the staff UI, the API and the CLI (actor None) all run."""
+    import_rows(session_factory(), rows, slug, consent_source, report, progress=progress)
+    after: dict[str, Any] = {
+        "imported": report.imported,
+        "enrolled_existing": report.enrolled_existing,
+        "already_enrolled": report.already_enrolled,
+        "skipped": dict(report.skipped),
+        "errors": len(report.errors),
+        "consent_source": consent_source,
+    }
+    if file_name is not None:
+        after["file"] = file_name
+    with transaction() as session:
+        audit(session, actor, "subscribers.import", f"sequence:{slug}", None, after)
+    return report
 
 
 def import_rows(

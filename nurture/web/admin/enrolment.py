@@ -84,23 +84,12 @@ def enroll(
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Enroll and audit, in one transaction; ValueError for a sequence that takes no enrollments."""
-    from nurture.subscribers.importer import enroll_existing
+    from nurture.subscribers.importer import enroll_and_audit
 
     with transaction() as session:
         sequence = sequence_or_404(session, slug)
-        counts = enroll_existing(session, sequence, emails=emails, start_at=start_at, progress=progress)
-        accounts.audit(
-            session,
-            actor,
-            "sequence.enroll",
-            f"sequence:{slug}",
-            None,
-            {
-                "all_active": emails is None,
-                "start_at": start_at.isoformat() if start_at else None,
-                **{k: v for k, v in counts.items() if k != "invalid"},
-                "invalid": len(counts["invalid"]),  # type: ignore[arg-type]
-            },
+        counts = enroll_and_audit(
+            session, actor, sequence, emails=emails, start_at=start_at, progress=progress
         )
     invalid = list(counts["invalid"])  # type: ignore[call-overload]
     # A job keeps its result in a row: the first 1,000 refused addresses are enough to act on.

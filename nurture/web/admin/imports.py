@@ -16,13 +16,13 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 
-from nurture.core.db import session_factory, transaction
+from nurture.core.db import transaction
 from nurture.models import Subscriber
 from nurture.staff import accounts, jobs
 from nurture.subscribers import staff_actions
 from nurture.subscribers.exports import export_csv
 from nurture.subscribers.import_files import ImportError_, ImportReport, read_csv
-from nurture.subscribers.importer import import_rows
+from nurture.subscribers.importer import import_and_audit
 from nurture.web.admin.common import live_slugs, page, settings_of
 from nurture.web.admin.deps import Editor, EditorForm, EditorUpload
 
@@ -47,18 +47,7 @@ def run_import(
     actor: accounts.Actor, rows: list[Any], report: ImportReport, slug: str, source: str, progress: Any = None
 ) -> ImportReport:
     """Import the parsed rows and audit it; ``progress(n)`` hears of each chunk committed."""
-    import_rows(session_factory(), rows, slug, source, report, progress=progress)
-    summary = report_dict(report)
-    with transaction() as session:
-        accounts.audit(
-            session,
-            actor,
-            "subscribers.import",
-            f"sequence:{slug}",
-            None,
-            {**summary, "errors": summary.pop("error_count"), "consent_source": source},
-        )
-    return report
+    return import_and_audit(actor, rows, report, slug, source, progress=progress)
 
 
 @router.get("/import")

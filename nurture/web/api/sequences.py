@@ -352,7 +352,7 @@ def schedule_sequence(actor: Editor, slug: SequenceSlug, body: ScheduleBody) -> 
     responses=CONTROL_ERRORS,
 )
 def enroll_subscribers(actor: Editor, slug: SequenceSlug, body: EnrollBody) -> JSONResponse:
-    from nurture.subscribers.importer import enroll_existing
+    from nurture.subscribers.importer import enroll_and_audit
 
     all_active = body.all_active is True
     if all_active == (body.emails is not None):
@@ -364,15 +364,7 @@ def enroll_subscribers(actor: Editor, slug: SequenceSlug, body: EnrollBody) -> J
     with transaction() as session:
         sequence = find_sequence(session, slug)
         try:
-            counts = enroll_existing(session, sequence, emails=body.emails, start_at=start_at)
+            counts = enroll_and_audit(session, actor, sequence, emails=body.emails, start_at=start_at)
         except ValueError as exc:
             raise ApiError(409, "conflict", str(exc)) from None
-        accounts.audit(
-            session,
-            actor,
-            "sequence.enroll",
-            f"sequence:{slug}",
-            None,
-            {"all_active": all_active, "start_at": _iso(start_at), **counts},
-        )
         return JSONResponse({"sequence": slug, **counts})

@@ -11,7 +11,6 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from nurture.core.db import transaction
-from nurture.staff import accounts
 from nurture.staff.accounts import Actor
 from nurture.subscribers import staff_actions
 from nurture.web.api.deps import Editor
@@ -57,23 +56,12 @@ def import_report_dict(report: Any) -> dict[str, Any]:
 def run_import(actor: Actor, data: bytes, slug: str, consent_source: str) -> Any:
     """Parse, import, audit (the staff UI's upload too); raises ImportError_ for a file that cannot be
     imported at all."""
-    from nurture.core.db import session_factory
     from nurture.subscribers.import_files import ImportReport as Report
     from nurture.subscribers.import_files import read_csv
-    from nurture.subscribers.importer import import_rows
+    from nurture.subscribers.importer import import_and_audit
 
     rows, errors = read_csv(data)
-    report = Report(errors=errors)
-    import_rows(session_factory(), rows, slug, consent_source, report)
-    with transaction() as session:
-        accounts.audit(
-            session,
-            actor,
-            "subscribers.import",
-            f"sequence:{slug}",
-            None,
-            {**import_report_dict(report), "errors": len(report.errors), "consent_source": consent_source},
-        )
+    report = import_and_audit(actor, rows, Report(errors=errors), slug, consent_source)
     return report
 
 
