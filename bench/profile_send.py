@@ -64,7 +64,7 @@ def main() -> None:
         sender = process_sender()
         with transaction() as session:
             claim = claim_due(session, limit=args.count, lease_seconds=3600)
-        work = batches(claim.ids, sender.settings.batch_size)
+        work = batches(claim.ids, sender.settings.broker.batch_size)
         sender.send_batch(claim.token, work.pop(0))  # warm: templates compiled, connections open
         sent_before = sink.count
         profiler = Profiler(interval=0.0005)

@@ -30,7 +30,7 @@ def broker_settings(settings: Settings) -> tuple[str, dict[str, Any]]:
     if not settings.embedded_broker:
         # Tasks are short; the schedule lives in the database, so a redelivery after the visibility timeout
         # only meets rows that are no longer claimed by its token and is dropped.
-        return settings.broker_url, {"visibility_timeout": settings.broker_visibility_timeout}
+        return settings.broker.broker_url, {"visibility_timeout": settings.broker.broker_visibility_timeout}
     root = (settings.var_dir / "broker").resolve()
     queue = root / "queue"
     for folder in (queue, root / "control", root / "processed"):
@@ -86,24 +86,24 @@ def create_app(settings: Settings | None = None) -> Celery:
         beat_schedule={
             "dispatch-due": {
                 "task": DISPATCH_TASK,
-                "schedule": settings.dispatch_interval,
+                "schedule": settings.broker.dispatch_interval,
                 # A tick that waited longer than two intervals is stale: the next one does the same work.
-                "options": {"expires": max(settings.dispatch_interval * 2, 2.0)},
+                "options": {"expires": max(settings.broker.dispatch_interval * 2, 2.0)},
             },
             "housekeeping": {"task": HOUSEKEEPING_TASK, "schedule": 60.0, "options": {"expires": 120.0}},
             "drain-outbox": {
                 "task": OUTBOX_TASK,
-                "schedule": settings.dispatch_interval,
-                "options": {"expires": max(settings.dispatch_interval * 2, 2.0)},
+                "schedule": settings.broker.dispatch_interval,
+                "options": {"expires": max(settings.broker.dispatch_interval * 2, 2.0)},
             },
             "webhooks": {
                 "task": WEBHOOKS_TICK_TASK,
-                "schedule": settings.dispatch_interval,
-                "options": {"expires": max(settings.dispatch_interval * 2, 2.0)},
+                "schedule": settings.broker.dispatch_interval,
+                "options": {"expires": max(settings.broker.dispatch_interval * 2, 2.0)},
             },
         },
         beat_schedule_filename=str(Path(settings.var_dir).resolve() / "celerybeat-schedule"),
-        beat_max_loop_interval=max(1.0, min(settings.dispatch_interval, 5.0)),
+        beat_max_loop_interval=max(1.0, min(settings.broker.dispatch_interval, 5.0)),
     )
     if settings.embedded_broker:
         # The filesystem transport has no fast broadcast; remote control and events only add polling.

@@ -31,7 +31,9 @@ def process_sender() -> Sender:
     """One sender per worker process, so the SMTP connection and compiled templates are reused."""
     settings = get_settings()
     transport = transport_from_url(
-        settings.resolved_smtp_url, timeout=settings.smtp_timeout, local_hostname=settings.from_domain
+        settings.resolved_smtp_url,
+        timeout=settings.mail.smtp_timeout,
+        local_hostname=settings.mail.from_domain,
     )
     return Sender(
         settings,
@@ -100,7 +102,9 @@ def housekeeping() -> dict[str, int]:
         activated = activate_due(session)
         purged = purge_login_failures(session)
     with transaction() as session:
-        forgotten = purge_unconfirmed(session, older_than_days=get_settings().unconfirmed_retention_days)
+        forgotten = purge_unconfirmed(
+            session, older_than_days=get_settings().limits.unconfirmed_retention_days
+        )
     if forgotten:
         log.info("housekeeping: deleted %d signups never confirmed", forgotten)
     return {"activated": activated, "purged": purged, "forgotten": forgotten}

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from nurture.cli.common import load_settings
-from nurture.core.config import Settings
+from nurture.core.config import MailSettings
 
 
 @click.group()
@@ -31,11 +31,11 @@ def dkim_keygen(out: Path, selector: str | None, domain: str | None, bits: int, 
     from nurture.mail.dkim import public_record
 
     try:  # without NURTURE_DKIM_KEY: the key may not exist yet, that is why we are here
-        settings: Settings | None = Settings(dkim_key="")
+        mail: MailSettings | None = MailSettings(dkim_key="")
     except ValidationError:
-        settings = None
-    selector = selector or (settings.dkim_selector if settings else "nurture")
-    domain = (domain or (settings.resolved_dkim_domain if settings else "")).lower().rstrip(".")
+        mail = None
+    selector = selector or (mail.dkim_selector if mail else "nurture")
+    domain = (domain or (mail.resolved_dkim_domain if mail else "")).lower().rstrip(".")
     for label, value in (("--selector", selector), ("--domain", domain)):
         if not _DNS_NAME.fullmatch(value):
             raise click.BadParameter(f"{value!r} is not a DNS name", param_hint=label)
@@ -63,7 +63,7 @@ def dkim_record() -> None:
     from nurture.mail.dkim import DkimSigner
 
     settings = load_settings()
-    if not settings.dkim_key:
+    if not settings.mail.dkim_key:
         raise click.ClickException("NURTURE_DKIM_KEY is not set (`nurture dkim keygen` makes a key)")
     signer = DkimSigner.from_settings(settings)
     _print_dkim_record(signer.dns_name, signer.public_record())

@@ -45,14 +45,14 @@ def mail_destination(settings: Settings) -> str:
 def summary(settings: Settings, base_url: str, setup_token: str | None) -> str:
     """The lines ``nurture run`` prints, as one block of text."""
     development = settings.env is Environment.development
-    broker = _without_password(settings.broker_url)
+    broker = _without_password(settings.broker.broker_url)
     if settings.embedded_broker:
         broker = "embedded (var/broker/, no server)"
     maildir = urlsplit(settings.resolved_smtp_url).scheme == "maildir"
     lines = [
         "",
         f"nurture is starting ({settings.env.value}): web, worker (sends email) and beat (every "
-        f"{settings.dispatch_interval:g} s it hands due emails to the worker)",
+        f"{settings.broker.dispatch_interval:g} s it hands due emails to the worker)",
         f"  database  {_without_password(settings.resolved_database_url)}",
         f"  broker    {broker}",
         f"  mail      {mail_destination(settings)}",

@@ -120,7 +120,11 @@ def sequences_plan(slug: str) -> None:
             return
         shape = versions.shape_of_definition(definition)
         plan = versions.compute_plan(
-            session, sequence, shape, versions.Migrate.move, per_minute=load_settings().resume_rate_per_minute
+            session,
+            sequence,
+            shape,
+            versions.Migrate.move,
+            per_minute=load_settings().limits.resume_rate_per_minute,
         )
         for line in versions.describe_plan(plan):
             click.echo(line)
@@ -145,7 +149,7 @@ def sequences_publish(slug: str, migrate: str) -> None:
                 slug,
                 versions.Migrate(migrate),
                 actor=None,
-                per_minute=load_settings().resume_rate_per_minute,
+                per_minute=load_settings().limits.resume_rate_per_minute,
             )
     except versions.VersionError as exc:
         _version_error(exc)
@@ -299,7 +303,7 @@ def sequences_timeline(slug: str, signup_at: str, tz_name: str | None, country: 
         )
     from nurture.delivery.frequency_cap import timeline_notice
 
-    if notice := timeline_notice(load_settings().frequency_cap_hours):
+    if notice := timeline_notice(load_settings().mail.frequency_cap_hours):
         click.echo(notice)
 
 
@@ -385,9 +389,9 @@ def send_test(slug: str, step: str, to_email: str, name: str | None, variant: st
 
     settings = load_settings()
     _, data = _render_step(slug, step, name, to_email, variant)
-    transport = transport_from_url(settings.resolved_smtp_url, local_hostname=settings.from_domain)
+    transport = transport_from_url(settings.resolved_smtp_url, local_hostname=settings.mail.from_domain)
     try:
-        transport.send(settings.envelope_from, to_email.strip().lower(), data)
+        transport.send(settings.mail.envelope_from, to_email.strip().lower(), data)
     except SendFailure as exc:
         raise click.ClickException(f"not sent: {exc}") from None
     finally:

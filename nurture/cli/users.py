@@ -67,7 +67,7 @@ def setup_token(settings: Settings) -> str | None:
     from nurture.staff import first_admin
 
     with transaction() as session:
-        return first_admin.issue(session, timedelta(hours=settings.setup_link_hours))
+        return first_admin.issue(session, timedelta(hours=settings.web.setup_link_hours))
 
 
 @users.command("setup-link")
@@ -79,8 +79,8 @@ def users_setup_link() -> None:
     token = setup_token(settings)
     if token is None:
         raise click.ClickException("an admin exists already: sign in, or ask them for an account")
-    click.echo(first_admin.link(settings.base_url, token))
-    hours = settings.setup_link_hours
+    click.echo(first_admin.link(settings.web.base_url, token))
+    hours = settings.web.setup_link_hours
     click.echo(f"It works once, for {hours} hours, and only until an admin exists.", err=True)
 
 

@@ -92,9 +92,9 @@ def engine_for(url: str) -> Engine:
         if not url.startswith("sqlite"):
             settings = get_settings()
             pool = {
-                "pool_size": settings.db_pool_size,
-                "max_overflow": settings.db_max_overflow,
-                "pool_timeout": settings.db_pool_timeout,
+                "pool_size": settings.database.db_pool_size,
+                "max_overflow": settings.database.db_max_overflow,
+                "pool_timeout": settings.database.db_pool_timeout,
             }
         _engines[url] = make_engine(url, **pool)
     return _engines[url]

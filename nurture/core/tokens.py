@@ -104,4 +104,4 @@ def read_token(purpose: Purpose, token: str, settings: Settings | None = None) -
 
 def link(purpose: Purpose, public_id: str, settings: Settings | None = None) -> str:
     settings = settings or get_settings()
-    return f"{settings.base_url}/{purpose.value}/{make_token(purpose, public_id, settings)}"
+    return f"{settings.web.base_url}/{purpose.value}/{make_token(purpose, public_id, settings)}"

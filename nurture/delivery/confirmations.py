@@ -75,10 +75,10 @@ class Outbox:
     def drain(self, limit: int = 200) -> Counter[str]:
         """One tick: reap, claim up to ``limit`` due messages, send them; returns outcome counts."""
         with transaction(self.factory) as session:
-            reap_expired(session, policy=self.settings.ambiguous_policy)
+            reap_expired(session, policy=self.settings.mail.ambiguous_policy)
             abuse_limits.purge_expired(session)
         with transaction(self.factory) as session:
-            token, ids = claim_due(session, limit=limit, lease_seconds=self.settings.lease_seconds)
+            token, ids = claim_due(session, limit=limit, lease_seconds=self.settings.broker.lease_seconds)
         outcomes: Counter[str] = Counter()
         for message_id in ids:
             try:
@@ -105,7 +105,7 @@ class Outbox:
         if outcome is not None:
             return outcome
         try:
-            self.transport.send(self.settings.envelope_from, prepared.recipient.email, data)
+            self.transport.send(self.settings.mail.envelope_from, prepared.recipient.email, data)
         except TemporaryFailure as exc:
             self.breaker.record(ok=False)
             return self._after_temporary(token, message_id, str(exc), OutboxStatus.sending)
@@ -114,7 +114,7 @@ class Outbox:
             return self._after_permanent(token, message_id, str(exc))
         except AmbiguousFailure as exc:
             self.breaker.record(ok=False)
-            resend = self.settings.ambiguous_policy == "resend"
+            resend = self.settings.mail.ambiguous_policy == "resend"
             status = OutboxStatus.pending if resend else OutboxStatus.ambiguous
             with transaction(self.factory) as session:
                 _finish(session, token, message_id, status=status, last_error=str(exc), claim_token=None)
@@ -168,18 +168,18 @@ class Outbox:
         context["confirm_url"] = prepared.confirm_url
         rendered = self.templates.render(prepared.template, context)
         header_id = confirmation_message_id_for(
-            message_id, self.settings.secret_key, self.settings.from_domain
+            message_id, self.settings.secret_key, self.settings.mail.from_domain
         )
         envelope = Envelope(
-            from_address=self.settings.from_address,
+            from_address=self.settings.mail.from_address,
             to_address=prepared.recipient.email,
             to_name=prepared.recipient.first_name,
             message_id=header_id,
             date=clock.now(),
             # Its own List-Unsubscribe: someone who never asked for this can stop it in one click.
             unsubscribe_url=context["unsubscribe_url"],
-            unsubscribe_mailto=self.settings.resolved_unsubscribe_mailto,
-            reply_to=self.settings.reply_to or None,
+            unsubscribe_mailto=self.settings.mail.resolved_unsubscribe_mailto,
+            reply_to=self.settings.mail.reply_to or None,
         )
         return compose(rendered, envelope), header_id
 
@@ -195,7 +195,7 @@ class Outbox:
                 return "not-claimed"
             # Under the claim token itself: one message at a time, so it is its attempt's only row.
             moved = leases.OUTBOX.begin(
-                session, token, [message_id], attempt=token, lease_seconds=self.settings.lease_seconds
+                session, token, [message_id], attempt=token, lease_seconds=self.settings.broker.lease_seconds
             )
             return None if moved else "not-claimed"
 
@@ -211,7 +211,7 @@ class Outbox:
             if message is None:
                 return "gone"
             attempts = message.attempts + (1 if from_status == OutboxStatus.queued else 0)
-            if attempts >= self.settings.max_attempts:
+            if attempts >= self.settings.mail.max_attempts:
                 _finish(
                     session,
                     token,

@@ -51,14 +51,16 @@ def _claim_spaced(session: Session, settings: Settings, room: int) -> leases.Cla
     """Claim up to ``room`` due rows, after the frequency cap moved those that must wait
     (nurture.delivery.frequency_cap);
     with the cap off, the plain claim."""
-    if settings.frequency_cap_hours <= 0:
-        return claim_due(session, limit=room, lease_seconds=settings.lease_seconds)
+    if settings.mail.frequency_cap_hours <= 0:
+        return claim_due(session, limit=room, lease_seconds=settings.broker.lease_seconds)
     now = clock.db_now(session)
-    passing = frequency_cap.space_out(session, cap_hours=settings.frequency_cap_hours, limit=room, now=now)
+    passing = frequency_cap.space_out(
+        session, cap_hours=settings.mail.frequency_cap_hours, limit=room, now=now
+    )
     return leases.DELIVERIES.claim(
         session,
         limit=max(1, len(passing)),
-        lease_seconds=settings.lease_seconds,
+        lease_seconds=settings.broker.lease_seconds,
         only=(Delivery.id.in_(passing or [0]),),
         now=now,
     )
@@ -101,10 +103,10 @@ def claim_room(settings: Settings, outstanding: int) -> int:
     """How many rows this tick may claim: the claim limit less what is still waiting for a worker, and with
     an SMTP rate limit no more than it lets out in half a lease (so no claim expires while it waits its turn
     in the queue)."""
-    room = settings.claim_limit - outstanding
-    per_second = parse_rate(settings.smtp_rate)
+    room = settings.broker.claim_limit - outstanding
+    per_second = parse_rate(settings.mail.smtp_rate)
     if per_second is not None:
-        room = min(room, int(per_second * settings.lease_seconds / 2) - outstanding)
+        room = min(room, int(per_second * settings.broker.lease_seconds / 2) - outstanding)
     return room
 
 
@@ -117,7 +119,7 @@ def dispatch_once(
     """One tick: reap, claim, commit, then hand batches to the broker (never before the claim commits)."""
     settings = settings or get_settings()
     with transaction(factory) as session:
-        reaped = reap_expired(session, policy=settings.ambiguous_policy)
+        reaped = reap_expired(session, policy=settings.mail.ambiguous_policy)
     with transaction(factory) as session:
         # Backpressure: claims still waiting for a worker count against this tick's limit, so a slow worker
         # pool is never buried under claims whose leases would run out in the queue.
@@ -130,7 +132,7 @@ def dispatch_once(
         claim = _claim_spaced(session, settings, room)
     handed: list[int] = []
     try:
-        for batch in batches(claim.ids, settings.batch_size):
+        for batch in batches(claim.ids, settings.broker.batch_size):
             enqueue(claim.token, batch)
             handed.extend(batch)
     except Exception:

@@ -73,12 +73,12 @@ def broker_problem(settings: Settings, timeout: float = 2.0) -> str | None:
         if queue.exists() and not os.access(queue, os.W_OK):
             return f"broker folder {queue} is not writable"
         return None
-    scheme = urlsplit(settings.broker_url).scheme
+    scheme = urlsplit(settings.broker.broker_url).scheme
     if scheme in {"redis", "rediss"}:
         import redis
 
         client = redis.Redis.from_url(
-            settings.broker_url, socket_connect_timeout=timeout, socket_timeout=timeout
+            settings.broker.broker_url, socket_connect_timeout=timeout, socket_timeout=timeout
         )
         try:
             client.ping()
@@ -90,7 +90,7 @@ def broker_problem(settings: Settings, timeout: float = 2.0) -> str | None:
     from kombu import Connection
 
     try:
-        with Connection(settings.broker_url, connect_timeout=timeout) as connection:
+        with Connection(settings.broker.broker_url, connect_timeout=timeout) as connection:
             connection.connect()
     except Exception as exc:
         return _short(exc)
@@ -100,7 +100,7 @@ def broker_problem(settings: Settings, timeout: float = 2.0) -> str | None:
 def broker_label(settings: Settings) -> str:
     if settings.embedded_broker:
         return f"embedded folder {(settings.var_dir / 'broker').resolve()}"
-    parts = urlsplit(settings.broker_url)  # without the password
+    parts = urlsplit(settings.broker.broker_url)  # without the password
     port = f":{parts.port}" if parts.port else ""
     return f"{parts.scheme}://{parts.hostname or ''}{port}{parts.path}"
 
@@ -109,8 +109,8 @@ def broker_label(settings: Settings) -> str:
 
 
 def check_settings(settings: Settings) -> Check:
-    detail = f"env={settings.env.value}, from={settings.envelope_from}, base_url={settings.base_url}"
-    if settings.env is Environment.production and not settings.metrics_token:
+    detail = f"env={settings.env.value}, from={settings.mail.envelope_from}, base_url={settings.web.base_url}"
+    if settings.env is Environment.production and not settings.web.metrics_token:
         return Check("settings", WARN, detail + "; /metrics answers 403 until NURTURE_METRICS_TOKEN is set")
     return Check("settings", OK, detail)
 
@@ -168,7 +168,7 @@ def check_smtp(settings: Settings, timeout: float = 10.0) -> Check:
     from nurture.mail.transports import SmtpTarget
 
     try:
-        target = SmtpTarget.from_url(url, timeout=min(settings.smtp_timeout, timeout))
+        target = SmtpTarget.from_url(url, timeout=min(settings.mail.smtp_timeout, timeout))
     except ValueError as exc:
         return Check("smtp", FAIL, str(exc))
     return _probe_smtp(target, settings, production)
@@ -183,12 +183,12 @@ def _probe_smtp(t: SmtpTarget, settings: Settings, production: bool) -> Check:
             conn: smtplib.SMTP = smtplib.SMTP_SSL(
                 t.host,
                 t.port,
-                local_hostname=settings.from_domain,
+                local_hostname=settings.mail.from_domain,
                 timeout=t.timeout,
                 context=context,
             )
         else:
-            conn = smtplib.SMTP(t.host, t.port, local_hostname=settings.from_domain, timeout=t.timeout)
+            conn = smtplib.SMTP(t.host, t.port, local_hostname=settings.mail.from_domain, timeout=t.timeout)
     except (OSError, smtplib.SMTPException) as exc:
         return Check("smtp", FAIL, f"{where}: cannot connect: {_short(exc)}")
     try:
@@ -228,7 +228,7 @@ def _probe_smtp(t: SmtpTarget, settings: Settings, production: bool) -> Check:
 
 
 def check_dkim(settings: Settings) -> Check:
-    if not settings.dkim_key:
+    if not settings.mail.dkim_key:
         status = WARN if settings.env is Environment.production else OK
         return Check("dkim", status, "NURTURE_DKIM_KEY not set: mail is not DKIM-signed by nurture")
     from dkim.crypto import parse_pem_private_key
@@ -242,9 +242,10 @@ def check_dkim(settings: Settings) -> Check:
         return Check("dkim", FAIL, str(exc))
     bits = int(parse_pem_private_key(signer.private_key)["modulus"]).bit_length()
     probe = (
-        f"From: {settings.from_address}\r\nTo: doctor@{settings.from_domain}\r\nSubject: nurture doctor\r\n"
+        f"From: {settings.mail.from_address}\r\nTo: doctor@{settings.mail.from_domain}\r\n"
+        "Subject: nurture doctor\r\n"
         f"Date: {datetime.now(UTC):%a, %d %b %Y %H:%M:%S +0000}\r\n"
-        f"Message-ID: <doctor@{settings.from_domain}>\r\n"
+        f"Message-ID: <doctor@{settings.mail.from_domain}>\r\n"
         "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nprobe\r\n"
     ).encode()
     try:
@@ -253,7 +254,7 @@ def check_dkim(settings: Settings) -> Check:
         return Check("dkim", FAIL, f"signing failed: {_short(exc)}")
     if not verified:
         return Check("dkim", FAIL, "a signed probe does not verify against the key's own public half")
-    sender_domain = settings.from_domain
+    sender_domain = settings.mail.from_domain
     if sender_domain != signer.domain and not sender_domain.endswith("." + signer.domain):
         return Check(
             "dkim",
@@ -264,8 +265,8 @@ def check_dkim(settings: Settings) -> Check:
         f"{bits}-bit RSA key signs and verifies; d={signer.domain} s={signer.selector}; "
         f"TXT record at {signer.dns_name} (`nurture dkim record` prints it)"
     )
-    if Path(settings.dkim_key).stat().st_mode & 0o077:
-        return Check("dkim", WARN, detail + f"; {settings.dkim_key} is readable by others: chmod 600 it")
+    if Path(settings.mail.dkim_key).stat().st_mode & 0o077:
+        return Check("dkim", WARN, detail + f"; {settings.mail.dkim_key} is readable by others: chmod 600 it")
     return Check(
         "dkim", WARN if bits < 2048 else OK, detail + ("; 2048 bits recommended" if bits < 2048 else "")
     )

@@ -304,5 +304,5 @@ WEBHOOKS = WorkTable(WebhookDelivery)
 
 def retry_backoff(settings: Settings, attempts: int) -> timedelta:
     """Exponential backoff after a temporary failure: base, 2×base, 4×base, ... capped."""
-    seconds = settings.retry_base_seconds * 2 ** max(attempts - 1, 0)
-    return timedelta(seconds=min(seconds, settings.retry_cap_seconds))
+    seconds = settings.mail.retry_base_seconds * 2 ** max(attempts - 1, 0)
+    return timedelta(seconds=min(seconds, settings.mail.retry_cap_seconds))

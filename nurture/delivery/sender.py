@@ -337,8 +337,8 @@ class Sender:
         a server that takes longer than the window per message, as with a distant provider)."""
         if self._smtp_seconds is None:
             return 1
-        fits = int(self.settings.send_group_window_ms / 1000 / max(self._smtp_seconds, 1e-6))
-        return max(1, min(self.settings.send_group_max, fits))
+        fits = int(self.settings.mail.send_group_window_ms / 1000 / max(self._smtp_seconds, 1e-6))
+        return max(1, min(self.settings.mail.send_group_max, fits))
 
     def _observe_smtp(self, seconds: float) -> None:
         previous = self._smtp_seconds
@@ -481,11 +481,11 @@ class Sender:
             raise _StopBatch(wait, "circuit breaker open")
         started = time.perf_counter()
         try:
-            self.transport.send(self.settings.envelope_from, prepared.recipient.email, item.data)
+            self.transport.send(self.settings.mail.envelope_from, prepared.recipient.email, item.data)
         except ConnectFailure as exc:
             self.breaker.record(ok=False)
             # Nothing was handed over: back to the queue without counting an attempt against the message.
-            raise _StopBatch(self.settings.retry_base_seconds, str(exc)) from exc
+            raise _StopBatch(self.settings.mail.retry_base_seconds, str(exc)) from exc
         except TemporaryFailure as exc:
             self.breaker.record(ok=False)
             return self._after_temporary(sending_token, delivery_id, str(exc), prepared)
@@ -508,7 +508,7 @@ class Sender:
             log.error(
                 "delivery=%s accepted, but its receipt could not be written: %s", delivery_id, receipt_error
             )
-            raise _StopBatch(self.settings.retry_base_seconds, "database unavailable") from receipt_error
+            raise _StopBatch(self.settings.mail.retry_base_seconds, "database unavailable") from receipt_error
         self.breaker.record(ok=True)
         log_transition(delivery_id, "sent", subscriber=prepared.subscriber_id, step=prepared.step_key)
         return "sent"
@@ -525,8 +525,12 @@ class Sender:
         connection = session.connection()
         rows = {row.id: row for row in connection.execute(_BATCH_ROWS, {"ids": delivery_ids})}
         leases_left = [row.lease_until for row in rows.values() if row.lease_until is not None]
-        if leases_left and DELIVERIES.lease_half_gone(session, min(leases_left), self.settings.lease_seconds):
-            DELIVERIES.renew(session, claim_token, delivery_ids, lease_seconds=self.settings.lease_seconds)
+        if leases_left and DELIVERIES.lease_half_gone(
+            session, min(leases_left), self.settings.broker.lease_seconds
+        ):
+            DELIVERIES.renew(
+                session, claim_token, delivery_ids, lease_seconds=self.settings.broker.lease_seconds
+            )
         versions = {
             version.id: (
                 Policy.of(version.definition),
@@ -641,7 +645,11 @@ class Sender:
                 verdicts[row.id] = self._skip(session, row.id, row.subscriber_id, claim_token, reason)
         if ready:
             moved_ids = DELIVERIES.begin(
-                session, claim_token, ready, attempt=sending_token, lease_seconds=self.settings.lease_seconds
+                session,
+                claim_token,
+                ready,
+                attempt=sending_token,
+                lease_seconds=self.settings.broker.lease_seconds,
             )
             for delivery_id in ready:
                 verdicts[delivery_id] = None if delivery_id in moved_ids else "not-claimed"
@@ -709,7 +717,7 @@ class Sender:
             delivery = session.get(Delivery, delivery_id, populate_existing=True)
             if delivery is None:
                 return "gone", 0
-            if delivery.attempts >= self.settings.max_attempts:
+            if delivery.attempts >= self.settings.mail.max_attempts:
                 return "exhausted", delivery.attempts
             retry_at = self._retry_time(session, delivery)
             recorded = self._finish(
@@ -770,7 +778,7 @@ class Sender:
         return "failed"
 
     def _after_ambiguous(self, token: str, delivery_id: int, error: str) -> str:
-        resend = self.settings.ambiguous_policy == "resend"
+        resend = self.settings.mail.ambiguous_policy == "resend"
 
         def work(session: Session) -> None:
             self._finish(

@@ -20,7 +20,7 @@ def _redis(url: str) -> Any:
 
 def _shared_redis(settings: Settings) -> Any | None:
     """Workers share state through the broker's Redis; the embedded broker has no Redis, and one machine."""
-    url = settings.broker_url
+    url = settings.broker.broker_url
     return _redis(url) if url.startswith(("redis://", "rediss://")) else None
 
 
@@ -30,7 +30,7 @@ def _transport_key(settings: Settings) -> str:
 
 
 def rate_limiter(settings: Settings) -> RateLimiter:
-    per_second = parse_rate(settings.smtp_rate)
+    per_second = parse_rate(settings.mail.smtp_rate)
     if per_second is None:
         return Unlimited()
     client = _shared_redis(settings)
@@ -41,10 +41,10 @@ def rate_limiter(settings: Settings) -> RateLimiter:
 
 def circuit_breaker(settings: Settings) -> Breaker:
     policy = BreakerPolicy(
-        threshold=settings.breaker_threshold,
-        min_volume=settings.breaker_min_volume,
-        window=settings.breaker_window_seconds,
-        cooldown=settings.breaker_cooldown_seconds,
+        threshold=settings.mail.breaker_threshold,
+        min_volume=settings.mail.breaker_min_volume,
+        window=settings.mail.breaker_window_seconds,
+        cooldown=settings.mail.breaker_cooldown_seconds,
     )
     client = _shared_redis(settings)
     if client is None:

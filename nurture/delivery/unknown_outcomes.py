@@ -127,7 +127,7 @@ def resolve(
     before = {"status": delivery.status}
     now = clock.db_now(session)
     if action == MARK_SENT:
-        message_id = message_id_for(delivery.id, settings.secret_key, settings.from_domain)
+        message_id = message_id_for(delivery.id, settings.secret_key, settings.mail.from_domain)
         values: dict[str, Any] = {"status": DeliveryStatus.sent, "sent_at": now, "message_id": message_id}
         events.record(session, "sent", delivery_id=delivery.id, message_id=message_id, marked_by_staff=True)
     else:

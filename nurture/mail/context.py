@@ -47,7 +47,7 @@ def template_context(
         "org_name": settings.org_name,
         "postal_address": settings.postal_address,
         "contact_url": settings.contact_url,
-        "base_url": settings.base_url,
+        "base_url": settings.web.base_url,
         "logo_url": settings.logo_url or None,
         "brand_color": settings.brand_color,
         "unsubscribe_url": tokens.link(tokens.Purpose.unsubscribe, recipient.public_id, settings),
@@ -129,7 +129,7 @@ def step_message(
             settings, templates, template, subject, sequence_name, step_number, step_count
         )
         rendered = links.rewrite(rendered, written_by=samples)
-    message_id = message_id_for(delivery_id, settings.secret_key, settings.from_domain)
+    message_id = message_id_for(delivery_id, settings.secret_key, settings.mail.from_domain)
     envelope = envelope_for(settings, recipient, message_id, date, context["unsubscribe_url"])
     return rendered, compose(rendered, envelope, boundary), message_id
 
@@ -139,14 +139,14 @@ def envelope_for(
 ) -> Envelope:
     """The headers of a step's email to ``recipient`` (also what nurture.mail.plans writes under)."""
     return Envelope(
-        from_address=settings.from_address,
+        from_address=settings.mail.from_address,
         to_address=recipient.email,
         to_name=recipient.first_name,
         message_id=message_id,
         date=date,
         unsubscribe_url=unsubscribe_url,
-        unsubscribe_mailto=settings.resolved_unsubscribe_mailto,
-        reply_to=settings.reply_to or None,
+        unsubscribe_mailto=settings.mail.resolved_unsubscribe_mailto,
+        reply_to=settings.mail.reply_to or None,
     )
 
 

@@ -160,9 +160,9 @@ class DkimSigner:
     @classmethod
     def from_settings(cls, settings: Settings) -> DkimSigner:
         return cls(
-            private_key=load_private_key(Path(settings.dkim_key)),
-            selector=settings.dkim_selector,
-            domain=settings.resolved_dkim_domain,
+            private_key=load_private_key(Path(settings.mail.dkim_key)),
+            selector=settings.mail.dkim_selector,
+            domain=settings.mail.resolved_dkim_domain,
         )
 
     @property
@@ -254,6 +254,6 @@ class SigningTransport:
 
 def signing(transport: Transport, settings: Settings) -> Transport:
     """``transport`` wrapped to sign with the configured key, or unchanged when no key is configured."""
-    if not settings.dkim_key:
+    if not settings.mail.dkim_key:
         return transport
     return SigningTransport(transport, DkimSigner.from_settings(settings))

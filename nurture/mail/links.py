@@ -68,7 +68,7 @@ class LinkRewriter:
     token_for: Callable[[str, str | None], str] | None = None
 
     def __post_init__(self) -> None:
-        base = self.settings.base_url.rstrip("/")
+        base = self.settings.web.base_url.rstrip("/")
         self._base = base
         self._untracked = (f"{base}/unsubscribe/", f"{base}/preferences/", f"{base}/l/", f"{base}/o/")
         self._written: frozenset[str] | None = None

@@ -149,7 +149,7 @@ class StepPlan:
             token = link_token(settings.secret_key, delivery_id, link.kind, link.url)
             values[link.slot] = escaped[link.slot] = token
             rows.append(LinkRow(token, link.kind, link.url, link.goal))
-        message_id = message_id_for(delivery_id, settings.secret_key, settings.from_domain)
+        message_id = message_id_for(delivery_id, settings.secret_key, settings.mail.from_domain)
         envelope = envelope_for(settings, recipient, message_id, date, unsubscribe_url)
         head = message_head(self._subject.fill(values), envelope, self._boundary)
         data = assemble(head, self._boundary, self._text.encode(values), self._html.encode(escaped))

@@ -121,7 +121,7 @@ def _ui_conflict(current: SequenceVersion | None, pending: SequenceVersion | Non
 def _rate() -> int:
     from nurture.core.config import get_settings
 
-    return get_settings().resume_rate_per_minute
+    return get_settings().limits.resume_rate_per_minute
 
 
 def get_sequence(session: Session, slug: str) -> Sequence | None:

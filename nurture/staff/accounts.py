@@ -148,7 +148,11 @@ class LoginLimits:
 
     @classmethod
     def of(cls, settings: Settings) -> LoginLimits:
-        return cls(settings.login_account_limit, settings.login_ip_limit, settings.login_window_seconds)
+        return cls(
+            settings.limits.login_account_limit,
+            settings.limits.login_ip_limit,
+            settings.limits.login_window_seconds,
+        )
 
 
 @dataclass(frozen=True)

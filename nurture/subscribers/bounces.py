@@ -3,7 +3,7 @@ non-standard formats, read with flufl.bounce.
 
 A hard (permanent) failure suppresses the address at once and withdraws the subscriber's open deliveries,
 as a 5xx at SMTP time does (``nurture.delivery.sender``); a soft (temporary) failure is recorded, and an
-address that collects ``settings.soft_bounce_limit`` of them is suppressed too.
+address that collects ``settings.mail.soft_bounce_limit`` of them is suppressed too.
 
 Anyone can mail the bounce address, so a notification acts only with proof that we sent the message it reports
 on: the original Message-ID it quotes must be one of ours, its HMAC valid (``compose.delivery_id_of``, or
@@ -319,7 +319,7 @@ def _soft(session: Session, bounce: Bounce, address: str, sent: _Sent, settings:
     status = bounce.statuses.get(address)
     delivery_id = sent.delivery.id if sent.delivery else None
     count = _soft_count(session, subscriber.id, delivery_id)
-    reached = count >= settings.soft_bounce_limit
+    reached = count >= settings.mail.soft_bounce_limit
     events.record(
         session,
         SOFT,

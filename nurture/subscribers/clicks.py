@@ -69,7 +69,7 @@ def _counts(session: Session, link: TrackedLink, settings: Settings, client_ip: 
     if link.kind == CLICK:
         # Opens are left out: mail providers fetch every recipient's pixel through a few proxy addresses.
         key = abuse_limits.client_key("click", client_ip, settings.secret_key)
-        limit, seconds = settings.click_ip_limit, settings.click_ip_window_seconds
+        limit, seconds = settings.limits.click_ip_limit, settings.limits.click_ip_window_seconds
         windows.append(abuse_limits.Window.of(key, limit=limit, window_seconds=seconds))
     windows.append(abuse_limits.Window.of(f"hit:{link.id}", limit=1, window_seconds=HIT_WINDOW_SECONDS))
     try:

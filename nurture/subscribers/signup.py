@@ -273,14 +273,14 @@ def _signup(connection: Connection, form: SignupForm, origin: consent.Origin, se
     # flushes.
     window = abuse_limits.Window.of(
         abuse_limits.client_key("signup", origin.ip, settings.secret_key),
-        limit=settings.signup_ip_limit,
-        window_seconds=settings.signup_ip_window_seconds,
+        limit=settings.limits.signup_ip_limit,
+        window_seconds=settings.limits.signup_ip_window_seconds,
     )
     row = _consent_row(form, origin, settings)
     if connection.dialect.name == "postgresql":
-        _signup_postgresql(connection, form, window, row, settings.confirm_daily_limit)
+        _signup_postgresql(connection, form, window, row, settings.limits.confirm_daily_limit)
     else:
-        _signup_portable(connection, form, window, row, settings.confirm_daily_limit)
+        _signup_portable(connection, form, window, row, settings.limits.confirm_daily_limit)
 
 
 # --- confirming -----------------------------------------------------------------------------------------

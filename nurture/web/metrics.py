@@ -25,7 +25,7 @@ CLOSED = "metrics are off in production until NURTURE_METRICS_TOKEN is set (then
 @router.get("/metrics", include_in_schema=False)
 def metrics(request: Request) -> Response:
     settings = request.app.state.settings
-    token = settings.metrics_token
+    token = settings.web.metrics_token
     if not token and settings.env is Environment.production:
         return PlainTextResponse(CLOSED, status_code=403)
     if token:

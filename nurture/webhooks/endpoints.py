@@ -161,7 +161,9 @@ def rotate_secret(
     endpoint = get(session, endpoint_id, lock=True)
     secret = endpoint_secrets.generate()
     endpoint.previous_secret = endpoint.secret
-    endpoint.previous_secret_until = clock.now() + timedelta(hours=settings.webhook_secret_grace_hours)
+    endpoint.previous_secret_until = clock.now() + timedelta(
+        hours=settings.webhooks.webhook_secret_grace_hours
+    )
     endpoint.secret = endpoint_secrets.seal(secret, settings)
     accounts.audit(
         session,

@@ -70,7 +70,7 @@ def pump(session: Session, settings: Settings, *, limit: int = 1000) -> PumpResu
         expected = event.id + 1
     if fresh:
         cursor.last_event_id = fresh[-1].id
-    settle = timedelta(seconds=settings.webhook_gap_seconds)
+    settle = timedelta(seconds=settings.webhooks.webhook_gap_seconds)
     gaps = {k: v for k, v in gaps.items() if now - v < settle}
     if len(gaps) > MAX_TRACKED_GAPS:
         gaps = dict(sorted(gaps.items())[-MAX_TRACKED_GAPS:])
@@ -87,7 +87,7 @@ def _locked_cursor(session: Session, settings: Settings, now: datetime) -> Webho
     # First pump: events from before the first endpoint existed concern nobody, so start just below them
     # (minus the settle window, so a transaction still in flight then is not skipped).
     first_endpoint = session.scalar(select(func.min(WebhookEndpoint.created_at)))
-    horizon = (first_endpoint or now) - timedelta(seconds=settings.webhook_gap_seconds)
+    horizon = (first_endpoint or now) - timedelta(seconds=settings.webhooks.webhook_gap_seconds)
     start = session.scalar(select(func.max(Event.id)).where(Event.created_at < horizon)) or 0
     values = {"id": 1, "last_event_id": start, "gaps": {}, "updated_at": now}
     session.execute(_insert(session, WebhookCursor).values(**values).on_conflict_do_nothing())

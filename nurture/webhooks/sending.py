@@ -58,7 +58,7 @@ class Outcome:
 
 def retry_delay(settings: Settings, attempts: int, rng: random.Random | None = None) -> float | None:
     """Seconds until the next try after ``attempts`` failed tries; None when the schedule is spent."""
-    delays = settings.webhook_retry_delays
+    delays = settings.webhooks.webhook_retry_delays
     if attempts > len(delays):
         return None
     base = delays[attempts - 1]
@@ -106,12 +106,12 @@ class WebhookSender:
             return 0
         self._last_purge = now
         with transaction(self.factory) as session:
-            return purge_finished(session, timedelta(days=self.settings.webhook_retention_days))
+            return purge_finished(session, timedelta(days=self.settings.webhooks.webhook_retention_days))
 
     def claim(self, limit: int = 50) -> tuple[str, list[int]]:
         with transaction(self.factory) as session:
             reap_expired(session)
-            return claim_due(session, limit=limit, lease_seconds=self.settings.lease_seconds)
+            return claim_due(session, limit=limit, lease_seconds=self.settings.broker.lease_seconds)
 
     def send_claimed(self, token: str, ids: list[int]) -> Counter[str]:
         """Send a claimed batch: one transaction reads it, the POSTs follow, one transaction records every
@@ -294,7 +294,7 @@ class WebhookSender:
         timestamp = int(clock.now().timestamp())
         headers = signing.headers(request.secrets, request.message_id, timestamp, request.body)
         began = time.monotonic()
-        deadline = began + self.settings.webhook_timeout
+        deadline = began + self.settings.webhooks.webhook_timeout
         try:
             with self.client.stream(
                 "POST", request.url, content=request.body.encode(), headers=headers
@@ -378,10 +378,10 @@ def _endpoint_results(
             continue
         endpoint.consecutive_failures += 1
         endpoint.failing_since = endpoint.failing_since or at
-        sustained = now - endpoint.failing_since >= timedelta(hours=settings.webhook_disable_hours)
+        sustained = now - endpoint.failing_since >= timedelta(hours=settings.webhooks.webhook_disable_hours)
         if (
             endpoint.enabled
-            and endpoint.consecutive_failures >= settings.webhook_disable_failures
+            and endpoint.consecutive_failures >= settings.webhooks.webhook_disable_failures
             and sustained
         ):
             _auto_disable(session, endpoint, now)

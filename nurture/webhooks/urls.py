@@ -179,5 +179,7 @@ def guarded_client(settings: Settings) -> httpx2.Client:
         transport=transport,
         follow_redirects=False,
         trust_env=False,
-        timeout=httpx2.Timeout(settings.webhook_timeout, connect=settings.webhook_connect_timeout),
+        timeout=httpx2.Timeout(
+            settings.webhooks.webhook_timeout, connect=settings.webhooks.webhook_connect_timeout
+        ),
     )

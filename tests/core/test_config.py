@@ -18,7 +18,7 @@ def test_development_defaults_need_nothing(monkeypatch: pytest.MonkeyPatch) -> N
     assert settings.resolved_smtp_url.startswith("maildir://") and settings.resolved_smtp_url.endswith(
         "/mail"
     )
-    assert settings.from_domain == "example.com"
+    assert settings.mail.from_domain == "example.com"
 
 
 @pytest.mark.parametrize("secret", ["", "changeme", DEV_SECRET_KEY, "short-but-not-placeholder"])

@@ -6,14 +6,31 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from nurture.core.config import Settings
+from nurture.core.config import SECTIONS, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def variable_names() -> set[str]:
-    prefix = Settings.model_config.get("env_prefix", "")
-    return {(field.alias or f"{prefix}{name}").upper() for name, field in Settings.model_fields.items()}
+    """Every variable of the general settings and of each section (a section itself is no variable)."""
+    names = set()
+    for model in (Settings, *SECTIONS.values()):
+        prefix = model.model_config.get("env_prefix", "")
+        names |= {
+            (field.alias or f"{prefix}{name}").upper()
+            for name, field in model.model_fields.items()
+            if name not in SECTIONS
+        }
+    return names
+
+
+def test_every_variable_is_read_by_exactly_one_model() -> None:
+    counts: dict[str, int] = {}
+    for model in (Settings, *SECTIONS.values()):
+        for name in model.model_fields:
+            if name not in SECTIONS:
+                counts[name] = counts.get(name, 0) + 1
+    assert len(counts) >= 70 and set(counts.values()) == {1}
 
 
 def documented_names() -> set[str]:

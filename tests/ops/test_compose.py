@@ -151,7 +151,7 @@ def test_the_example_settings_are_accepted_by_nurture_in_production(monkeypatch:
     get_settings.cache_clear()
     settings = get_settings()
     assert settings.env is Environment.production and settings.json_logs
-    assert settings.smtp_url == FILLED["NURTURE_SMTP_URL"]
+    assert settings.mail.smtp_url == FILLED["NURTURE_SMTP_URL"]
     get_settings.cache_clear()
 
 

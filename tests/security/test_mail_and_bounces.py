@@ -67,7 +67,7 @@ def test_a_forged_foreign_or_unknown_message_id_is_no_proof(world, set_env, adva
     subscribe(world, "ana@example.com", "three-step")
     send_due(world, set_env, advance)
     [first] = [d for d in deliveries(world) if d.status == "sent"]
-    domain = get_settings().from_domain
+    domain = get_settings().mail.from_domain
     forged_ids = [
         f"<nurture.{first.id}.ffffffffffffffff@{domain}>",  # our shape, a guessed signature
         "<CAF=some.id@mail.gmail.com>",  # someone else's message

@@ -50,7 +50,7 @@ def test_an_expired_lease_is_sent_again(factory, receiver) -> None:  # type: ign
         try:
             token, ids = sender.claim()
             assert len(ids) == 1  # ... and the worker holding it dies here
-            advance(timedelta(seconds=get_settings().lease_seconds - 1))
+            advance(timedelta(seconds=get_settings().broker.lease_seconds - 1))
             assert sender.claim()[1] == []
             advance(timedelta(seconds=2))
             assert sender.tick() == {"succeeded": 1}

@@ -104,7 +104,7 @@ def test_sample_verifier_rejects_replayed_old_timestamps_tampering_and_wrong_sec
 
 def test_failing_endpoint_is_retried_with_growing_backoff_then_disabled(factory, set_env) -> None:  # type: ignore[no-untyped-def]
     set_env(webhook_disable_failures="3", webhook_disable_hours="1")
-    schedule = get_settings().webhook_retry_delays
+    schedule = get_settings().webhooks.webhook_retry_delays
     with WebhookReceiver(Script(default=500)) as failing, clock.frozen(START) as advance:
         endpoint_id, _ = add_endpoint(factory, failing.url, ["subscribed"])
         new_subscriber(factory)

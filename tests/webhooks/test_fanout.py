@@ -126,7 +126,7 @@ def test_a_gap_from_a_rolled_back_transaction_is_forgotten_after_the_settle_time
         with transaction(factory) as session:
             events.record(session, "subscribed", subscriber_id=ana_id)
         assert pump(factory).open_gaps == 1
-        advance(timedelta(seconds=get_settings().webhook_gap_seconds - 1))
+        advance(timedelta(seconds=get_settings().webhooks.webhook_gap_seconds - 1))
         assert pump(factory).open_gaps == 1
         advance(timedelta(seconds=2))
         assert pump(factory).open_gaps == 0

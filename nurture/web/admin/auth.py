@@ -69,7 +69,7 @@ def read_session(request: Request) -> StaffSession | None:
         return None
     settings: Settings = request.app.state.settings
     try:
-        data = _serializer(settings).loads(raw, max_age=settings.staff_session_seconds)
+        data = _serializer(settings).loads(raw, max_age=settings.web.staff_session_seconds)
     except BadSignature:
         return None
     if not isinstance(data, dict) or not isinstance(data.get("c"), str):
@@ -84,7 +84,7 @@ def write_session(response: Response, request: Request, session: StaffSession) -
     response.set_cookie(
         COOKIE,
         value,
-        max_age=settings.staff_session_seconds,
+        max_age=settings.web.staff_session_seconds,
         path="/",
         httponly=True,
         samesite="lax",
@@ -133,7 +133,7 @@ def cross_site(request: Request) -> bool:
     origin = request.headers.get("origin")
     if origin is None or origin == "null":
         return origin == "null"
-    ours = {urlsplit(str(request.base_url)).netloc, urlsplit(request.app.state.settings.base_url).netloc}
+    ours = {urlsplit(str(request.base_url)).netloc, urlsplit(request.app.state.settings.web.base_url).netloc}
     return urlsplit(origin).netloc not in ours
 
 

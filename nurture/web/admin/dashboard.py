@@ -79,23 +79,23 @@ def alerts(
                 "Health check",
             )
         )
-    if view.bounces.value is not None and view.bounces.value > settings.alert_bounce_rate:
+    if view.bounces.value is not None and view.bounces.value > settings.web.alert_bounce_rate:
         found.append(
             Alert(
                 "error",
                 f"Bounce rate {_percent(view.bounces.value)} over 7 days, above "
-                f"{_percent(settings.alert_bounce_rate)}: Gmail and Yahoo throttle or junk senders whose "
+                f"{_percent(settings.web.alert_bounce_rate)}: Gmail and Yahoo throttle or junk senders whose "
                 "lists bounce. Check recent imports.",
                 "/admin/subscribers?status=suppressed",
                 "Suppressed addresses",
             )
         )
-    if view.complaints.value is not None and view.complaints.value > settings.alert_complaint_rate:
+    if view.complaints.value is not None and view.complaints.value > settings.web.alert_complaint_rate:
         found.append(
             Alert(
                 "error",
                 f"Spam complaint rate {_percent(view.complaints.value)} over 7 days, above Gmail and Yahoo's "
-                f"limit of {_percent(settings.alert_complaint_rate)}.",
+                f"limit of {_percent(settings.web.alert_complaint_rate)}.",
                 "/admin/sequences",
                 "Sequences",
             )
@@ -130,7 +130,7 @@ def home_redirect() -> RedirectResponse:
 @router.get("/")
 def dashboard(request: Request, who: Viewer) -> HTMLResponse:
     settings = settings_of(request)
-    tz = ZoneInfo(settings.report_timezone)
+    tz = ZoneInfo(settings.web.report_timezone)
     with transaction() as session:
         view = figures_over_time.overview(session, tz, days=30)
         disabled = list(session.scalars(select(WebhookEndpoint).where(WebhookEndpoint.enabled.is_(False))))
@@ -143,7 +143,7 @@ def dashboard(request: Request, who: Viewer) -> HTMLResponse:
         view=view,
         alerts=found,
         chart=charts.both(charts.per_day, view.days, {"emails sent": view.sent_per_day}, bars=True),
-        zone=settings.report_timezone,
+        zone=settings.web.report_timezone,
         percent=_percent,
         breaker_known=not settings.embedded_broker,
         notice=request.query_params.get("done"),

@@ -257,7 +257,7 @@ def _plan_page(
     error: str | None = None,
     status_code: int = 200,
 ) -> HTMLResponse:
-    rate = settings_of(request).resume_rate_per_minute
+    rate = settings_of(request).limits.resume_rate_per_minute
     with transaction() as session:
         sequence = sequence_or_404(session, slug)
         draft = versions.pending_draft(session, sequence)
@@ -292,7 +292,7 @@ def plan_page(request: Request, slug: str, who: Viewer) -> HTMLResponse:
 
 async def _action(request: Request, slug: str, action: str, posted: StaffForm) -> Response:
     actor, fields = posted.actor, posted.fields
-    rate = settings_of(request).resume_rate_per_minute
+    rate = settings_of(request).limits.resume_rate_per_minute
 
     def work() -> tuple[str | None, str | None, int]:
         try:

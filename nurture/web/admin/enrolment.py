@@ -99,7 +99,7 @@ def enroll(
 @router.post("/sequences/{slug}/enroll")
 async def enroll_form(request: Request, slug: str, upload: EditorUpload) -> Response:
     actor, fields, data = upload.actor, upload.fields, upload.data
-    threshold = settings_of(request).background_rows
+    threshold = settings_of(request).web.background_rows
 
     def work() -> tuple[dict[str, Any] | None, str | None, int]:
         emails = addresses(fields, data)

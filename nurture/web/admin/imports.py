@@ -62,7 +62,7 @@ async def import_upload(request: Request, upload: EditorUpload) -> Response:
     actor, fields, data = upload.actor, upload.fields, upload.data
     slug = fields.get("sequence", "")
     source = fields.get("consent_source", "")
-    threshold = settings_of(request).background_rows
+    threshold = settings_of(request).web.background_rows
 
     def work() -> tuple[Any, str | None, int | None]:
         if data is None:

@@ -156,19 +156,23 @@ async def send_test(request: Request, slug: str, key: str, form: ViewerForm) -> 
             preview = _render_step(request, session, sequence, key, None, actor.email, variant)
         rendered = dataclasses.replace(preview["rendered"], subject="[TEST] " + preview["rendered"].subject)
         envelope = Envelope(
-            from_address=settings.from_address,
+            from_address=settings.mail.from_address,
             to_address=actor.email,
             to_name=None,
-            message_id=message_id_for(0, settings.secret_key + clock.now().isoformat(), settings.from_domain),
+            message_id=message_id_for(
+                0, settings.secret_key + clock.now().isoformat(), settings.mail.from_domain
+            ),
             date=clock.now(),
             unsubscribe_url=None,
-            reply_to=settings.reply_to or None,
+            reply_to=settings.mail.reply_to or None,
         )
         transport = transport_from_url(
-            settings.resolved_smtp_url, timeout=settings.smtp_timeout, local_hostname=settings.from_domain
+            settings.resolved_smtp_url,
+            timeout=settings.mail.smtp_timeout,
+            local_hostname=settings.mail.from_domain,
         )
         try:
-            transport.send(settings.envelope_from, actor.email, compose(rendered, envelope))
+            transport.send(settings.mail.envelope_from, actor.email, compose(rendered, envelope))
         except SendFailure as exc:
             return f"The test was not sent: {exc}"
         finally:

@@ -38,7 +38,7 @@ def _days(value: str | None) -> int:
 @router.get("/sequences/{slug}/results")
 def results_page(request: Request, slug: str, who: Viewer, days: str | None = None) -> HTMLResponse:
     period = _days(days)
-    tz = ZoneInfo(settings_of(request).report_timezone)
+    tz = ZoneInfo(settings_of(request).web.report_timezone)
     with transaction() as session:
         sequence = sequence_or_404(session, slug)
         stats = sequence_stats(session, sequence)
@@ -94,7 +94,7 @@ async def end_test_form(request: Request, slug: str, step: str, posted: EditorFo
 @router.get("/sequences/{slug}/results.csv")
 def results_csv(request: Request, slug: str, who: Viewer, days: str | None = None) -> Response:
     period = _days(days)
-    tz = ZoneInfo(settings_of(request).report_timezone)
+    tz = ZoneInfo(settings_of(request).web.report_timezone)
     with transaction() as session:
         sequence = sequence_or_404(session, slug)
         data = figures_over_time.sequence_series(session, sequence, tz, days=period).csv()

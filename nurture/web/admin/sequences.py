@@ -140,7 +140,7 @@ def _detail(
             window_hours=f"{window.start:%H:%M}-{window.end:%H:%M}" if window else None,
             holidays=calendar.code if calendar else None,
             timeline_error=timeline_error,
-            cap_notice=frequency_cap.timeline_notice(settings_of(request).frequency_cap_hours),
+            cap_notice=frequency_cap.timeline_notice(settings_of(request).mail.frequency_cap_hours),
             signup_value=signup_value,
             tz_value=tz_value,
             can_edit=who.actor.may(StaffRole.editor),
@@ -172,7 +172,7 @@ async def _control(request: Request, slug: str, action: str, form: StaffForm) ->
                     except ValueError:
                         return None, "Choose how to resume.", 400
                     result = control.resume(
-                        session, sequence, policy, per_minute=settings.resume_rate_per_minute
+                        session, sequence, policy, per_minute=settings.limits.resume_rate_per_minute
                     )
                     message = f"Resumed ({policy.value}): {result.resumed} emails back on schedule."
                 else:

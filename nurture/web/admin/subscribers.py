@@ -72,7 +72,7 @@ def subscribers_page(request: Request, who: Viewer) -> HTMLResponse:
         bulk_actions=BULK_ACTIONS,
         can_edit=who.actor.may(StaffRole.editor),
         # Past this many rows an export is worth a progress bar (a job) over a plain download.
-        export_job=total > settings_of(request).background_rows,
+        export_job=total > settings_of(request).web.background_rows,
         href=lambda **changes: "/admin/subscribers?" + urlencode(found.filters.query(**changes)),
         error=error,
         notice=request.query_params.get("done"),

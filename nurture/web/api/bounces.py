@@ -31,7 +31,7 @@ def _error(status_code: int, code: str, message: str, **headers: str) -> JSONRes
 
 @router.post("/api/v1/bounces", include_in_schema=False)
 async def receive_bounce(request: Request) -> JSONResponse:
-    token: str = request.app.state.settings.bounce_token
+    token: str = request.app.state.settings.web.bounce_token
     if not token:
         return JSONResponse({"detail": "Not Found"}, status_code=404)  # as for any unknown path
     given = request.headers.get("authorization", "")

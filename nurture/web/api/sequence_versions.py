@@ -171,7 +171,7 @@ def get_plan(actor: Viewer, session: DbSession, settings: AppSettings, slug: Seq
     sequence = find_sequence(session, slug)
     try:
         draft, plan = versions.plan_for_draft(
-            session, sequence, versions.Migrate.move, per_minute=settings.resume_rate_per_minute
+            session, sequence, versions.Migrate.move, per_minute=settings.limits.resume_rate_per_minute
         )
     except versions.VersionError as exc:
         raise _api_error(exc) from None
@@ -193,7 +193,7 @@ def publish_sequence(
     try:
         with transaction() as session:
             plan, line = versions.publish(
-                session, slug, choice, actor=actor, per_minute=settings.resume_rate_per_minute
+                session, slug, choice, actor=actor, per_minute=settings.limits.resume_rate_per_minute
             )
             answer: dict[str, Any] = {"sequence": slug, "message": line}
             if plan is not None:

@@ -322,7 +322,7 @@ def pause_sequence(actor: Editor, slug: SequenceSlug, body: NoBody) -> JSONRespo
 def resume_sequence(
     actor: Editor, settings: AppSettings, slug: SequenceSlug, body: ResumeBody
 ) -> JSONResponse:
-    rate = settings.resume_rate_per_minute
+    rate = settings.limits.resume_rate_per_minute
 
     def work(session: Session, sequence: Sequence) -> dict[str, Any]:
         result = control.resume(session, sequence, body.policy, per_minute=rate)

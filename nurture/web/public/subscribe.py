@@ -112,7 +112,7 @@ def embed_page(request: Request, sequence: str | None = None) -> HTMLResponse:
         request,
         "embed.html",
         sequence=sequence,
-        action=f"{settings.base_url}/subscribe",
+        action=f"{settings.web.base_url}/subscribe",
         consent_version=consent.CURRENT,
         consent_text=consent.text_of(consent.CURRENT, settings.org_name),
     )
