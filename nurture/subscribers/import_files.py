@@ -8,6 +8,7 @@ import io
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 from nurture.core import safe_csv
 from nurture.core.addresses import MAX_EMAIL_LENGTH, InvalidInput, clean_name, clean_zone, normalise_email
@@ -31,6 +32,18 @@ class ImportReport:
     already_enrolled: int = 0
     skipped: Counter[str] = field(default_factory=Counter)  # unsubscribed, suppressed, not-confirmed
     errors: list[RowError] = field(default_factory=list)
+
+    def as_dict(self, *, most_errors: int | None = None) -> dict[str, Any]:
+        """The report as JSON: the counts, and the refused rows (the first ``most_errors`` of them)."""
+        return {
+            "imported": self.imported,
+            "enrolled_existing": self.enrolled_existing,
+            "already_enrolled": self.already_enrolled,
+            "skipped": dict(self.skipped),
+            "errors": [{"line": e.line, "email": e.email, "message": e.message} for e in self.errors][
+                :most_errors
+            ],
+        }
 
 
 @dataclass(frozen=True)

@@ -237,6 +237,21 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
+def delivery_fields(delivery: Delivery, step_key: str, position: int) -> dict[str, Any]:
+    """One email as staff read it (the API's explain log and the subscriber's export both show this)."""
+    return {
+        "id": delivery.id,
+        "step": step_key,
+        "position": position,
+        "status": delivery.status,
+        "due_at": _iso(delivery.due_at),
+        "sent_at": _iso(delivery.sent_at),
+        "attempts": delivery.attempts,
+        "skip_reason": delivery.skip_reason,
+        "last_error": delivery.last_error,
+    }
+
+
 def profile(subscriber: Subscriber) -> dict[str, Any]:
     """What the staff API and the data export show of a subscriber's own record."""
     return {
@@ -290,15 +305,7 @@ def export_data(session: Session, subscriber: Subscriber) -> dict[str, Any]:
     for delivery, key, position in deliveries:
         by_enrollment.setdefault(delivery.enrollment_id, []).append(
             {
-                "id": delivery.id,
-                "step": key,
-                "position": position,
-                "status": delivery.status,
-                "due_at": _iso(delivery.due_at),
-                "sent_at": _iso(delivery.sent_at),
-                "attempts": delivery.attempts,
-                "skip_reason": delivery.skip_reason,
-                "last_error": delivery.last_error,
+                **delivery_fields(delivery, key, position),
                 "message_id": delivery.message_id,
                 "created_at": _iso(delivery.created_at),
                 "variant": delivery.variant,

@@ -31,16 +31,7 @@ MAX_ERRORS_KEPT = 1000  # rows refused that a job's page lists; the count is alw
 
 
 def report_dict(report: ImportReport) -> dict[str, Any]:
-    return {
-        "imported": report.imported,
-        "enrolled_existing": report.enrolled_existing,
-        "already_enrolled": report.already_enrolled,
-        "skipped": dict(report.skipped),
-        "error_count": len(report.errors),
-        "errors": [{"line": e.line, "email": e.email, "message": e.message} for e in report.errors][
-            :MAX_ERRORS_KEPT
-        ],
-    }
+    return {**report.as_dict(most_errors=MAX_ERRORS_KEPT), "error_count": len(report.errors)}
 
 
 def run_import(

@@ -43,16 +43,6 @@ class ImportReport(BaseModel):
     errors: list[RowProblem]
 
 
-def import_report_dict(report: Any) -> dict[str, Any]:
-    return {
-        "imported": report.imported,
-        "enrolled_existing": report.enrolled_existing,
-        "already_enrolled": report.already_enrolled,
-        "skipped": dict(report.skipped),
-        "errors": [{"line": e.line, "email": e.email, "message": e.message} for e in report.errors],
-    }
-
-
 def run_import(actor: Actor, data: bytes, slug: str, consent_source: str) -> Any:
     """Parse, import, audit (the staff UI's upload too); raises ImportError_ for a file that cannot be
     imported at all."""
@@ -99,7 +89,7 @@ async def import_subscribers(
             report = run_import(actor, bytes(data), sequence, consent_source)
         except ImportError_ as exc:
             raise ApiError(400, "invalid", str(exc)) from None
-        return import_report_dict(report)
+        return report.as_dict()
 
     return JSONResponse(await run_in_threadpool(work))
 

@@ -183,19 +183,7 @@ def explain(session: Session, subscriber: Subscriber) -> dict[str, Any]:
                 "deliveries": [],
             },
         )
-        entry["deliveries"].append(
-            {
-                "id": delivery.id,
-                "step": step.key,
-                "position": step.position,
-                "status": delivery.status,
-                "due_at": _iso(delivery.due_at),
-                "sent_at": _iso(delivery.sent_at),
-                "attempts": delivery.attempts,
-                "skip_reason": delivery.skip_reason,
-                "last_error": delivery.last_error,
-            }
-        )
+        entry["deliveries"].append(staff_actions.delivery_fields(delivery, step.key, step.position))
     consents = session.scalars(
         select(ConsentRecord).where(ConsentRecord.subscriber_id == subscriber.id).order_by(ConsentRecord.id)
     )
