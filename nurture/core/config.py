@@ -14,11 +14,12 @@ from email.utils import parseaddr
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from nurture.core.clock import UnknownZone, zone
 from nurture.core.dkim_keys import DkimKeyError, load_private_key
@@ -271,6 +272,16 @@ class WebhookSettings(_Section):
         return [float(part) for part in self.webhook_retry_schedule.split(",") if part.strip()]
 
 
+class _GeneralEnvironment(EnvSettingsSource):
+    """The environment for the general settings. A section is read by its own class from its own variables,
+    never from one variable named after it (``NURTURE_MAIL`` is nothing, and a stray one breaks nothing)."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        if field_name in SECTIONS:
+            return None, field_name, False
+        return super().get_field_value(field, field_name)
+
+
 class Settings(BaseSettings):
     """Every setting: the general ones here, the rest in sections (``settings.mail.smtp_url``)."""
 
@@ -300,6 +311,17 @@ class Settings(BaseSettings):
     web: WebSettings = Field(default_factory=WebSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, _GeneralEnvironment(settings_cls), dotenv_settings, file_secret_settings
 
     @field_validator("contact_url")
     @classmethod

@@ -65,3 +65,26 @@ def test_the_cli_reports_bad_settings_without_a_traceback(monkeypatch: pytest.Mo
     result = CliRunner().invoke(main, ["db", "upgrade"])
     assert result.exit_code == 1
     assert "NURTURE_SECRET_KEY" in result.output and "Traceback" not in result.output
+
+
+def test_a_variable_named_like_a_section_is_no_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Sections are read from their own variables; NURTURE_MAIL or NURTURE_WEB set by accident change nothing.
+    monkeypatch.setenv("NURTURE_ENV", "development")
+    monkeypatch.setenv("NURTURE_MAIL", "not json")
+    monkeypatch.setenv("NURTURE_WEB", '{"base_url": "https://elsewhere.example"}')
+    monkeypatch.setenv("NURTURE_BASE_URL", "https://clinic.example")
+    get_settings.cache_clear()
+    assert get_settings().web.base_url == "https://clinic.example"
+
+
+def test_every_bad_variable_is_named_at_once_whichever_section_it_is_in(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("NURTURE_ENV", "production")
+    monkeypatch.setenv("NURTURE_SMTP_RATE", "fast")  # mail
+    monkeypatch.setenv("NURTURE_DISPATCH_INTERVAL", "-1")  # broker
+    monkeypatch.setenv("NURTURE_SECRET_KEY", "changeme")  # general
+    get_settings.cache_clear()
+    with pytest.raises(ConfigError) as error:
+        get_settings()
+    assert all(name in str(error.value) for name in ("smtp_rate", "dispatch_interval", "NURTURE_SECRET_KEY"))
