@@ -11,10 +11,14 @@ import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session, sessionmaker
+
+if TYPE_CHECKING:
+    from tests.support.processes import Processes
 
 TEST_SECRET = "test-secret-key-for-nurture-tests-0123456789"
 BASE_ENV = {
@@ -265,3 +269,49 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         check=True, capture_output=True,
     )  # fmt: skip
     return key, cert
+
+
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real argon2id, with cheap parameters: the production profile costs about a second per hash on the
+    test machine, and the tests hash dozens of times. Parameters are all that change."""
+    from argon2 import PasswordHasher
+
+    from nurture.staff import accounts
+
+    monkeypatch.setattr(accounts, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_live_metrics(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Each test starts with no worker-side metrics and no multiprocess folder unless it sets one."""
+    from nurture.delivery import metrics
+
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    metrics.reset_live()
+    yield
+    metrics.reset_live()
+
+
+@pytest.fixture
+def processes(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Processes]:
+    """Real nurture processes for one test, all stopped at its end; their logs are printed if it failed."""
+    from tests.support.processes import Processes
+
+    group = Processes(tmp_path)
+    yield group
+    group.stop_all()
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        print(group.logs())
+
+
+@pytest.fixture(scope="session")
+def dkim_pem(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2048-bit RSA key generated for this run (no key is ever committed)."""
+    from nurture.core.dkim_keys import generate_private_key
+
+    path = tmp_path_factory.mktemp("dkim") / "dkim.pem"
+    path.write_bytes(generate_private_key(2048))
+    path.chmod(0o600)
+    return path

@@ -2,7 +2,8 @@
 
 Released versions never change: the ledger stores the version *and* the exact rendered text, and old embed
 snippets keep posting the version they show. To change the wording, add a new version and point ``CURRENT``
-at it; ``tests/web/test_consent.py`` pins the text of every released version so an edit in place fails.
+at it; ``tests/subscribers/test_consent.py`` pins the text of every released version, so an edit in place
+fails.
 """
 
 from __future__ import annotations

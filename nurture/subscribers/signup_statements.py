@@ -1,7 +1,7 @@
 """The statements a signup runs, built once at import (compiled once per process, then cached).
 
 Benchmark 3 drives 200 signups a second at a two-core machine, so a signup is counted in statements and
-round trips (tests/web/test_signup_statements.py pins the numbers):
+round trips (tests/subscribers/test_signup_statements.py pins the numbers):
 
 * PostgreSQL, new address: :data:`NEW_ADDRESS`, one statement. Its data-modifying CTEs count the client's
   rate-limit hit, insert the subscriber (``ON CONFLICT (email) DO NOTHING``; only when the hit counted), and

@@ -15,7 +15,7 @@ from playwright import sync_api
 
 from nurture.mail import templates
 from tests.content.test_ketamine_render import BASE_CONTEXT, render
-from tests.web.test_browser import CHROMIUM_FLAGS, chromium_path
+from tests.support.browser import CHROMIUM_FLAGS, chromium_path
 
 PROJECT = Path(__file__).resolve().parents[2]
 PHONE = {"width": 390, "height": 844}

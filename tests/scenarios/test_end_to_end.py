@@ -5,7 +5,6 @@ from __future__ import annotations
 import mailbox
 import urllib.request
 from email import message_from_bytes
-from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
@@ -13,7 +12,7 @@ from sqlalchemy import func, select
 from nurture.core.db import transaction
 from nurture.models import Delivery
 from tests.support.helpers import statuses, subscribe, sync_sequences
-from tests.support.processes import Processes, SmtpServer, free_port, wait_until
+from tests.support.processes import SmtpServer, free_port, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -22,13 +21,6 @@ SUBJECTS = [
     "Demo 2 of 3: the schedule lives in the database",
     "Demo 3 of 3: that is the whole sequence",
 ]
-
-
-@pytest.fixture
-def processes(tmp_path: Path):  # type: ignore[no-untyped-def]
-    group = Processes(tmp_path)
-    yield group
-    group.stop_all()
 
 
 def _service_env(pg_url: str, redis_url: str, smtp_url: str, **extra: str) -> dict[str, str]:

@@ -6,8 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.staff.conftest import (  # noqa: F401  (fixtures shared with the staff tests)
-    _fast_password_hashing,
+from tests.support.staff import (  # noqa: F401  (fixtures shared with the staff tests)
     api,
     client,
     course,
@@ -15,7 +14,7 @@ from tests.staff.conftest import (  # noqa: F401  (fixtures shared with the staf
     tokens,
     world,
 )
-from tests.webhooks.receiver import Script, WebhookReceiver
+from tests.support.webhook_receiver import Script, WebhookReceiver
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from nurture.webhooks import endpoints
 from nurture.webhooks.secrets import generate, seal
 from nurture.webhooks.sending import WebhookSender
 from nurture.webhooks.urls import UnsafeUrl, validate_url
-from tests.webhooks.receiver import WebhookReceiver
+from tests.support.webhook_receiver import WebhookReceiver
 
 PRODUCTION = {
     "env": "production",

@@ -1,6 +1,6 @@
 """The staff JSON API, ``/api/v1``: bearer tokens (``nurture users token``), role checks, typed bodies and
 answers, and one error shape, ``{"error": {"code": ..., "message": ...}}``. OpenAPI at ``/openapi.json``
-lists every route with its body, its answers and every status it can give; tests/web/test_openapi_fuzz.py
+lists every route with its body, its answers and every status it can give; tests/web/api/test_openapi_fuzz.py
 runs an OpenAPI fuzzer against it.
 
 Modules, one router per resource:

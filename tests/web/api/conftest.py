@@ -1,0 +1,10 @@
+"""The JSON API's tests run in the staff world: a course and one API token per role."""
+
+from tests.support.staff import (  # noqa: F401  (the staff fixtures, tests/support/staff.py)
+    api,
+    client,
+    course,
+    signed_in,
+    tokens,
+    world,
+)
