@@ -12,7 +12,8 @@
 - ``doctor``: ``doctor``
 - ``dkim``: ``dkim keygen|record``
 - ``webhooks``: ``webhooks ...``
-- ``processes``: ``web``, ``worker``, ``beat``, ``run``; ``run_summary`` is what ``run`` prints first
+- ``processes``: ``web``, ``worker``, ``beat``, ``run``; ``run_summary`` is what ``run`` prints first;
+  ``keep_alive`` starts ``worker``'s Celery worker again when it dies unasked
 """
 
 from __future__ import annotations

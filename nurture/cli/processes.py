@@ -47,11 +47,21 @@ def web(host: str, port: int, workers: int) -> None:
 @click.option("--concurrency", "-c", default=None, type=int, help="Worker processes (default: CPU count).")
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def worker(concurrency: int | None, celery_args: tuple[str, ...]) -> None:
-    """A Celery worker that sends email (extra arguments go to `celery worker`)."""
-    args = ["worker", "--loglevel", "INFO"]
-    if concurrency:
-        args += ["--concurrency", str(concurrency)]
-    _celery(args + list(celery_args))
+    """A Celery worker that sends email (extra arguments go to `celery worker`), started again if it dies."""
+    extra = [*(["--concurrency", str(concurrency)] if concurrency else []), *celery_args]
+    if os.environ.get(KEPT_ENV) == "1":
+        _celery(["worker", "--loglevel", "INFO", *extra])
+        return
+    import logging.config
+
+    from nurture.cli.keep_alive import keep_alive
+    from nurture.core.logs import logging_config
+
+    settings = load_settings()  # a bad setting stops here, once, instead of in every restarted child
+    logging.config.dictConfig(logging_config(settings, "worker"))
+    command = [sys.executable, "-m", "nurture.cli", "worker", *extra]
+    code = keep_alive(command, {**os.environ, KEPT_ENV: "1"}, name="celery worker")
+    sys.exit(128 - code if code < 0 else code)  # killed by a signal: the shell's 128 + N
 
 
 @click.command("beat")
@@ -60,6 +70,8 @@ def beat() -> None:
     _celery(["beat", "--loglevel", "INFO"])
 
 
+# Set for the Celery worker that `nurture worker` keeps alive (nurture/cli/keep_alive.py says why).
+KEPT_ENV = "NURTURE_KEPT_ALIVE"
 # `nurture run` sets this for its worker and beat: it has printed its own summary, so Celery's start-up
 # banners and its warning about running as root (said once in that summary) would only bury it.
 QUIET_ENV = "NURTURE_QUIET_START"

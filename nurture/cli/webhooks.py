@@ -122,14 +122,7 @@ def webhooks_replay(delivery_id: str) -> None:
     from nurture.webhooks.endpoints import delivery_for_replay
 
     found = _run(lambda session, _settings: delivery_for_replay(session, None, delivery_id).id)
-    sender = _sender()
-    try:
-        outcome = sender.attempt_now(found, "replay")
-    finally:
-        sender.close()
-    click.echo(f"delivery {found}: {outcome.describe()}")
-    if not outcome.ok:
-        raise SystemExit(1)
+    _attempt_now(found, "replay", "delivery")
 
 
 @webhooks.command("test")
@@ -139,12 +132,17 @@ def webhooks_test(endpoint_id: str) -> None:
     from nurture.webhooks.endpoints import queue_test
 
     found = _run(lambda session, _settings: queue_test(session, None, endpoint_id))
+    _attempt_now(found, "test", "test delivery")
+
+
+def _attempt_now(delivery_id: int, reason: str, label: str) -> None:
+    """Send one webhook delivery here and now and say how it went; exit 1 unless the endpoint said 2xx."""
     sender = _sender()
     try:
-        outcome = sender.attempt_now(found, "test")
+        outcome = sender.attempt_now(delivery_id, reason)
     finally:
         sender.close()
-    click.echo(f"test delivery {found}: {outcome.describe()}")
+    click.echo(f"{label} {delivery_id}: {outcome.describe()}")
     if not outcome.ok:
         raise SystemExit(1)
 

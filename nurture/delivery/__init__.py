@@ -6,6 +6,7 @@
 - ``sender``: send a claimed group: render, hand over, record each outcome before the next email
 - ``receipts``: the proof written right after each SMTP 250 (what the reaper reads after a crash)
 - ``unknown_outcomes``: emails whose fate a crash left unknown, and their resolution
+- ``mailer``: what every email sender holds (settings, database, transport, templates, rate limit, breaker)
 - ``confirmations``: the outbox worker that sends double opt-in emails
 - ``frequency_cap``: no two sequences mail one person less than N hours apart
 - ``send_rate``, ``circuit_breaker``, ``transport_guards``: the rate limit and breaker per SMTP transport

@@ -21,18 +21,15 @@ from collections import Counter
 from dataclasses import dataclass
 
 from sqlalchemy import select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from nurture.core import clock, tokens
-from nurture.core.config import Settings
 from nurture.core.db import transaction
 from nurture.delivery import leases
-from nurture.delivery.circuit_breaker import Breaker, NeverOpen
-from nurture.delivery.send_rate import RateLimiter, Unlimited
+from nurture.delivery.mailer import Mailer
 from nurture.mail.compose import Envelope, compose, confirmation_message_id_for
 from nurture.mail.context import Recipient, template_context
-from nurture.mail.templates import EmailTemplates
-from nurture.mail.transports import AmbiguousFailure, PermanentFailure, TemporaryFailure, Transport
+from nurture.mail.transports import AmbiguousFailure, PermanentFailure, TemporaryFailure
 from nurture.models import ConsentRecord, OutboxMessage, OutboxStatus, Subscriber, abuse_limits, events
 from nurture.sequences.sync import get_sequence
 from nurture.subscribers.confirmation import CONFIRM
@@ -52,25 +49,8 @@ class Prepared:
     confirm_url: str
 
 
-class Outbox:
-    def __init__(
-        self,
-        settings: Settings,
-        factory: sessionmaker[Session],
-        transport: Transport,
-        templates: EmailTemplates,
-        *,
-        limiter: RateLimiter | None = None,
-        breaker: Breaker | None = None,
-    ) -> None:
-        self.settings = settings
-        self.factory = factory
-        self.transport = transport
-        self.templates = templates
-        # Confirmations go through the same provider account as sequence email, so they share its rate
-        # limit and its breaker: a burst of signups must not push the account past its limit either.
-        self.limiter = limiter or Unlimited()
-        self.breaker = breaker or NeverOpen()
+class Outbox(Mailer):
+    """The confirmation outbox's sender: claims, sends and records transactional email."""
 
     def drain(self, limit: int = 200) -> Counter[str]:
         """One tick: reap, claim up to ``limit`` due messages, send them; returns outcome counts."""

@@ -23,25 +23,21 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import bindparam, case, func, insert, select, text, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from nurture.core import clock
-from nurture.core.config import Settings
 from nurture.core.db import retrying
 from nurture.delivery import leases, metrics, receipts
-from nurture.delivery.circuit_breaker import Breaker, NeverOpen
+from nurture.delivery.mailer import Mailer
 from nurture.delivery.receipts import ReceiptWriter
-from nurture.delivery.send_rate import RateLimiter, Unlimited
 from nurture.mail.context import Recipient, step_message
 from nurture.mail.links import LinkRewriter, LinkRow, store_links_of
 from nurture.mail.plans import StepPlans, StepSpec
-from nurture.mail.templates import EmailTemplates
 from nurture.mail.transports import (
     AmbiguousFailure,
     ConnectFailure,
     PermanentFailure,
     TemporaryFailure,
-    Transport,
 )
 from nurture.models import (
     Delivery,
@@ -274,24 +270,11 @@ def log_transition(delivery_id: int, outcome: str, **fields: object) -> None:
     )
 
 
-class Sender:
-    def __init__(
-        self,
-        settings: Settings,
-        factory: sessionmaker[Session],
-        transport: Transport,
-        templates: EmailTemplates,
-        *,
-        limiter: RateLimiter | None = None,
-        breaker: Breaker | None = None,
-    ) -> None:
-        self.settings = settings
-        self.factory = factory
-        self.transport = transport
-        self.templates = templates
-        self.limiter = limiter or Unlimited()
-        self.breaker = breaker or NeverOpen()
-        self._smtp_seconds: float | None = None  # moving average of one SMTP hand-over, for _group_size
+class Sender(Mailer):
+    """Sends the deliveries a worker claimed, group by group, and records each outcome."""
+
+    # Moving average of one SMTP hand-over, for _group_size; None until the first group went out.
+    _smtp_seconds: float | None = None
 
     @functools.cached_property
     def plans(self) -> StepPlans:

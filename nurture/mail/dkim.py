@@ -38,37 +38,11 @@ if TYPE_CHECKING:
     from nurture.core.config import Settings
 
 # In signing order. Absent ones cost nothing: listing a header that is not there signs its absence.
-SIGNED_HEADERS = (
-    "from",
-    "to",
-    "cc",
-    "reply-to",
-    "subject",
-    "date",
-    "message-id",
-    "mime-version",
-    "content-type",
-    "content-transfer-encoding",
-    "list-unsubscribe",
-    "list-unsubscribe-post",
-    "list-id",
-    "feedback-id",
-    "in-reply-to",
-    "references",
-)
-OVERSIGNED = frozenset(
-    {
-        "from",
-        "to",
-        "cc",
-        "reply-to",
-        "subject",
-        "date",
-        "message-id",
-        "list-unsubscribe",
-        "list-unsubscribe-post",
-    }
-)
+SIGNED_HEADERS = ("from", "to", "cc", "reply-to", "subject", "date", "message-id", "mime-version")
+SIGNED_HEADERS += ("content-type", "content-transfer-encoding", "list-unsubscribe", "list-unsubscribe-post")
+SIGNED_HEADERS += ("list-id", "feedback-id", "in-reply-to", "references")
+# Signed once more than they occur, so that nobody can add a second From, Subject or unsubscribe link.
+OVERSIGNED = frozenset((*SIGNED_HEADERS[:7], "list-unsubscribe", "list-unsubscribe-post"))
 _HEADER_NAME = re.compile(rb"^([!-9;-~]+)[ \t]*:", re.MULTILINE)
 _WSP_RUN = re.compile(rb"[ \t]+")
 # Only what relaxed canonicalization changes: a tab, or two or more WSP. Matching every single space (as

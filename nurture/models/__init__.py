@@ -7,7 +7,8 @@ for every table and status.
 - ``activity``: the event log, external events, goals, tracked links and clicks
 - ``staff``: staff users, API tokens, login failures, the audit log, setup tokens, jobs
 - ``webhooks``: endpoints, webhook deliveries and attempts, the fan-out cursor
-- ``events``: appending to the event log; ``abuse_limits``: the fixed-window counters' one upsert
+- ``events``: appending to the event log; ``abuse_limits``: the fixed-window counters' one upsert;
+  ``lease_indexes``: the pending-due and leased partial indexes of every leased work table
 """
 
 from __future__ import annotations

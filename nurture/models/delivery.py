@@ -13,12 +13,12 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
-    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from nurture.core import clock
 from nurture.core.db import Base, UTCDateTime
+from nurture.models.lease_indexes import leased_index, pending_due_index
 
 if TYPE_CHECKING:  # relationships name these; SQLAlchemy resolves them by name at mapping time
     from nurture.models.sequences import Enrollment, Step
@@ -51,18 +51,8 @@ class Delivery(Base):
         UniqueConstraint("enrollment_id", "step_id"),
         # The dispatcher's claim query reads only pending rows in due order; a partial index keeps it
         # small and flat however many sent rows accumulate.
-        Index(
-            "ix_deliveries_pending_due",
-            "due_at",
-            postgresql_where=text("status = 'pending'"),
-            sqlite_where=text("status = 'pending'"),
-        ),
-        Index(
-            "ix_deliveries_leased",
-            "lease_until",
-            postgresql_where=text("status IN ('queued', 'sending')"),
-            sqlite_where=text("status IN ('queued', 'sending')"),
-        ),
+        pending_due_index("deliveries"),
+        leased_index("deliveries"),
         Index("ix_deliveries_subscriber_status", "subscriber_id", "status"),
     )
 
@@ -119,18 +109,8 @@ class OutboxMessage(Base):
 
     __tablename__ = "outbox_messages"
     __table_args__ = (
-        Index(
-            "ix_outbox_messages_pending_due",
-            "due_at",
-            postgresql_where=text("status = 'pending'"),
-            sqlite_where=text("status = 'pending'"),
-        ),
-        Index(
-            "ix_outbox_messages_leased",
-            "lease_until",
-            postgresql_where=text("status IN ('queued', 'sending')"),
-            sqlite_where=text("status IN ('queued', 'sending')"),
-        ),
+        pending_due_index("outbox_messages"),
+        leased_index("outbox_messages"),
         # The per-address daily limit counts recent confirmation emails per subscriber.
         Index("ix_outbox_messages_subscriber_kind_created", "subscriber_id", "kind", "created_at"),
     )

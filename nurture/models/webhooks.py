@@ -13,12 +13,12 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
-    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from nurture.core import clock
 from nurture.core.db import Base, UTCDateTime
+from nurture.models.lease_indexes import pending_due_index
 
 
 class WebhookEndpoint(Base):
@@ -60,12 +60,7 @@ class WebhookDelivery(Base):
     __table_args__ = (
         # Fan-out re-reads events around id gaps; this makes doing so never create a second delivery.
         UniqueConstraint("endpoint_id", "event_id"),
-        Index(
-            "ix_webhook_deliveries_pending_due",
-            "due_at",
-            postgresql_where=text("status = 'pending'"),
-            sqlite_where=text("status = 'pending'"),
-        ),
+        pending_due_index("webhook_deliveries"),
         Index("ix_webhook_deliveries_endpoint_created", "endpoint_id", "created_at"),
         Index("ix_webhook_deliveries_subscriber", "subscriber_id"),
     )

@@ -3,6 +3,7 @@ reading a staff form, and the lookups and form values several areas use."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
@@ -40,6 +41,18 @@ def page(
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["X-Frame-Options"] = "DENY"
     return response
+
+
+def known_action(actions: Collection[str]) -> Callable[[str], str]:
+    """A dependency for an ``{action}`` path part: checked before the session, so an unknown action is 404 for
+    everyone, signed in or not."""
+
+    def checked(action: str) -> str:
+        if action not in actions:
+            raise NotFound("There is no such action.")
+        return action
+
+    return checked
 
 
 def settings_of(request: Request) -> Settings:

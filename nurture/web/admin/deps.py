@@ -74,35 +74,31 @@ def require_role(needed: StaffRole) -> Callable[[Request], Staff]:
     return signed_in
 
 
-@functools.cache
-def form_for(needed: StaffRole) -> Callable[[Request], Awaitable[StaffForm]]:
-    """A dependency for a staff POST: signed in with ``needed``, same-site with the session's CSRF token."""
-
+def _checked_form(
+    needed: StaffRole, name: str, max_fields: int | None, lists: frozenset[str]
+) -> Callable[[Request], Awaitable[StaffForm]]:
     async def checked(request: Request) -> StaffForm:
         actor, current = await run_in_threadpool(require, request, needed)
-        fields = await read_form(request)
+        fields = await read_form(request, max_fields=max_fields, lists=lists)
         if not check_csrf(request, fields, current):
             raise Forbidden(EXPIRED_FORM)
         return StaffForm(actor, current, fields)
 
-    checked.__name__ = f"{needed.value}_form"
+    checked.__name__ = name
     return checked
+
+
+@functools.cache
+def form_for(needed: StaffRole) -> Callable[[Request], Awaitable[StaffForm]]:
+    """A dependency for a staff POST: signed in with ``needed``, same-site with the session's CSRF token."""
+    return _checked_form(needed, f"{needed.value}_form", None, frozenset())
 
 
 @functools.cache
 def list_form_for(needed: StaffRole, name: str, most: int) -> Callable[[Request], Awaitable[StaffForm]]:
     """Like :func:`form_for`, for a form with up to ``most`` values of the field ``name`` (checkboxes,
     read as a list); the other fields stay single-valued."""
-
-    async def checked(request: Request) -> StaffForm:
-        actor, current = await run_in_threadpool(require, request, needed)
-        fields = await read_form(request, max_fields=most + 20, lists=frozenset({name}))
-        if not check_csrf(request, fields, current):
-            raise Forbidden(EXPIRED_FORM)
-        return StaffForm(actor, current, fields)
-
-    checked.__name__ = f"{needed.value}_list_form"
-    return checked
+    return _checked_form(needed, f"{needed.value}_list_form", most + 20, frozenset({name}))
 
 
 @functools.cache

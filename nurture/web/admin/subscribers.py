@@ -22,8 +22,8 @@ from nurture.sequences.schedule import ScheduleError, localize, resolve_zone, zo
 from nurture.subscribers import listing, staff_actions
 from nurture.web.admin import erasure
 from nurture.web.admin.common import (
-    NotFound,
     capitalized,
+    known_action,
     page,
     parse_subscriber_id,
     q,
@@ -150,18 +150,11 @@ def action_params(action: str, fields: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
-def _known_action(action: str) -> str:
-    # Checked before the session: an unknown action is 404 for everyone, signed in or not.
-    if action not in staff_actions.ACTIONS:
-        raise NotFound("There is no such action.")
-    return action
-
-
 @router.post("/subscribers/{subscriber_id}/{action}")
 async def subscriber_action(
     request: Request,
     subscriber_id: str,
-    action: Annotated[str, Depends(_known_action)],
+    action: Annotated[str, Depends(known_action(staff_actions.ACTIONS))],
     form: EditorForm,
 ) -> Response:
     actor, fields = form.actor, form.fields

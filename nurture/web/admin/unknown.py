@@ -17,7 +17,7 @@ from nurture.core.ids import parse_id
 from nurture.delivery import unknown_outcomes
 from nurture.models import Delivery
 from nurture.web.admin.auth import BadRequest
-from nurture.web.admin.common import NotFound, q, settings_of
+from nurture.web.admin.common import NotFound, known_action, q, settings_of
 from nurture.web.admin.deps import EditorForm
 
 router = APIRouter(prefix="/admin", include_in_schema=False)
@@ -27,18 +27,11 @@ DONE = {
 }
 
 
-def _known_action(action: str) -> str:
-    # Checked before the session: an unknown action is 404 for everyone, signed in or not.
-    if action not in unknown_outcomes.ACTIONS:
-        raise NotFound("There is no such action.")
-    return action
-
-
 @router.post("/deliveries/{delivery_id}/{action}")
 async def resolve_held(
     request: Request,
     delivery_id: str,
-    action: Annotated[str, Depends(_known_action)],
+    action: Annotated[str, Depends(known_action(unknown_outcomes.ACTIONS))],
     form: EditorForm,
 ) -> Response:
     actor = form.actor

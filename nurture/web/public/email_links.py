@@ -33,6 +33,11 @@ def _subscriber_id(purpose: tokens.Purpose, token: str) -> str | None:
         return None
 
 
+def _dead_confirm_link(request: Request) -> HTMLResponse:
+    """A confirmation link that is forged, expired or whose signup is gone: offer to sign up again."""
+    return render(request, "invalid_link.html", status_code=404, signup_again=True)
+
+
 def _preferences_path(public_id: str) -> str:
     return f"/preferences/{tokens.make_token(tokens.Purpose.preferences, public_id)}"
 
@@ -45,11 +50,11 @@ def confirm_page(request: Request, token: str) -> HTMLResponse:
     """One button; GET changes nothing."""
     signup_id = _subscriber_id(tokens.Purpose.confirm, token)
     if signup_id is None:
-        return render(request, "invalid_link.html", status_code=404, signup_again=True)
+        return _dead_confirm_link(request)
     with transaction() as session:
         record = find_signup(session, signup_id)
         if record is None:
-            return render(request, "invalid_link.html", status_code=404, signup_again=True)
+            return _dead_confirm_link(request)
         if record.confirmed_at is not None:
             public_id = session.scalar(
                 select(Subscriber.public_id).where(Subscriber.id == record.subscriber_id)
@@ -65,11 +70,11 @@ def confirm_submit(request: Request, token: str) -> HTMLResponse:
     """Activates and enrolls in the signup's course; a second press gets the same page and changes nothing."""
     signup_id = _subscriber_id(tokens.Purpose.confirm, token)
     if signup_id is None:
-        return render(request, "invalid_link.html", status_code=404, signup_again=True)
+        return _dead_confirm_link(request)
     with transaction() as session:
         result = confirm(session, signup_id, origin_of(request))
     if result is None:
-        return render(request, "invalid_link.html", status_code=404, signup_again=True)
+        return _dead_confirm_link(request)
     return render(
         request,
         "confirmed.html",
