@@ -329,15 +329,7 @@ def _template_ok(template: Any, templates: EmailTemplates, label: str, problem: 
     if missing:
         problem(f"{prefix}unknown template {template!r}: missing {', '.join(missing)}", label)
         return False
-    try:
-        templates.check(template)
-    except UnsafeTemplateError as exc:
-        problem(f"{prefix}template {template!r} is refused: {exc}", label)
-        return False
-    except TemplateError as exc:
-        problem(f"{prefix}template {template!r} does not compile: {exc}", label)
-        return False
-    return True
+    return _compiles(lambda: templates.check(template), f"{prefix}template {template!r}", label, problem)
 
 
 def _subject(raw: Any, templates: EmailTemplates, label: str, problem: Any) -> str | bool | None:
@@ -351,15 +343,21 @@ def _subject(raw: Any, templates: EmailTemplates, label: str, problem: Any) -> s
     if len(subject) > MAX_SUBJECT:
         problem(f"subject is longer than {MAX_SUBJECT} characters", label)
         return False
+    compiled = _compiles(lambda: templates.compile_subject(subject), "subject", label, problem)
+    return subject if compiled else False
+
+
+def _compiles(compile_it: Any, what: str, label: str, problem: Any) -> bool:
+    """Whether Jinja compiles it inside the sandbox's rules; a refusal or a syntax error is reported."""
     try:
-        templates.compile_subject(subject)
+        compile_it()
     except UnsafeTemplateError as exc:
-        problem(f"subject is refused: {exc}", label)
+        problem(f"{what} is refused: {exc}", label)
         return False
     except TemplateError as exc:
-        problem(f"subject does not compile: {exc}", label)
+        problem(f"{what} does not compile: {exc}", label)
         return False
-    return subject
+    return True
 
 
 def load_all(directory: Path, templates: EmailTemplates) -> list[SequenceDefinition]:
