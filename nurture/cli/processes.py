@@ -88,7 +88,17 @@ def _celery(args: list[str]) -> None:
 
         warnings.filterwarnings("ignore", category=SecurityWarning)
         args = ["--quiet", *args]
+    from celery.signals import worker_init
+
+    workers: list[object] = []
+    worker_init.connect(lambda sender, **_: workers.append(sender), weak=False)
     app.start(argv=args)
+    # app.start() drops the worker's exit code (it returns None after an "Unrecoverable error" too), so it
+    # is read from the worker itself: a failure must exit 1, not 0, for `nurture worker`'s keeper (and any
+    # orchestrator) to tell it from a stop.
+    code = getattr(workers[-1], "exitcode", 0) if workers else 0
+    if code:
+        sys.exit(code)
 
 
 @click.command("run")

@@ -121,3 +121,21 @@ def test_nurture_worker_starts_its_celery_worker_again_when_it_is_killed(
     assert celery_child() not in (None, first)
     keeper_process.send_signal(signal.SIGTERM)
     assert keeper_process.wait(timeout=60) == 0
+
+
+def test_a_celery_worker_that_fails_exits_1_and_is_started_again(
+    processes, sqlite_url: str, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    # A pidfile in a folder that does not exist: Celery logs "Unrecoverable error" at start, every time.
+    env = {"NURTURE_DATABASE_URL": sqlite_url, "NURTURE_VAR_DIR": str(tmp_path / "var")}
+    pidfile = str(tmp_path / "missing" / "worker.pid")
+    keeper_process = processes.start("worker", ["worker", "--concurrency", "1", "--pidfile", pidfile], env)
+    log = tmp_path / "worker.log"
+    wait_until(
+        lambda: log.read_text(errors="replace").count("celery worker died (exit code 1)") >= 2,
+        90,
+        "the failing worker to be started again twice",
+    )
+    assert "Unrecoverable error" in log.read_text(errors="replace")
+    keeper_process.send_signal(signal.SIGTERM)  # during a pause: nothing to wait for
+    assert keeper_process.wait(timeout=30) == 1
