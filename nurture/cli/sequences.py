@@ -109,7 +109,7 @@ def _version_error(exc: Exception) -> None:
 def sequences_plan(slug: str) -> None:
     """What publishing the file on disk would do to the enrollments in flight, by step key."""
     from nurture.core.db import transaction
-    from nurture.sequences import versions
+    from nurture.sequences import version_plans, versions
     from nurture.sequences.sync import get_sequence
 
     definition = _load_one(slug)
@@ -118,12 +118,12 @@ def sequences_plan(slug: str) -> None:
         if sequence is None:
             click.echo(f"{slug}: not in the database yet; sync creates it (nobody is in flight)")
             return
-        shape = versions.shape_of_definition(definition)
-        plan = versions.compute_plan(
+        shape = version_plans.shape_of_definition(definition)
+        plan = version_plans.compute_plan(
             session,
             sequence,
             shape,
-            versions.Migrate.move,
+            version_plans.Migrate.move,
             per_minute=load_settings().limits.resume_rate_per_minute,
         )
         for line in versions.describe_plan(plan):
@@ -140,14 +140,14 @@ def sequences_plan(slug: str) -> None:
 def sequences_publish(slug: str, migrate: str) -> None:
     """Publish the sequence's draft version (or restore an archived sequence)."""
     from nurture.core.db import transaction
-    from nurture.sequences import versions
+    from nurture.sequences import version_plans, versions
 
     try:
         with transaction() as session:
             _plan, line = versions.publish(
                 session,
                 slug,
-                versions.Migrate(migrate),
+                version_plans.Migrate(migrate),
                 actor=None,
                 per_minute=load_settings().limits.resume_rate_per_minute,
             )

@@ -5,7 +5,8 @@ Files ``*.yaml`` here are the shipped sequences; ``loader`` reads and validates 
 - ``loader``: YAML → a validated ``SequenceDefinition``; ``policy``: re-entry and ambiguity rules per sequence
 - ``conditions``, ``variants``, ``review``: conditional steps, A/B variants, the reviewed-by line
 - ``sync``: files → immutable versions in the database, and reading them back
-- ``versions``: drafts, the publish plan, publishing (stay/move), archiving
+- ``version_plans``: what a publish will do to each enrollment in flight (stay, move, stop), and diffs
+- ``versions``: drafts, publishing a plan (stay/move), archiving
 - ``control``: pause, resume and schedule a whole sequence
 - ``schedule``: pure due-time arithmetic (delays, send windows, zones)
 - ``holidays``: public-holiday calendars that close send windows

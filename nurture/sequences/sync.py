@@ -44,7 +44,7 @@ def sync_definition(
     A file with ``status: draft`` (or ``draft=True``) is stored unpublished; otherwise a changed definition is
     published at once, its enrollments in flight handled by ``migrate`` (``stay`` or ``move``).
     """
-    from nurture.sequences import versions  # versions reads windows from this module
+    from nurture.sequences import version_plans, versions  # both read windows from this module
 
     as_draft = draft or definition.status == "draft"
     rate = per_minute if per_minute is not None else _rate()
@@ -93,7 +93,9 @@ def sync_definition(
     version = versions.store_version(
         session, sequence, definition, origin="file", author=None, published=False
     )
-    plan = versions.publish_version(session, sequence, version, versions.Migrate(migrate), per_minute=rate)
+    plan = versions.publish_version(
+        session, sequence, version, version_plans.Migrate(migrate), per_minute=rate
+    )
     counts = plan.counts()
     detail = ""
     if plan.enrollments:

@@ -72,7 +72,7 @@ class Rules:
     @classmethod
     def of_definition(cls, definition: Any) -> Rules:
         """From anything carrying ``window``, ``timezone`` and ``holidays``: a file's SequenceDefinition, or
-        nurture.sequences.versions.Shape."""
+        nurture.sequences.version_plans.Shape."""
         return cls(definition.window, definition.timezone, definition.holidays)
 
     def for_subscriber(self, timezone: str | None, country: str | None = None) -> Timetable:

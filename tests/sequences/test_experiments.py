@@ -20,7 +20,7 @@ from nurture.core.db import transaction
 from nurture.mail.templates import EmailTemplates
 from nurture.mail.transports import MemoryTransport
 from nurture.models import Delivery, LinkClick, Sequence, StaffUser, Step, Subscriber, TrackedLink
-from nurture.sequences import versions
+from nurture.sequences import version_plans, versions
 from nurture.sequences.experiments import (
     NOT_YET,
     ExperimentError,
@@ -327,11 +327,15 @@ def test_results_per_variant_and_ending_the_test(ab_world, set_env) -> None:  # 
             with pytest.raises(ExperimentError, match="no variant 'z'"):
                 winner_draft(session, sequence, "later", "z", actor, templates)
             draft = winner_draft(session, sequence, "later", "y", actor, templates)
-            plan = versions.compute_plan(
-                session, sequence, versions.shape_of_version(draft), versions.Migrate.move, per_minute=600
+            plan = version_plans.compute_plan(
+                session,
+                sequence,
+                version_plans.shape_of_version(draft),
+                version_plans.Migrate.move,
+                per_minute=600,
             )
             assert plan.counts()["move"] == 30  # the plan staff see before publishing
-            versions.publish(session, "ab", versions.Migrate.move, actor=actor, per_minute=600)
+            versions.publish(session, "ab", version_plans.Migrate.move, actor=actor, per_minute=600)
         advance(timedelta(hours=1))
         dispatch_inline(ab_world, sender)
     later = [subjects[1] for subjects in _sent(transport).values()]

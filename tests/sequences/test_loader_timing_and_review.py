@@ -16,7 +16,7 @@ from nurture.core.config import get_settings
 from nurture.mail.context import Recipient, template_context
 from nurture.mail.templates import EmailTemplates, RenderedEmail
 from nurture.models import SequenceVersion
-from nurture.sequences import versions
+from nurture.sequences import version_plans, versions
 from nurture.sequences.loader import SequenceDefinition, SequenceValidationError, definition_from, find
 from nurture.sequences.review import Review
 
@@ -138,15 +138,15 @@ def test_each_new_field_is_part_of_the_version() -> None:
         again = definition_from(versions.as_file_data(stored), Path("timed.yaml"), templates())
     assert again.digest() == full.digest()
     # A publish plan lists each change in words.
-    before = versions.shape_of_definition(load(GOOD))
-    after = versions.shape_of_definition(full)
-    changes = versions.diff(before, after)
+    before = version_plans.shape_of_definition(load(GOOD))
+    after = version_plans.shape_of_definition(full)
+    changes = version_plans.diff(before, after)
     assert changes.settings == [
         "holidays none → US",
         "reviewed (not stated) → by Dr A on 2026-12-01",
     ]
     turned = load({**GOOD, "steps": [{**GOOD["steps"][0], "window": True}, GOOD["steps"][1]]})
-    assert versions.diff(before, versions.shape_of_definition(turned)).changed == {
+    assert version_plans.diff(before, version_plans.shape_of_definition(turned)).changed == {
         "hello": ["now follows the send window"]
     }
 

@@ -33,7 +33,7 @@ from nurture.models import (
     Step,
     Subscriber,
 )
-from nurture.sequences import versions
+from nurture.sequences import version_plans, versions
 from nurture.sequences.control import MIN_GAP
 from nurture.sequences.loader import find
 from nurture.sequences.schedule import resolve_zone
@@ -100,7 +100,7 @@ def _populate(world: sessionmaker[Session], run: Run, count: int = 50) -> None:
             )
 
 
-@pytest.mark.parametrize("choice", [versions.Migrate.stay, versions.Migrate.move])
+@pytest.mark.parametrize("choice", [version_plans.Migrate.stay, version_plans.Migrate.move])
 def test_edit_with_50_in_flight_plan_matches_what_happens(world, course, set_env, choice) -> None:  # type: ignore[no-untyped-def]
     set_env(resume_rate_per_minute=str(RATE))
     with clock.frozen(START) as advance:
@@ -117,10 +117,10 @@ def test_edit_with_50_in_flight_plan_matches_what_happens(world, course, set_env
         assert "changed middle: delay 1d → 2d" in output
         with transaction(world) as session:
             sequence = session.scalar(select(Sequence).where(Sequence.slug == "course"))
-            planned = versions.compute_plan(
+            planned = version_plans.compute_plan(
                 session,
                 sequence,
-                versions.shape_of_definition(_definition(course)),
+                version_plans.shape_of_definition(_definition(course)),
                 choice,
                 per_minute=RATE,
             )
@@ -171,12 +171,12 @@ def test_edit_with_50_in_flight_plan_matches_what_happens(world, course, set_env
             assert not waiting_before and keys == sent_before  # finished before the edit: untouched
             continue
         assert entry.next_key == waiting_before[0]
-        if entry.outcome is versions.Outcome.stay:
+        if entry.outcome is version_plans.Outcome.stay:
             assert summary[enrollment_id] == (1, "active", None)
             assert keys == sent_before + waiting_before, "stay: the old timetable, every step, in order"
             old_due = {r[0]: r[2] for r in before[enrollment_id]}
             assert all(r[2] == old_due[r[0]] for r in rows), "stay: due times unchanged"
-        elif entry.outcome is versions.Outcome.move:
+        elif entry.outcome is version_plans.Outcome.move:
             assert summary[enrollment_id][0] == 2
             planned_keys = [n.key for n in entry.new]
             start = new_keys.index(entry.next_key)
@@ -192,17 +192,17 @@ def test_edit_with_50_in_flight_plan_matches_what_happens(world, course, set_env
                 assert new.due_at >= EDIT_AT
         else:
             assert entry.next_key == "later"
-            assert summary[enrollment_id] == (1, "cancelled", versions.STOP_REASON)
+            assert summary[enrollment_id] == (1, "cancelled", version_plans.STOP_REASON)
             assert keys == sent_before, "stop: nothing more is sent"
             assert {r[1] for r in rows} <= {"sent", "cancelled"}
 
-    if choice is versions.Migrate.stay:
+    if choice is version_plans.Migrate.stay:
         assert counts == {"stay": len(in_flight), "move": 0, "stop": 0}
     else:
         assert counts["stop"] == by_key["later"] and counts["stay"] == 0
         assert counts["move"] == len(in_flight) - by_key["later"]
         moved = [e for e, s in summary.items() if s[0] == 2 and e != newcomer_id]
-        stopped = [e for e, s in summary.items() if s[2] == versions.STOP_REASON]
+        stopped = [e for e, s in summary.items() if s[2] == version_plans.STOP_REASON]
         assert (len(moved), len(stopped)) == (counts["move"], counts["stop"])
         # What was overdue under the new delays goes out spread at the resume rate, not as a flood.
         new_rows = [n.due_at for e in planned.enrollments for n in e.new]
@@ -380,7 +380,7 @@ def test_a_dispatcher_cannot_claim_an_email_while_a_publish_moves_it(pg_factory,
                 publishing, sequence, _definition(course), origin="file", author=None, published=False
             )
             plan = versions.publish_version(
-                publishing, sequence, version, versions.Migrate.move, per_minute=60
+                publishing, sequence, version, version_plans.Migrate.move, per_minute=60
             )
             assert plan.counts()["move"] == 1
             claimed: list[int] = []

@@ -3,8 +3,8 @@
 Saving the form never changes what subscribers receive: it writes a *draft* version (validated by the same
 code as a YAML file, :func:`nurture.sequences.loader.definition_from`). The plan page shows, by step key, how
 many enrollments wait there and what "stay" and "move" would do
-(:func:`nurture.sequences.versions.compute_plan`, the function publishing applies); staff then publish with
-one of them. Every POST: CSRF, then role, then input.
+(:func:`nurture.sequences.version_plans.compute_plan`, the function publishing applies); staff then publish
+with one of them. Every POST: CSRF, then role, then input.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from nurture.core.db import transaction
 from nurture.core.ids import parse_id
 from nurture.mail.templates import PARTS, EmailTemplates
 from nurture.models import SequenceVersion, StaffRole
-from nurture.sequences import versions
+from nurture.sequences import version_plans, versions
 from nurture.sequences.loader import SequenceValidationError, definition_from
 from nurture.sequences.schedule import format_delay
 from nurture.staff import accounts
@@ -263,8 +263,12 @@ def _plan_page(
         draft = versions.pending_draft(session, sequence)
         plan = None
         if draft is not None:
-            plan = versions.compute_plan(
-                session, sequence, versions.shape_of_version(draft), versions.Migrate.move, per_minute=rate
+            plan = version_plans.compute_plan(
+                session,
+                sequence,
+                version_plans.shape_of_version(draft),
+                version_plans.Migrate.move,
+                per_minute=rate,
             )
         return page(
             request,
@@ -299,7 +303,7 @@ async def _action(request: Request, slug: str, action: str, posted: StaffForm) -
             with transaction() as session:
                 if action == "publish":
                     try:
-                        choice = versions.Migrate(fields.get("migrate", ""))
+                        choice = version_plans.Migrate(fields.get("migrate", ""))
                     except ValueError:
                         return None, "Choose what happens to the enrollments in flight: stay or move.", 400
                     _plan, line = versions.publish(session, slug, choice, actor=actor, per_minute=rate)

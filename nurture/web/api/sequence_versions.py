@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from nurture.core.db import transaction
 from nurture.mail.templates import EmailTemplates
-from nurture.sequences import versions
+from nurture.sequences import version_plans, versions
 from nurture.sequences.loader import SequenceValidationError, definition_from
 from nurture.web.api.deps import AppSettings, DbSession, Editor, SequenceSlug, Viewer, find_sequence
 from nurture.web.api.errors import ApiError, error_responses
@@ -97,7 +97,7 @@ class Plan(BaseModel):
 
 
 class PublishBody(RequestBody):
-    migrate: Annotated[versions.Migrate, Field(strict=False)] | None = Field(
+    migrate: Annotated[version_plans.Migrate, Field(strict=False)] | None = Field(
         default=None, description="stay (default): in-flight enrollments keep their version; move"
     )
 
@@ -171,7 +171,7 @@ def get_plan(actor: Viewer, session: DbSession, settings: AppSettings, slug: Seq
     sequence = find_sequence(session, slug)
     try:
         draft, plan = versions.plan_for_draft(
-            session, sequence, versions.Migrate.move, per_minute=settings.limits.resume_rate_per_minute
+            session, sequence, version_plans.Migrate.move, per_minute=settings.limits.resume_rate_per_minute
         )
     except versions.VersionError as exc:
         raise _api_error(exc) from None
@@ -189,7 +189,7 @@ def get_plan(actor: Viewer, session: DbSession, settings: AppSettings, slug: Seq
 def publish_sequence(
     actor: Editor, settings: AppSettings, slug: SequenceSlug, body: OptionalPublishBody
 ) -> JSONResponse:
-    choice = body.migrate or versions.Migrate.stay
+    choice = body.migrate or version_plans.Migrate.stay
     try:
         with transaction() as session:
             plan, line = versions.publish(
