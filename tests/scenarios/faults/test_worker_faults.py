@@ -6,6 +6,7 @@ import os
 import random
 import re
 import signal
+import subprocess
 
 import pytest
 from sqlalchemy import func, select
@@ -92,3 +93,29 @@ def test_two_dispatchers_and_three_workers_never_claim_twice(cluster: Cluster) -
     assert duplicates(smtp) == {} and len(smtp.received) == 1000
     with transaction(cluster.factory) as session:
         assert session.scalar(select(func.count()).where(Delivery.attempts != 1)) == 0
+
+
+def test_a_celery_worker_that_dies_under_nurture_worker_is_started_again_and_the_rest_goes_out(
+    cluster: Cluster,
+) -> None:
+    """What Celery's "Unrecoverable error" after a broker restart looks like from outside: the Celery worker
+    under ``nurture worker`` is gone. Its keeper starts a new one, which sends the rest; nobody restarts
+    anything by hand (nurture/cli/keep_alive.py)."""
+    seed(cluster.factory, 600, "one-step")
+    with SmtpServer() as smtp:
+        env = {"NURTURE_SMTP_URL": smtp.url, "NURTURE_LEASE_SECONDS": "8"}
+        cluster.beat(**env)
+        keeper = cluster.worker(concurrency=2, **env)
+        wait_until(lambda: len(smtp.received) >= 100, 120, "sending under way")
+        children = subprocess.run(["pgrep", "-P", str(keeper.pid)], capture_output=True, text=True)
+        [celery_main] = children.stdout.split()
+        os.kill(int(celery_main), signal.SIGKILL)  # the Celery worker alone; its pool is orphaned with it
+        wait_until(
+            lambda: cluster.statuses().get("sent", 0) == 600, 300, "all 600 sent by the same nurture worker"
+        )
+        assert keeper.poll() is None, "nurture worker itself should still be running"
+    assert "celery worker died (signal 9)" in cluster.log("worker1")
+    assert len(set(smtp.handler.message_ids())) == 600, "an email was lost"
+    unknown = cluster.events("ambiguous")
+    assert len(unknown) <= 2, "more than one email on the wire per pool process was left unknown"
+    assert sum(n - 1 for n in duplicates(smtp).values()) <= len(unknown)
