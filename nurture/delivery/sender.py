@@ -462,6 +462,14 @@ class Sender(Mailer):
         if wait > 0:
             metrics.set_circuit_breaker_open(True)
             raise _StopBatch(wait, "circuit breaker open")
+        try:
+            # The previous email's receipt is stored before this one goes out (nurture.delivery.receipts).
+            self.receipts.settle()
+        except Exception as exc:
+            log.error(
+                "the receipt of the email before delivery=%s could not be written: %s", delivery_id, exc
+            )
+            raise _StopBatch(self.settings.mail.retry_base_seconds, "database unavailable") from exc
         started = time.perf_counter()
         try:
             self.transport.send(self.settings.mail.envelope_from, prepared.recipient.email, item.data)
@@ -646,6 +654,11 @@ class Sender(Mailer):
 
     def _record_accepted(self, session: Session, accepted: list[_Accepted]) -> None:
         """Record a group's accepted emails as sent (one statement per sending token on PostgreSQL)."""
+        try:
+            # Before the record deletes the group's receipts: the last one must not land after it.
+            self.receipts.settle()
+        except Exception as exc:  # recording them as sent makes that receipt unneeded: go on
+            log.warning("the last receipt of a group could not be written, recording the group: %s", exc)
         sent_at = clock.now()
         by_token: dict[str, dict[int, str]] = {}
         for item in accepted:

@@ -204,3 +204,35 @@ def test_a_receipt_that_cannot_be_written_stops_the_group_and_the_email_is_still
     with transaction(world) as session:
         sent_events = sorted(session.scalars(select(Event.delivery_id).where(Event.kind == "sent")))
     assert sent_events == [row.id for row in rows[:3]]  # the third's written with the group's record
+
+
+def test_a_receipt_in_flight_that_fails_holds_the_next_email_back(world, set_env) -> None:  # type: ignore[no-untyped-def]
+    """On PostgreSQL a receipt's answer is read just before the next email goes out: if it cannot be stored
+    then, the next email stays unsent (back to pending), and the one before is still recorded sent."""
+    set_env(send_group_max=20)
+    with clock.frozen(START):
+        token, ids = claim_everything(world, 10)
+        transport = ScriptedTransport()
+        sender = fast_sender(world, transport)
+        real_write, real_settle = sender.receipts.write, sender.receipts.settle
+        failed: list[int] = []
+
+        def write(delivery_id: int, message_id: str, at: datetime) -> None:
+            real_write(delivery_id, message_id, at)
+            if len(transport.outbox) == 3:
+                failed.append(delivery_id)  # this one's answer will not come
+
+        def settle() -> None:
+            if len(failed) == 1:
+                failed.append(-1)
+                raise ConnectionError("database restarting")
+            real_settle()
+
+        sender.receipts.write = write  # type: ignore[method-assign]
+        sender.receipts.settle = settle  # type: ignore[method-assign]
+        outcomes = sender.send_batch(token, ids)
+    assert failed and len(transport.outbox) == 3
+    assert outcomes["sent"] == 3 and outcomes["deferred"] == 7
+    rows = deliveries(world)
+    assert [row.status for row in rows] == ["sent"] * 3 + ["pending"] * 7
+    assert {row.attempts for row in rows[3:]} == {0}
