@@ -110,7 +110,15 @@ class MaildirTransport:
 
 # --- smtp -----------------------------------------------------------------------------------------------
 
-_LEADING_DOT = re.compile(rb"(?m)^\.")
+
+def dot_stuffed(data: bytes) -> bytes:
+    """Every line that starts with a dot gets a second one (RFC 5321 4.5.2), as smtplib's
+    ``re.sub(rb"(?m)^\\.", b"..", data)`` does. Every email's HTML has such lines (its CSS rules), and the
+    regular expression scanned the whole message for them: about 100 us per 12 KB email, against a few
+    for two C-level byte operations."""
+    return (b"." + data if data.startswith(b".") else data).replace(b"\n.", b"\n..")
+
+
 BAD_SEQUENCE = 503  # "bad sequence of commands" (RFC 5321): the transaction is out of step, whoever's fault
 
 
@@ -242,9 +250,7 @@ class SmtpTransport:
         except OSError as exc:
             self._drop()
             raise TemporaryFailure(f"SMTP error before DATA: {exc}") from exc
-        # Dot-stuffing (RFC 5321 4.5.2); the regular expression only where a line does start with a dot,
-        # which a find in C rules out for almost every message at a fraction of the cost.
-        payload = _LEADING_DOT.sub(b"..", data) if data.startswith(b".") or b"\n." in data else data
+        payload = dot_stuffed(data)
         if not payload.endswith(b"\r\n"):
             payload += b"\r\n"
         try:
