@@ -18,6 +18,10 @@ from sqlalchemy import Engine, create_engine, text
 os.environ.setdefault("NURTURE_ENV", "development")
 ADMIN_URL = os.environ.get("NURTURE_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("NURTURE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
+# The planner settings docker-compose.yml gives PostgreSQL (docs/operating.md, "PostgreSQL"), set on each
+# benchmark's database so the figures are those of the deployment we ship; NURTURE_BENCH_PG_SETTINGS=""
+# measures the server's own defaults instead.
+PG_SETTINGS = os.environ.get("NURTURE_BENCH_PG_SETTINGS", "random_page_cost=1.1")
 
 
 def drop_database(name: str) -> None:
@@ -37,6 +41,9 @@ def fresh_database(name: str) -> str:
     with admin.connect() as connection:
         connection.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         connection.execute(text(f"CREATE DATABASE {name}"))
+        for setting in filter(None, PG_SETTINGS.split(",")):
+            key, value = (part.strip() for part in setting.split("=", 1))
+            connection.execute(text(f"ALTER DATABASE {name} SET {key} = {float(value)}"))
     admin.dispose()
     if os.environ.get("NURTURE_BENCH_KEEP_DB", "") in ("", "0"):
         atexit.register(drop_database, name)
@@ -117,6 +124,7 @@ def banner(title: str, **parameters: object) -> None:
     print(f"machine: {machine()}")
     print(f"load average at start (1/5/15 min): {load_average()}")
     print(f"date: {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}")
+    print(f"PostgreSQL settings of the benchmark's database: {PG_SETTINGS or 'the server defaults'}")
     for name, value in parameters.items():
         print(f"  {name} = {value}")
 

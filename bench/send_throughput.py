@@ -4,7 +4,8 @@
 
 N due deliveries of the ketamine-therapy sequence on PostgreSQL, the Redis broker, Celery workers sending to a
 loopback sink that only counts (bench/smtp_sink.py). In the same run: the raw limit, the same number of
-pre-built messages sent by plain smtplib from 2 processes over reused connections to the same sink.
+pre-built messages sent by plain smtplib from 2 processes over reused connections to the same sink, before
+and after nurture's run (the ratio is to the higher).
 ``--dkim`` signs every message with a fresh 2048-bit key (the raw limit stays unsigned). Targets: ratio
 >= 0.5, and >= 0.35 with DKIM. Also prints the CPU per email of each kind of process (worker, PostgreSQL,
 the sink).
@@ -165,18 +166,26 @@ def main() -> None:
                 process.terminate()
             for process in processes:
                 process.wait(60)
+        sent_count = sink.count
+        # Again after the run: this machine's spare capacity moves between runs (a shared host), and the
+        # higher of the two is the figure the ratio is held to.
+        raw_after = raw_limit(sink.port, min(args.count, 20_000), sample_message())
+    raw_before, raw = raw, max(raw, raw_after)
     elapsed = finished - started
-    rate = sink.count / elapsed
+    rate = sent_count / elapsed
     target = (
         0.35 if args.dkim else 0.5
     )  # the send-path issue's targets: signing costs CPU the raw run does not
-    passed = sink.count == args.count and rate / raw >= target
+    passed = sent_count == args.count and rate / raw >= target
     print(f"load average at the end: {load_average()}")
-    print(f"raw limit (pre-built messages, smtplib, 2 processes): {raw:.0f} msg/s")
-    print(f"nurture: {sink.count} of {args.count} emails in {elapsed:.1f} s = {rate:.0f} emails/s")
+    print(
+        f"raw limit (pre-built messages, smtplib, 2 processes): {raw:.0f} msg/s "
+        f"(before the run {raw_before:.0f}, after it {raw_after:.0f}: the higher)"
+    )
+    print(f"nurture: {sent_count} of {args.count} emails in {elapsed:.1f} s = {rate:.0f} emails/s")
     print(f"  ({args.workers} worker process(es) x concurrency {args.concurrency}, beat tick 1 s)")
     print(f"ratio: {rate / raw:.2f} (target >= {target}): {verdict(passed)}")
-    sent = max(sink.count, 1)
+    sent = max(sent_count, 1)
     shares = {
         "worker processes": workers_cpu,
         "PostgreSQL": database_cpu,
@@ -197,11 +206,13 @@ def main() -> None:
         {
             "title": "Throughput" + (" (DKIM-signed)" if args.dkim else ""),
             "figure": f"{rate:.0f} emails/s end to end vs raw {raw:.0f} msg/s: ratio {rate / raw:.2f} "
-            f"({sink.count:,} emails)",
+            f"({sent_count:,} emails)",
             "target": f"ratio >= {target}",
             "passed": passed,
             "rate": rate,
             "raw": raw,
+            "raw_before": raw_before,
+            "raw_after": raw_after,
             "ratio": rate / raw,
         },
     )

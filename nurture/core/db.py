@@ -6,11 +6,16 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from sqlalchemy import ARRAY, DateTime, Engine, MetaData, any_, bindparam, create_engine, event
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.sqltypes import NULLTYPE
+from sqlalchemy.sql.visitors import InternalTraversal
 from sqlalchemy.types import TypeDecorator
 
 from nurture.core.config import get_settings
@@ -165,3 +170,35 @@ def among(session: Session, column: Any, values: list[Any]) -> Any:
     if on_postgresql(session):
         return column == any_(bindparam(None, values, type_=ARRAY(column.type)))
     return column.in_(values)
+
+
+class InParameter(ColumnElement[bool]):
+    """``column IN (:name)`` for a statement built once, whose list of values comes with each execution.
+
+    On PostgreSQL it compiles to ``column = ANY(:name)``, one array parameter: an "expanding" IN has to be
+    rewritten for the length of every list it is given, which was a twentieth of the sender's CPU for the
+    statements it runs per group of emails. Elsewhere it is the expanding IN.
+    """
+
+    inherit_cache = True
+    # Not Boolean: SQLite would get "IN (...) = 1", the form for a boolean column standing alone.
+    type = NULLTYPE
+    _traverse_internals: ClassVar[list[tuple[str, Any]]] = [
+        ("column", InternalTraversal.dp_clauseelement),
+        ("name", InternalTraversal.dp_string),
+    ]
+
+    def __init__(self, column: Any, name: str) -> None:
+        self.column = column
+        self.name = name
+
+
+@compiles(InParameter)
+def _expanding_in(element: InParameter, compiler: SQLCompiler, **kw: Any) -> str:
+    return compiler.process(element.column.in_(bindparam(element.name, expanding=True)), **kw)
+
+
+@compiles(InParameter, "postgresql")
+def _any_of_array(element: InParameter, compiler: SQLCompiler, **kw: Any) -> str:
+    array = bindparam(element.name, type_=ARRAY(element.column.type))
+    return compiler.process(element.column == any_(array), **kw)

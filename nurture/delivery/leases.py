@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 
 from nurture.core import clock
 from nurture.core.config import Settings
+from nurture.core.db import InParameter
 from nurture.delivery import receipts
 from nurture.models import Delivery, OutboxMessage, WebhookDelivery
 
@@ -173,7 +174,7 @@ class WorkTable:
         return (
             update(model)
             .where(
-                model.id.in_(bindparam("ids", expanding=True)),
+                InParameter(model.id, "ids"),
                 model.claim_token == bindparam("token"),
                 model.status == QUEUED,
             )

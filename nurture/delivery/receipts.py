@@ -18,11 +18,12 @@ The statement is written out rather than built through SQLAlchemy: the ORM and C
 times the CPU of the driver call for this one statement (bench/analysis.md). On PostgreSQL it goes through
 libpq directly (psycopg's ``pgconn``: 23 us of client CPU against 60 us through ``Connection.execute``), and
 its answer is not waited for at once: :meth:`ReceiptWriter.write` sends the INSERT and returns, and
-:meth:`ReceiptWriter.settle` reads the answer, which the sender calls before it hands the *next* email over
-and before it records a group. So no email goes out before the previous one's receipt is stored, as
-before, but the round trip to the database overlaps with the sender's own work. A write that has been
-sent is in the kernel's socket buffer: a worker killed after it still delivers it to the server, which
-executes it before it notices the connection closed.
+:meth:`ReceiptWriter.settle` reads the answer, which the sender calls during the *next* email's SMTP
+transaction, once the server has answered its envelope and before any of its data goes out (the
+transport's ``before_data``), and before it records a group. So no email goes out before the previous
+one's receipt is stored, but the round trip to the database overlaps with the envelope's. A write that
+has been sent is in the kernel's socket buffer: a worker killed after it still delivers it to the server,
+which executes it before it notices the connection closed.
 """
 
 from __future__ import annotations

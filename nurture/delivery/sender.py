@@ -1,11 +1,11 @@
 """Send claimed deliveries, exactly once each, and record what happened.
 
 A batch is prepared in one read (rows, subscribers, steps, suppressions), then sent in groups: render the
-group; one short transaction that records the previous group's rows as sent, re-checks this group
-(subscribers share-locked, so an unsubscribe cannot slip between check and mark) and moves it
-``queued -> sending``; then one SMTP transaction per email, in id order, each followed by its *receipt*: the
-``sent`` event, in a commit of its own (one narrow INSERT, without waiting for the disk on PostgreSQL) before
-the next email starts. A worker that dies therefore leaves at most one email whose fate is unknown: the
+group; one short transaction that records the previous group's rows as sent, re-checks this group (subscribers
+share-locked, so an unsubscribe cannot slip between check and mark) and moves it ``queued -> sending``; then
+one SMTP transaction per email, in id order, each followed by its *receipt*: a row of ``send_receipts``, in a
+commit of its own (one narrow INSERT, without waiting for the disk on PostgreSQL), confirmed before any of the
+next email's data goes out. A worker that dies therefore leaves at most one email whose fate is unknown: the
 reaper (nurture.delivery.leases) records the group's emails that have a receipt as sent, resends (or, under
 ``hold``, holds) the first without one, and returns the rest to pending (docs/reliability.md, "Crashes"). A
 group is only as large as the server accepts in 50 ms (at most 20), so an unsubscribe that lands while we
@@ -22,11 +22,11 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import bindparam, case, func, insert, select, text, update
+from sqlalchemy import case, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from nurture.core import clock
-from nurture.core.db import retrying
+from nurture.core.db import InParameter, retrying
 from nurture.delivery import leases, metrics, receipts
 from nurture.delivery.mailer import Mailer
 from nurture.delivery.receipts import ReceiptWriter
@@ -36,6 +36,7 @@ from nurture.mail.plans import StepPlans, StepSpec
 from nurture.mail.transports import (
     AmbiguousFailure,
     ConnectFailure,
+    HeldBack,
     PermanentFailure,
     TemporaryFailure,
 )
@@ -226,7 +227,7 @@ _BATCH_ROWS = (
     .join(Step, Step.id == Delivery.step_id)
     .join(Enrollment, Enrollment.id == Delivery.enrollment_id)
     .join(Sequence, Sequence.id == Enrollment.sequence_id)
-    .where(Delivery.id.in_(bindparam("ids", expanding=True)))
+    .where(InParameter(Delivery.id, "ids"))
 )
 # The same rows again right before sending, with the subscribers share-locked: an unsubscribe either
 # committed before this read (and is seen) or waits for the group's transaction.
@@ -238,7 +239,7 @@ _VERSIONS = select(
     .where(Step.version_id == SequenceVersion.id)
     .scalar_subquery()
     .label("step_count"),
-).where(SequenceVersion.id.in_(bindparam("ids", expanding=True)))
+).where(InParameter(SequenceVersion.id, "ids"))
 
 
 def reason_for(
@@ -462,17 +463,22 @@ class Sender(Mailer):
         if wait > 0:
             metrics.set_circuit_breaker_open(True)
             raise _StopBatch(wait, "circuit breaker open")
+        started = time.perf_counter()
         try:
-            # The previous email's receipt is stored before this one goes out (nurture.delivery.receipts).
-            self.receipts.settle()
-        except Exception as exc:
+            # The previous email's receipt is confirmed stored before any of this one goes out, but only once
+            # the server has answered this one's envelope: the two round trips overlap
+            # (nurture.delivery.receipts).
+            self.transport.send(
+                self.settings.mail.envelope_from,
+                prepared.recipient.email,
+                item.data,
+                before_data=self.receipts.settle,
+            )
+        except HeldBack as exc:  # this email was not handed over: it goes back to pending with the rest
             log.error(
                 "the receipt of the email before delivery=%s could not be written: %s", delivery_id, exc
             )
             raise _StopBatch(self.settings.mail.retry_base_seconds, "database unavailable") from exc
-        started = time.perf_counter()
-        try:
-            self.transport.send(self.settings.mail.envelope_from, prepared.recipient.email, item.data)
         except ConnectFailure as exc:
             self.breaker.record(ok=False)
             # Nothing was handed over: back to the queue without counting an attempt against the message.

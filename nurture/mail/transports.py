@@ -4,6 +4,12 @@ Every transport raises one of three failures so the sender can decide without kn
 temporary (retry later), permanent (give up, suppress) and ambiguous (the server may have accepted it).
 Permanent means the recipient was refused: a refusal of our own side (the envelope sender, a command out of
 sequence) is temporary, so that it never suppresses an address.
+
+``send`` takes an optional ``before_data``: called once the server is ready for the message (SMTP: after its
+354) and before any of the message goes out. The sender uses it to confirm the previous email's receipt
+while the envelope's round trip was on the wire (nurture.delivery.receipts). If it raises, the message is
+not sent at all (an SMTP connection inside DATA is dropped, so the server discards the transaction) and
+:class:`HeldBack` carries the error out.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import re
 import smtplib
 import ssl
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -55,8 +62,28 @@ class AmbiguousFailure(SendFailure):
     """The connection broke after the whole message was sent but before the server replied."""
 
 
+class HeldBack(Exception):
+    """``before_data`` raised (its error is the cause): the message was not handed over, nothing is known
+    to be wrong with the server or the message."""
+
+
+BeforeData = Callable[[], None] | None
+
+
+def ready_for_data(before_data: BeforeData) -> None:
+    """Run ``before_data``, its failure as :class:`HeldBack`: for transports with nothing to wait for."""
+    if before_data is None:
+        return
+    try:
+        before_data()
+    except Exception as exc:
+        raise HeldBack(str(exc)) from exc
+
+
 class Transport(Protocol):
-    def send(self, envelope_from: str, recipient: str, data: bytes) -> None: ...
+    def send(
+        self, envelope_from: str, recipient: str, data: bytes, before_data: BeforeData = None
+    ) -> None: ...
 
     def close(self) -> None: ...
 
@@ -77,7 +104,8 @@ class MemoryTransport:
 
     outbox: list[StoredMessage] = field(default_factory=list)
 
-    def send(self, envelope_from: str, recipient: str, data: bytes) -> None:
+    def send(self, envelope_from: str, recipient: str, data: bytes, before_data: BeforeData = None) -> None:
+        ready_for_data(before_data)
         self.outbox.append(StoredMessage(envelope_from, recipient, data))
 
     def close(self) -> None:
@@ -97,7 +125,8 @@ class MaildirTransport:
         self.path = path
         self._box = mailbox.Maildir(str(path), create=True)
 
-    def send(self, envelope_from: str, recipient: str, data: bytes) -> None:
+    def send(self, envelope_from: str, recipient: str, data: bytes, before_data: BeforeData = None) -> None:
+        ready_for_data(before_data)
         header = f"Return-Path: <{envelope_from}>\r\nDelivered-To: {recipient}\r\n".encode()
         try:
             self._box.add(header + data)
@@ -196,27 +225,27 @@ class SmtpTransport:
                 self._conn.close()
         self._conn = None
 
-    def send(self, envelope_from: str, recipient: str, data: bytes) -> None:
+    def send(self, envelope_from: str, recipient: str, data: bytes, before_data: BeforeData = None) -> None:
         with self._lock:
             try:
-                self._send_once(envelope_from, recipient, data)
+                self._send_once(envelope_from, recipient, data, before_data)
             except _StaleConnection:
                 # A reused connection the server had closed while idle: nothing was handed over, so one
                 # fresh attempt is safe.
                 self._drop()
                 try:
-                    self._send_once(envelope_from, recipient, data)
+                    self._send_once(envelope_from, recipient, data, before_data)
                 except _StaleConnection as exc:
                     self._drop()
                     raise ConnectFailure(f"SMTP connection lost: {exc}") from exc
 
-    def _send_once(self, envelope_from: str, recipient: str, data: bytes) -> None:
+    def _send_once(self, envelope_from: str, recipient: str, data: bytes, before_data: BeforeData) -> None:
         if self._conn is None:
             self._conn = self._connect()
         conn = self._conn
         try:
-            self._hand_over(conn, envelope_from, recipient, data)
-        except (SendFailure, _StaleConnection):
+            self._hand_over(conn, envelope_from, recipient, data, before_data)
+        except (SendFailure, _StaleConnection, HeldBack):
             raise
         except Exception as exc:
             # Anything else (an address smtplib cannot encode, a bug) may leave the server inside our
@@ -232,7 +261,9 @@ class SmtpTransport:
         if code != 250:
             self._fail(code, reply, "end of DATA")  # the transaction is over either way: nothing to reset
 
-    def _hand_over(self, conn: smtplib.SMTP, envelope_from: str, recipient: str, data: bytes) -> None:
+    def _hand_over(
+        self, conn: smtplib.SMTP, envelope_from: str, recipient: str, data: bytes, before_data: BeforeData
+    ) -> None:
         """Everything up to and including the final dot; the reply to it is read by the caller."""
         try:
             if conn.does_esmtp and conn.has_extn("pipelining"):
@@ -250,6 +281,13 @@ class SmtpTransport:
         except OSError as exc:
             self._drop()
             raise TemporaryFailure(f"SMTP error before DATA: {exc}") from exc
+        try:
+            ready_for_data(before_data)
+        except HeldBack:
+            # The server waits inside DATA: a connection closed there leaves it with no message (RFC 5321
+            # 3.8), and this one is not in a state to reuse.
+            self._drop()
+            raise
         payload = dot_stuffed(data)
         if not payload.endswith(b"\r\n"):
             payload += b"\r\n"

@@ -18,6 +18,7 @@ from nurture.mail.templates import EmailTemplates
 from nurture.mail.transports import (
     MEMORY_OUTBOX,
     AmbiguousFailure,
+    BeforeData,
     MemoryTransport,
     PermanentFailure,
     TemporaryFailure,
@@ -33,10 +34,10 @@ class Failing(MemoryTransport):
         super().__init__()
         self.errors = list(errors)
 
-    def send(self, envelope_from: str, recipient: str, data: bytes) -> None:
+    def send(self, envelope_from: str, recipient: str, data: bytes, before_data: BeforeData = None) -> None:
         if self.errors:
             raise self.errors.pop(0)
-        super().send(envelope_from, recipient, data)
+        super().send(envelope_from, recipient, data, before_data)
 
 
 def _row(factory) -> OutboxMessage:  # type: ignore[no-untyped-def]

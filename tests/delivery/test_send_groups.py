@@ -23,7 +23,14 @@ from nurture.delivery.circuit_breaker import BreakerPolicy, LocalBreaker
 from nurture.delivery.dispatch import claim_due
 from nurture.delivery.sender import Sender
 from nurture.mail.templates import EmailTemplates
-from nurture.mail.transports import ConnectFailure, MemoryTransport, PermanentFailure, StoredMessage
+from nurture.mail.transports import (
+    BeforeData,
+    ConnectFailure,
+    MemoryTransport,
+    PermanentFailure,
+    StoredMessage,
+    ready_for_data,
+)
 from nurture.models import Delivery, Event, Subscriber
 from nurture.subscribers.enrollment import unsubscribe
 from tests.support.helpers import deliveries, subscribe, sync_sequences
@@ -46,13 +53,14 @@ class ScriptedTransport(MemoryTransport):
         self.on_send = on_send
         self.attempts = 0
 
-    def send(self, envelope_from: str, recipient: str, data: bytes) -> None:
+    def send(self, envelope_from: str, recipient: str, data: bytes, before_data: BeforeData = None) -> None:
         self.attempts += 1
         if self.on_send is not None:
             self.on_send(self.attempts, recipient)
         failure = self.fail_at.get(self.attempts)
         if failure is not None:
             raise failure
+        ready_for_data(before_data)
         self.outbox.append(StoredMessage(envelope_from, recipient, data))
 
 
@@ -207,8 +215,9 @@ def test_a_receipt_that_cannot_be_written_stops_the_group_and_the_email_is_still
 
 
 def test_a_receipt_in_flight_that_fails_holds_the_next_email_back(world, set_env) -> None:  # type: ignore[no-untyped-def]
-    """On PostgreSQL a receipt's answer is read just before the next email goes out: if it cannot be stored
-    then, the next email stays unsent (back to pending), and the one before is still recorded sent."""
+    """On PostgreSQL a receipt's answer is read once the next email's envelope is answered, before its data:
+    if it cannot be stored then, the next email stays unsent (back to pending), and the one before is still
+    recorded sent."""
     set_env(send_group_max=20)
     with clock.frozen(START):
         token, ids = claim_everything(world, 10)

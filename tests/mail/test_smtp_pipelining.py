@@ -14,6 +14,9 @@ from hypothesis import strategies as st
 from nurture.mail.factory import transport_from_url
 from nurture.mail.transports import (
     ConnectFailure,
+    HeldBack,
+    MaildirTransport,
+    MemoryTransport,
     PermanentFailure,
     SmtpTransport,
     TemporaryFailure,
@@ -32,6 +35,10 @@ class CountingHandler(RecordingHandler):
             return "553 sender not allowed"
         envelope.mail_from = address
         return "250 OK"
+
+    async def handle_RCPT(self, server, session, envelope, address, options):  # type: ignore[no-untyped-def]
+        self.recipients_asked = [*getattr(self, "recipients_asked", []), address]
+        return await super().handle_RCPT(server, session, envelope, address, options)
 
 
 @pytest.fixture(params=[True, False], ids=["pipelining", "plain"])
@@ -89,6 +96,45 @@ def test_a_temporary_refusal_at_the_end_of_data_is_temporary(server) -> None:  #
         transport.send("a@example.com", "r@example.com", MESSAGE)
     transport.send("a@example.com", "r@example.com", MESSAGE)
     assert len(handler.received) == 1
+
+
+def test_before_data_runs_once_the_server_is_ready_for_the_message_and_before_any_of_it_goes(server) -> None:  # type: ignore[no-untyped-def]
+    """The sender confirms the previous email's receipt there (nurture.delivery.receipts): the envelope is
+    answered by then, and the server has none of this message yet."""
+    handler, transport = server
+    seen: list[tuple[int, str]] = []
+
+    def before_data() -> None:
+        seen.append((len(handler.received), handler.recipients_asked[-1]))
+
+    transport.send("a@example.com", "r@example.com", MESSAGE, before_data)
+    assert seen == [(0, "r@example.com")] and len(handler.received) == 1
+
+
+def test_a_failing_before_data_sends_none_of_the_message_and_the_next_one_still_goes(server) -> None:  # type: ignore[no-untyped-def]
+    handler, transport = server
+
+    def database_away() -> None:
+        raise OSError("receipt not stored")
+
+    with pytest.raises(HeldBack, match="receipt not stored") as raised:
+        transport.send("a@example.com", "held@example.com", MESSAGE, database_away)
+    assert isinstance(raised.value.__cause__, OSError)
+    # Inside DATA the connection was dropped: the server discarded the transaction, nothing arrived.
+    transport.send("a@example.com", "next@example.com", MESSAGE, lambda: None)
+    assert [r.rcpt_tos for r in handler.received] == [["next@example.com"]]
+
+
+def test_a_failing_before_data_keeps_the_message_from_memory_and_maildir(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    def database_away() -> None:
+        raise OSError("receipt not stored")
+
+    memory = MemoryTransport()
+    maildir = MaildirTransport(tmp_path / "mail")
+    for transport in (memory, maildir):
+        with pytest.raises(HeldBack):
+            transport.send("a@example.com", "r@example.com", MESSAGE, database_away)
+    assert memory.outbox == [] and list((tmp_path / "mail" / "new").iterdir()) == []
 
 
 @settings(max_examples=500, deadline=None)

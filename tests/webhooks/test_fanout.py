@@ -80,6 +80,41 @@ def test_a_disabled_endpoint_gets_no_new_deliveries(factory) -> None:  # type: i
     assert pump(factory).deliveries == 0
 
 
+def test_with_no_endpoint_enabled_the_cursor_still_moves_and_late_events_are_still_awaited(
+    pg_factory,
+) -> None:  # type: ignore[no-untyped-def]
+    """The pump reads only ids then (nurture.webhooks.fanout.pump): the cursor passes the events without
+    making deliveries, an out-of-order commit still leaves a gap to look at again, and an endpoint enabled
+    later gets the events after it, not the ones it missed while off."""
+    factory = pg_factory
+    endpoint_id = add_endpoint(factory, ["subscribed"])
+    with transaction(factory) as session:
+        endpoints.set_enabled(session, None, endpoint_id, False)
+        ana, _ = add_subscriber(session, "ana@example.com")
+        ana_id = ana.id
+    slow = factory()
+    slow.begin()
+    events.record(slow, "subscribed", subscriber_id=ana_id, source="slow")
+    slow.flush()  # takes the smaller id now, commits later
+    with transaction(factory) as fast:
+        events.record(fast, "subscribed", subscriber_id=ana_id, source="fast")
+    idle = pump(factory)
+    assert idle.deliveries == 0 and idle.events == 2 and idle.open_gaps == 1
+    slow.commit()
+    slow.close()
+    with transaction(factory) as session:
+        last_seen = session.scalar(select(WebhookCursor.last_event_id))
+        assert last_seen == session.scalar(select(func.max(Event.id)))
+    late = pump(factory)
+    assert late.deliveries == 0 and late.events == 1 and late.open_gaps == 0
+    with transaction(factory) as session:
+        endpoints.set_enabled(session, None, endpoint_id, True)
+        events.record(session, "subscribed", subscriber_id=ana_id, source="after")
+        after_id = session.scalar(select(func.max(Event.id)))
+    assert pump(factory).deliveries == 1
+    assert delivered_events(factory) == [(endpoint_id, after_id, "subscribed")]
+
+
 def test_events_committed_out_of_id_order_are_fanned_out_exactly_once(pg_factory) -> None:  # type: ignore[no-untyped-def]
     """Two concurrent transactions: the one holding the smaller event id commits last."""
     factory = pg_factory
