@@ -60,6 +60,11 @@ def fresh_database(name: str) -> str:
 def first_steps_due_now(engine: Engine, subscribers: int) -> None:
     """``subscribers`` enrolled, only their first step due (one email each), the rest a month away."""
     bulk_enrolled(engine, subscribers, status="pending", due="now() + interval '30 days'")
+    make_first_steps_due(engine)
+
+
+def make_first_steps_due(engine: Engine) -> None:
+    """Every enrolled subscriber's first step due now (after bulk_enrolled, one statement)."""
     with engine.begin() as connection:
         connection.execute(
             text(

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from nurture.core import clock
 from nurture.core.config import Settings, get_settings, parse_rate
-from nurture.core.db import transaction
+from nurture.core.db import among, transaction
 from nurture.delivery import frequency_cap, leases, receipts
 from nurture.models import Delivery, DeliveryStatus, events
 
@@ -47,7 +47,7 @@ def claim_due(
     return leases.DELIVERIES.claim(session, limit=limit, lease_seconds=lease_seconds, now=now)
 
 
-def _claim_spaced(session: Session, settings: Settings, room: int) -> leases.Claim:
+def claim_spaced(session: Session, settings: Settings, room: int) -> leases.Claim:
     """Claim up to ``room`` due rows, after the frequency cap moved those that must wait
     (nurture.delivery.frequency_cap);
     with the cap off, the plain claim."""
@@ -61,7 +61,7 @@ def _claim_spaced(session: Session, settings: Settings, room: int) -> leases.Cla
         session,
         limit=max(1, len(passing)),
         lease_seconds=settings.broker.lease_seconds,
-        only=(Delivery.id.in_(passing or [0]),),
+        only=(among(session, Delivery.id, passing or [0]),),
         now=now,
     )
 
@@ -129,7 +129,7 @@ def dispatch_once(
         room = claim_room(settings, outstanding or 0)
         if room <= 0:
             return DispatchResult(reaped=reaped, claimed=0)
-        claim = _claim_spaced(session, settings, room)
+        claim = claim_spaced(session, settings, room)
     handed: list[int] = []
     try:
         for batch in batches(claim.ids, settings.broker.batch_size):

@@ -8,7 +8,7 @@ commit of its own (one narrow INSERT, without waiting for the disk on PostgreSQL
 next email's data goes out. A worker that dies therefore leaves at most one email whose fate is unknown: the
 reaper (nurture.delivery.leases) records the group's emails that have a receipt as sent, resends (or, under
 ``hold``, holds) the first without one, and returns the rest to pending (docs/reliability.md, "Crashes"). A
-group is only as large as the server accepts in 50 ms (at most 20), so an unsubscribe that lands while we
+group is only as large as the server accepts in 50 ms (at most 100), so an unsubscribe that lands while we
 render still wins. Every database step retries on a lost connection; each is a conditional write, so a repeat
 changes nothing.
 """
