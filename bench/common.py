@@ -59,8 +59,13 @@ def fresh_database(name: str) -> str:
 
 def first_steps_due_now(engine: Engine, subscribers: int) -> None:
     """``subscribers`` enrolled, only their first step due (one email each), the rest a month away."""
-    bulk_enrolled(engine, subscribers, status="pending", due="now() + interval '30 days'")
+    enrolled_nothing_due(engine, subscribers)
     make_first_steps_due(engine)
+
+
+def enrolled_nothing_due(engine: Engine, subscribers: int) -> None:
+    """``subscribers`` enrolled, every step a month away (make_first_steps_due brings the first ones due)."""
+    bulk_enrolled(engine, subscribers, status="pending", due="now() + interval '30 days'")
 
 
 def make_first_steps_due(engine: Engine) -> None:

@@ -30,8 +30,8 @@ sys.path.insert(0, str(ROOT))
 from bench.common import (  # noqa: E402
     REDIS_URL,
     banner,
-    bulk_enrolled,
     cpu_seconds,
+    enrolled_nothing_due,
     fresh_database,
     load_average,
     make_first_steps_due,
@@ -129,7 +129,7 @@ def main() -> None:
         sink.first_at = sink.last_at = None
         # N subscribers enrolled, nothing due yet: the service starts and idles first, as a deployed one
         # does, so neither process start-up nor beat's first tick is counted as sending time.
-        bulk_enrolled(get_engine(), args.count, status="pending", due="now() + interval '30 days'")
+        enrolled_nothing_due(get_engine(), args.count)
         child_env = {**os.environ, **env}
         command = [sys.executable, "-m", "nurture.cli"]
         processes = [
