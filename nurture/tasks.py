@@ -49,9 +49,14 @@ def enqueue_batch(claim_token: str, delivery_ids: list[int]) -> None:
     send_deliveries.apply_async((claim_token, delivery_ids))
 
 
+def enqueue_refilling_batch(claim_token: str, delivery_ids: list[int]) -> None:
+    """A batch whose worker runs the next dispatch tick when it is done (nurture.delivery.dispatch)."""
+    send_deliveries.apply_async((claim_token, delivery_ids), {"refill": True})
+
+
 @app.task(name=DISPATCH_TASK, ignore_result=True)
 def dispatch_due() -> dict[str, Any]:
-    result = dispatch_once(enqueue_batch)
+    result = dispatch_once(enqueue_batch, refill_with=enqueue_refilling_batch)
     if result.claimed or result.reaped.returned or result.reaped.ambiguous:
         log.info(
             "dispatch: claimed %d, returned %d expired, %d ambiguous",
@@ -63,9 +68,12 @@ def dispatch_due() -> dict[str, Any]:
 
 
 @app.task(name=SEND_TASK, ignore_result=True, acks_late=True)
-def send_deliveries(claim_token: str, delivery_ids: list[int]) -> dict[str, int]:
+def send_deliveries(claim_token: str, delivery_ids: list[int], refill: bool = False) -> dict[str, int]:
     outcomes = process_sender().send_batch(claim_token, delivery_ids)
     log.info("sent batch of %d: %s", len(delivery_ids), dict(outcomes))
+    if refill:
+        # Half the tick's claim is still queued behind this batch: top the queue up now, not at the next beat.
+        dispatch_due.apply_async(expires=max(get_settings().broker.dispatch_interval * 2, 2.0))
     return dict(outcomes)
 
 

@@ -39,6 +39,10 @@ class ReapResult:
 class DispatchResult:
     reaped: ReapResult
     claimed: int
+    full: bool = False  # the tick claimed all the room it had: more may be due than it could take
+
+
+Enqueue = Callable[[str, list[int]], None]
 
 
 def claim_due(
@@ -110,13 +114,25 @@ def claim_room(settings: Settings, outstanding: int) -> int:
     return room
 
 
+def refill_point(batch_count: int) -> int:
+    """The batch after which the next tick should run when a claim used all its room: the middle one, so the
+    queue is topped up while half the claim is still waiting and the workers never run dry between ticks."""
+    return batch_count // 2
+
+
 def dispatch_once(
-    enqueue: Callable[[str, list[int]], None],
+    enqueue: Enqueue,
     *,
     factory: sessionmaker[Session] | None = None,
     settings: Settings | None = None,
+    refill_with: Enqueue | None = None,
 ) -> DispatchResult:
-    """One tick: reap, claim, commit, then hand batches to the broker (never before the claim commits)."""
+    """One tick: reap, claim, commit, then hand batches to the broker (never before the claim commits).
+
+    A tick that used all its room (``claim_limit`` less what still waits) leaves due rows behind; without
+    more, throughput would stop at ``claim_limit / dispatch_interval`` however fast the workers are. So when
+    ``refill_with`` is given, the batch at :func:`refill_point` is handed over through it instead: the worker
+    that finishes that batch runs the next tick at once (nurture.tasks)."""
     settings = settings or get_settings()
     with transaction(factory) as session:
         reaped = reap_expired(session, policy=settings.mail.ambiguous_policy)
@@ -130,14 +146,17 @@ def dispatch_once(
         if room <= 0:
             return DispatchResult(reaped=reaped, claimed=0)
         claim = claim_spaced(session, settings, room)
+    full = len(claim.ids) >= room
     handed: list[int] = []
+    chunks = batches(claim.ids, settings.broker.batch_size)
+    refill_at = refill_point(len(chunks)) if full and refill_with is not None else -1
     try:
-        for batch in batches(claim.ids, settings.broker.batch_size):
-            enqueue(claim.token, batch)
+        for index, batch in enumerate(chunks):
+            (refill_with if index == refill_at and refill_with is not None else enqueue)(claim.token, batch)
             handed.extend(batch)
     except Exception:
         # Broker unreachable: return what was not handed over now rather than after the lease expires.
         with transaction(factory) as session:
             release(session, claim.token, claim.ids[len(handed) :])
         raise
-    return DispatchResult(reaped=reaped, claimed=len(claim.ids))
+    return DispatchResult(reaped=reaped, claimed=len(claim.ids), full=full)

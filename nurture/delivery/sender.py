@@ -263,12 +263,16 @@ def reason_for(
     return None
 
 
-def log_transition(delivery_id: int, outcome: str, **fields: object) -> None:
-    """One structured line per state change; ids only, never addresses, at info level."""
+def log_transition(delivery_id: int, outcome: str, *, level: int = logging.INFO, **fields: object) -> None:
+    """One structured line per state change; ids only, never addresses, at info level (a plain ``sent`` at
+    debug: see :meth:`Sender._hand_over`)."""
+    if not log.isEnabledFor(level):
+        return
     extra = " ".join(f"{key}={value}" for key, value in fields.items() if value is not None)
-    log.info(
-        "delivery=%s outcome=%s %s", delivery_id, outcome, extra, extra={"delivery_id": delivery_id, **fields}
-    )
+    log.log(
+        level, "delivery=%s outcome=%s %s", delivery_id, outcome, extra,
+        extra={"delivery_id": delivery_id, **fields},
+    )  # fmt: skip
 
 
 class Sender(Mailer):
@@ -368,6 +372,8 @@ class Sender(Mailer):
                 ready.append(rendered)
         if not ready:
             return
+        # Handed over in id order; the reaper reads the attempt's rows in that order too.
+        ready.sort(key=lambda r: r.delivery_id)
         wait = self.breaker.open_for()
         metrics.set_circuit_breaker_open(wait > 0)
         if wait > 0:
@@ -378,10 +384,8 @@ class Sender(Mailer):
             metrics.observe_rate_limit_wait(self.limiter.acquire())
         # From here the rows carry a token unique to this attempt: if the commit below succeeds but its reply
         # is lost with the connection, the retry recognises its own change instead of giving the rows up; a
-        # redelivered copy of this task, holding only the claim token, cannot take them. The reaper also
-        # reads the attempt's rows in id order, the order they are handed over in.
+        # redelivered copy of this task, holding only the claim token, cannot take them.
         sending_token = leases.attempt_token(claim_token)
-        ready.sort(key=lambda r: r.delivery_id)
 
         def record_then_begin(session: Session) -> dict[int, str | None]:
             self._record_accepted(session, accepted)
@@ -507,7 +511,16 @@ class Sender(Mailer):
             )
             raise _StopBatch(self.settings.mail.retry_base_seconds, "database unavailable") from receipt_error
         self.breaker.record(ok=True)
-        log_transition(delivery_id, "sent", subscriber=prepared.subscriber_id, step=prepared.step_key)
+        # At debug level: a line per accepted email was a quarter of the worker's CPU (0.09 ms of 0.35), for
+        # what the `sent` event already records and the batch's INFO line counts (nurture.tasks). Every
+        # other outcome (retry, bounce, unknown, skip) is still one INFO line per email.
+        log_transition(
+            delivery_id,
+            "sent",
+            level=logging.DEBUG,
+            subscriber=prepared.subscriber_id,
+            step=prepared.step_key,
+        )
         return "sent"
 
     # --- phases -------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ List-Unsubscribe pointing elsewhere, breaks the signature instead of riding on i
 Why not dkimpy's ``dkim.sign``: it does the RSA arithmetic in pure Python and re-parses the PEM key for every
 message, about 10 ms of CPU per email, which capped a worker process near 100 signed emails/s. Here the
 canonicalization (relaxed/relaxed, RFC 6376 section 3.4) and the tag list are written out directly and the
-RSA-SHA256 signature comes from ``cryptography`` (OpenSSL) with the key parsed once: about 1 ms per email
+RSA-SHA256 signature comes from ``cryptography`` (OpenSSL) with the key parsed once: about 0.3 ms per email
 (docs/benchmarks.md). dkimpy remains the verifier (``verify``, ``nurture doctor``) and the tests check every
 signature we make against it.
 """
@@ -45,9 +45,7 @@ SIGNED_HEADERS += ("list-id", "feedback-id", "in-reply-to", "references")
 OVERSIGNED = frozenset((*SIGNED_HEADERS[:7], "list-unsubscribe", "list-unsubscribe-post"))
 _HEADER_NAME = re.compile(rb"^([!-9;-~]+)[ \t]*:", re.MULTILINE)
 _WSP_RUN = re.compile(rb"[ \t]+")
-# Only what relaxed canonicalization changes: a tab, or two or more WSP. Matching every single space (as
-# _WSP_RUN does) made the body's canonicalization cost more than the RSA signature itself.
-_WSP_TO_FOLD = re.compile(rb"\t[ \t]*| [ \t]+")
+_SPACE_RUN = re.compile(rb"  +")
 _FOLD = re.compile(rb"\r\n(?=[ \t])")
 _BASE64_LINE = 72  # characters of the b= value per folded line
 
@@ -102,8 +100,16 @@ def relaxed_body(body: bytes) -> bytes:
     """RFC 6376 3.4.4: no WSP at line ends, runs of WSP to one SP, no empty lines at the end."""
     if body and not body.endswith(b"\r\n"):
         body += b"\r\n"  # SMTP ends the data with CRLF: sign what the receiver will canonicalize
-    # WSP runs become one SP, after which a line's trailing WSP is at most that one SP.
-    body = _WSP_TO_FOLD.sub(b" ", body).replace(b" \r\n", b"\r\n")
+    # WSP runs become one SP, after which a line's trailing WSP is at most that one SP. Tabs become spaces
+    # first, so that only runs of spaces are left to fold: a pattern that starts with a literal is searched
+    # for quickly, where the one alternation for tabs and spaces took 70 us per 13 KB email (now about 20,
+    # each step skipped when a C-level search finds nothing to change).
+    if b"\t" in body:
+        body = body.replace(b"\t", b" ")
+    if b"  " in body:
+        body = _SPACE_RUN.sub(b" ", body)
+    if b" \r\n" in body:
+        body = body.replace(b" \r\n", b"\r\n")
     while body.endswith(b"\r\n\r\n"):
         body = body[:-2]
     return b"" if body == b"\r\n" else body

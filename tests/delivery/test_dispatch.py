@@ -152,6 +152,60 @@ def test_a_tick_claims_no_more_than_the_room_left_by_waiting_claims(world, set_e
     assert sorted(statuses(world)).count("queued") == 3
 
 
+def test_a_tick_that_used_all_its_room_hands_its_middle_batch_over_as_the_refill(world, set_env):  # type: ignore[no-untyped-def]
+    """Without it throughput stops at claim_limit / dispatch_interval: the queue would run dry until the
+    next beat, however fast the workers are."""
+    set_env(claim_limit=5, batch_size=1)
+    plain: list[list[int]] = []
+    refilling: list[list[int]] = []
+    with clock.frozen(START):
+        for number in range(7):
+            subscribe(world, f"r{number}@example.com", "three-step")
+        result = dispatch_once(
+            lambda token, ids: plain.append(ids),
+            factory=world,
+            refill_with=lambda token, ids: refilling.append(ids),
+        )
+    assert result.claimed == 5 and result.full
+    assert len(plain) == 4 and len(refilling) == 1  # batches of one: the third of five is the refill
+    assert refilling[0] not in plain
+
+
+def test_a_tick_that_took_everything_due_asks_for_no_refill(world, set_env):  # type: ignore[no-untyped-def]
+    set_env(claim_limit=5, batch_size=1)
+    refilling: list[list[int]] = []
+    with clock.frozen(START):
+        for number in range(3):
+            subscribe(world, f"r{number}@example.com", "three-step")
+        result = dispatch_once(
+            lambda token, ids: None, factory=world, refill_with=lambda token, ids: refilling.append(ids)
+        )
+    assert result.claimed == 3 and not result.full and refilling == []
+
+
+def test_the_refill_batch_runs_the_next_tick_when_it_is_done(world, set_env):  # type: ignore[no-untyped-def]
+    """Through Celery's own API (eager): one beat's tick sends everything due, though each tick may claim
+    only four, because each full claim's middle batch runs the next tick."""
+    from nurture import tasks
+    from nurture.celery_app import app
+    from nurture.mail.transports import MEMORY_OUTBOX
+
+    set_env(claim_limit=4, batch_size=1, frequency_cap_hours=0)
+    MEMORY_OUTBOX.outbox.clear()
+    tasks.process_sender.cache_clear()
+    app.conf.task_always_eager = True
+    try:
+        with clock.frozen(START):
+            for number in range(11):
+                subscribe(world, f"r{number}@example.com", "three-step")
+            tasks.dispatch_due()
+    finally:
+        app.conf.task_always_eager = False
+        tasks.process_sender.cache_clear()
+    assert sorted(m.recipient for m in MEMORY_OUTBOX.outbox) == sorted(f"r{n}@example.com" for n in range(11))
+    assert statuses(world).count("sent") == 11
+
+
 @pytest.mark.parametrize("policy", ["resend", "hold"])
 def test_the_reaper_settles_a_dead_attempt_by_its_receipts(world, policy):  # type: ignore[no-untyped-def]
     """A worker died after the server took two emails of a group of five (their receipts are written) and

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
 
@@ -91,6 +92,22 @@ def test_451_then_250_is_sent_once_after_a_retry_with_growing_backoff(world, set
             select(Event.kind).where(Event.delivery_id == sent.id).order_by(Event.id)
         ).all()
     assert kinds == ["retry", "retry", "sent"]
+
+
+def test_a_sent_email_logs_at_debug_and_a_bounce_at_info(world, set_env, caplog):  # type: ignore[no-untyped-def]
+    """A line per accepted email is debug (the `sent` event records it, the batch's line counts it); every
+    other outcome stays one INFO line per email."""
+    script = SmtpScript(rcpt_replies={"gone@example.com": "550 5.1.1 no such user"})
+    with SmtpServer(script) as smtp, clock.frozen(START):
+        set_env(smtp_url=smtp.url)
+        subscribe(world, "gone@example.com", "one-step")
+        subscribe(world, "here@example.com", "one-step")
+        with caplog.at_level(logging.DEBUG, logger="nurture.delivery.sender"):
+            assert dispatch_inline(world, make_sender(world)) == {"failed": 1, "sent": 1}
+    lines = {
+        r.getMessage().split()[1]: r.levelno for r in caplog.records if r.getMessage().startswith("delivery=")
+    }
+    assert lines == {"outcome=sent": logging.DEBUG, "outcome=bounced": logging.INFO}
 
 
 def test_550_fails_suppresses_and_cancels_the_rest_without_raising(world, set_env):  # type: ignore[no-untyped-def]
