@@ -92,10 +92,10 @@ class BrokerSettings(_Section):
     broker_visibility_timeout: int = Field(default=3600, ge=1)
     dispatch_interval: float = Field(default=5.0, gt=0, le=3600)
     lease_seconds: int = Field(default=300, ge=5, le=86_400)
-    # Rows a dispatch tick may have waiting for workers (nurture.delivery.dispatch.claim_room). It does not cap
-    # throughput: a tick that fills it has the worker that finishes its middle batch run the next tick at
-    # once (dispatch_once's refill), so a backlog drains as fast as the workers send. Two ticks at the same
-    # moment (beat's and a refill) may each claim the room they saw: at most twice this many wait.
+    # Rows a dispatch tick may have waiting for workers (nurture.delivery.dispatch.claim_room). It does not
+    # cap throughput: a tick that fills it has the worker that finishes its middle batch run the next tick
+    # at once (dispatch_once's refill), so a backlog drains as fast as the workers send. Two ticks at the
+    # same moment (beat's and a refill) may each claim the room they saw: at most twice this many wait.
     claim_limit: int = Field(default=10_000, ge=1, le=100_000)
     # Deliveries carried by one Celery task: 200 rather than 50 cut the worker's CPU per email by a fifth
     # (Celery's per-task cost: receiving, acking, the batch's reads; bench/analysis.md).

@@ -39,6 +39,7 @@ from nurture.mail.transports import (
     HeldBack,
     PermanentFailure,
     TemporaryFailure,
+    Then,
 )
 from nurture.models import (
     Delivery,
@@ -402,9 +403,14 @@ class Sender(Mailer):
         accepted.clear()  # committed with the transaction above
         go = [r for r in ready if verdicts[r.delivery_id] is None]
         finished.extend(verdict for verdict in verdicts.values() if verdict is not None)
+        envelope_from = self.settings.mail.envelope_from
         for position, item in enumerate(go):
+            # The next email's envelope rides behind this one's final dot (nurture.mail.transports): within
+            # a group only, whose rows are all marked and re-checked already.
+            following = go[position + 1] if position + 1 < len(go) else None
+            then = (envelope_from, following.prepared.recipient.email) if following is not None else None
             try:
-                finished.append(self._hand_over(sending_token, item, accepted))
+                finished.append(self._hand_over(sending_token, item, accepted, then))
             except _StopBatch as stop:
                 taken = {a.delivery_id for a in accepted}  # the one whose receipt failed was accepted
                 rest = [r.delivery_id for r in go[position:] if r.delivery_id not in taken]
@@ -460,8 +466,11 @@ class Sender(Mailer):
             )
         return _Ready(delivery_id, prepared, data, message_id, list(links.rows.values()))
 
-    def _hand_over(self, sending_token: str, item: _Ready, accepted: list[_Accepted]) -> str:
-        """One SMTP transaction for a row already marked ``sending`` under ``sending_token``."""
+    def _hand_over(
+        self, sending_token: str, item: _Ready, accepted: list[_Accepted], then: Then = None
+    ) -> str:
+        """One SMTP transaction for a row already marked ``sending`` under ``sending_token``; ``then`` is
+        the envelope of the email that follows it in the group."""
         delivery_id, prepared = item.delivery_id, item.prepared
         wait = self.breaker.open_for()  # a failure earlier in this group may have opened it
         if wait > 0:
@@ -477,6 +486,7 @@ class Sender(Mailer):
                 prepared.recipient.email,
                 item.data,
                 before_data=self.receipts.settle,
+                then=then,
             )
         except HeldBack as exc:  # this email was not handed over: it goes back to pending with the rest
             log.error(

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import dkim
 
 from nurture.core.dkim_keys import load_private_key
-from nurture.mail.transports import BeforeData, TemporaryFailure, Transport
+from nurture.mail.transports import BeforeData, TemporaryFailure, Then, Transport
 
 if TYPE_CHECKING:
     from nurture.core.config import Settings
@@ -216,13 +216,20 @@ class SigningTransport:
         self.inner = inner
         self.signer = signer
 
-    def send(self, envelope_from: str, recipient: str, data: bytes, before_data: BeforeData = None) -> None:
+    def send(
+        self,
+        envelope_from: str,
+        recipient: str,
+        data: bytes,
+        before_data: BeforeData = None,
+        then: Then = None,
+    ) -> None:
         try:
             signed = self.signer.sign(data)
         except (dkim.DKIMException, ValueError, TypeError) as exc:
             # Nothing was handed over, and the address is not at fault: retry (and alert), never suppress.
             raise TemporaryFailure(f"DKIM signing failed: {exc}") from exc
-        self.inner.send(envelope_from, recipient, signed, before_data)
+        self.inner.send(envelope_from, recipient, signed, before_data, then)
 
     def close(self) -> None:
         self.inner.close()

@@ -22,6 +22,7 @@ from nurture.mail.transports import (
     MemoryTransport,
     PermanentFailure,
     TemporaryFailure,
+    Then,
 )
 from nurture.models import Event, OutboxMessage, Subscriber, Suppression
 from tests.support.web import drain
@@ -34,7 +35,14 @@ class Failing(MemoryTransport):
         super().__init__()
         self.errors = list(errors)
 
-    def send(self, envelope_from: str, recipient: str, data: bytes, before_data: BeforeData = None) -> None:
+    def send(
+        self,
+        envelope_from: str,
+        recipient: str,
+        data: bytes,
+        before_data: BeforeData = None,
+        then: Then = None,
+    ) -> None:
         if self.errors:
             raise self.errors.pop(0)
         super().send(envelope_from, recipient, data, before_data)

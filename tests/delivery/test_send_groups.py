@@ -29,6 +29,7 @@ from nurture.mail.transports import (
     MemoryTransport,
     PermanentFailure,
     StoredMessage,
+    Then,
     ready_for_data,
 )
 from nurture.models import Delivery, Event, Subscriber
@@ -53,7 +54,14 @@ class ScriptedTransport(MemoryTransport):
         self.on_send = on_send
         self.attempts = 0
 
-    def send(self, envelope_from: str, recipient: str, data: bytes, before_data: BeforeData = None) -> None:
+    def send(
+        self,
+        envelope_from: str,
+        recipient: str,
+        data: bytes,
+        before_data: BeforeData = None,
+        then: Then = None,
+    ) -> None:
         self.attempts += 1
         if self.on_send is not None:
             self.on_send(self.attempts, recipient)

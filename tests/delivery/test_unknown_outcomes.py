@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from nurture.core import clock
 from nurture.core.db import transaction
-from nurture.mail.transports import AmbiguousFailure, BeforeData, MemoryTransport
+from nurture.mail.transports import AmbiguousFailure, BeforeData, MemoryTransport, Then
 from nurture.models import AuditLog, Delivery, Event
 from tests.sequences.test_versions import cli
 from tests.support.helpers import dispatch_inline, make_sender, subscribe
@@ -26,7 +26,14 @@ class DropsAfterData(MemoryTransport):
         super().__init__()
         self.times = times
 
-    def send(self, envelope_from: str, recipient: str, data: bytes, before_data: BeforeData = None) -> None:
+    def send(
+        self,
+        envelope_from: str,
+        recipient: str,
+        data: bytes,
+        before_data: BeforeData = None,
+        then: Then = None,
+    ) -> None:
         if self.times:
             self.times -= 1
             super().send(envelope_from, recipient, data, before_data)  # it did arrive, as far as anyone knows

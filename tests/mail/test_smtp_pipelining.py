@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from nurture.mail.factory import transport_from_url
 from nurture.mail.transports import (
+    AmbiguousFailure,
     ConnectFailure,
     HeldBack,
     MaildirTransport,
@@ -54,9 +55,9 @@ def server(request, monkeypatch) -> Iterator[tuple[CountingHandler, SmtpTranspor
     pipelined = transport._envelope_pipelined
     transport.pipelined = 0  # type: ignore[attr-defined]
 
-    def counted(*args):  # type: ignore[no-untyped-def]
+    def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
         transport.pipelined += 1  # type: ignore[attr-defined]
-        return pipelined(*args)
+        return pipelined(*args, **kwargs)
 
     monkeypatch.setattr(transport, "_envelope_pipelined", counted)
     yield handler, transport
@@ -123,6 +124,114 @@ def test_a_failing_before_data_sends_none_of_the_message_and_the_next_one_still_
     # Inside DATA the connection was dropped: the server discarded the transaction, nothing arrived.
     transport.send("a@example.com", "next@example.com", MESSAGE, lambda: None)
     assert [r.rcpt_tos for r in handler.received] == [["next@example.com"]]
+
+
+# --- the next envelope behind the final dot (``then``) ---------------------------------------------------
+
+
+def _writes(transport: SmtpTransport, monkeypatch) -> list[bytes]:  # type: ignore[no-untyped-def]
+    """What the transport writes to its connection from now on, one item per write."""
+    writes: list[bytes] = []
+    connection = transport._conn or transport._connect()
+    transport._conn = connection
+    original = connection.send
+
+    def recorded(data):  # type: ignore[no-untyped-def]
+        writes.append(data if isinstance(data, bytes) else data.encode())
+        return original(data)
+
+    monkeypatch.setattr(connection, "send", recorded)
+    return writes
+
+
+def test_each_envelope_rides_behind_the_previous_final_dot(server, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    handler, transport = server
+    writes = _writes(transport, monkeypatch)
+    recipients = [f"r{n}@example.com" for n in range(4)]
+    for n, recipient in enumerate(recipients):
+        then = ("a@example.com", recipients[n + 1]) if n + 1 < len(recipients) else None
+        transport.send("a@example.com", recipient, MESSAGE, then=then)
+    assert [r.rcpt_tos[0] for r in handler.received] == recipients
+    assert all(r.data.replace(b"\r\n", b"\n").endswith(b"hello\n.leading dot\n") for r in handler.received)
+    if handler.script.pipelining:
+        # One envelope of its own, then one write per message: its content, the dot and the next envelope.
+        assert len(writes) == 1 + len(recipients)
+        assert all(w.endswith(b".\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<" + r.encode() + b">\r\nDATA\r\n")
+                   for w, r in zip(writes[1:], recipients[1:], strict=False))  # fmt: skip
+        assert writes[-1].endswith(b"\r\n.\r\n")  # the last carries nothing after its dot
+    else:
+        assert not any(b"MAIL FROM" in w and b"DATA" in w for w in writes)  # never ahead without PIPELINING
+    assert transport._pending is None
+
+
+def test_an_envelope_written_ahead_for_another_message_is_abandoned_and_nothing_empty_arrives(server) -> None:  # type: ignore[no-untyped-def]
+    """The server sits inside DATA for the envelope written ahead: closing the connection is the only safe
+    way out (a bare dot would deliver an empty message)."""
+    handler, transport = server
+    transport.send(
+        "a@example.com", "first@example.com", MESSAGE, then=("a@example.com", "skipped@example.com")
+    )
+    transport.send("a@example.com", "other@example.com", MESSAGE)
+    transport.send("a@example.com", "last@example.com", MESSAGE)
+    assert [r.rcpt_tos for r in handler.received] == [
+        ["first@example.com"],
+        ["other@example.com"],
+        ["last@example.com"],
+    ]
+
+
+def test_a_refused_recipient_written_ahead_is_that_messages_bounce_and_the_rest_goes_on(server) -> None:  # type: ignore[no-untyped-def]
+    handler, transport = server
+    transport.send("a@example.com", "r0@example.com", MESSAGE, then=("a@example.com", "gone@example.com"))
+    with pytest.raises(PermanentFailure, match="RCPT TO: 550"):
+        transport.send("a@example.com", "gone@example.com", MESSAGE, then=("a@example.com", "r2@example.com"))
+    transport.send("a@example.com", "r2@example.com", MESSAGE)
+    assert [r.rcpt_tos for r in handler.received] == [["r0@example.com"], ["r2@example.com"]]
+
+
+def test_a_refusal_at_the_end_of_data_leaves_the_next_envelope_in_place(server) -> None:  # type: ignore[no-untyped-def]
+    handler, transport = server
+    handler.script.data_replies.append("451 try later")
+    with pytest.raises(TemporaryFailure, match="451"):
+        transport.send("a@example.com", "r0@example.com", MESSAGE, then=("a@example.com", "r1@example.com"))
+    transport.send("a@example.com", "r1@example.com", MESSAGE)
+    assert [r.rcpt_tos for r in handler.received] == [["r1@example.com"]]
+
+
+def test_before_data_still_runs_after_the_envelope_written_ahead_is_answered(server) -> None:  # type: ignore[no-untyped-def]
+    handler, transport = server
+    seen: list[tuple[int, str]] = []
+
+    def before_data() -> None:
+        seen.append((len(handler.received), handler.recipients_asked[-1]))
+
+    transport.send(
+        "a@example.com", "r0@example.com", MESSAGE, before_data, then=("a@example.com", "r1@example.com")
+    )
+    transport.send("a@example.com", "r1@example.com", MESSAGE, before_data)
+    assert seen == [(0, "r0@example.com"), (1, "r1@example.com")] and len(handler.received) == 2
+
+
+def test_a_lost_final_reply_is_ambiguous_and_the_envelope_written_ahead_goes_with_the_connection(
+    monkeypatch,
+) -> None:  # type: ignore[no-untyped-def]
+    """The next message was never handed over: it goes on a new connection, once."""
+    script = SmtpScript(pipelining=True, drop_after_data=1)
+    handler = RecordingHandler(script)
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    transport = transport_from_url(f"smtp://127.0.0.1:{port}", timeout=5, dkim=False)
+    try:
+        with pytest.raises(AmbiguousFailure):
+            transport.send(
+                "a@example.com", "r0@example.com", MESSAGE, then=("a@example.com", "r1@example.com")
+            )
+        transport.send("a@example.com", "r1@example.com", MESSAGE)
+    finally:
+        transport.close()
+        controller.stop()
+    assert [r.rcpt_tos for r in handler.received] == [["r0@example.com"], ["r1@example.com"]]
 
 
 def test_a_failing_before_data_keeps_the_message_from_memory_and_maildir(tmp_path) -> None:  # type: ignore[no-untyped-def]
