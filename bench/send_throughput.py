@@ -101,7 +101,8 @@ def main() -> None:
             "NURTURE_BROKER_URL": REDIS_URL,
             "NURTURE_SMTP_URL": f"smtp://127.0.0.1:{sink.port}",
             "NURTURE_BASE_URL": "https://nurture.example.org",
-            "NURTURE_CLAIM_LIMIT": "2000",
+            # The default claim limit (10,000, claimed in slices); the tick every second, not 5: the clock
+            # counts the wait for it.
             "NURTURE_DISPATCH_INTERVAL": "1",
         }
         if args.dkim:

@@ -171,6 +171,32 @@ def test_a_tick_that_used_all_its_room_hands_its_middle_batch_over_as_the_refill
     assert refilling[0] not in plain
 
 
+def test_a_tick_claims_in_slices_and_hands_each_over_as_soon_as_it_commits(world, set_env, monkeypatch):  # type: ignore[no-untyped-def]
+    """The first batch goes while the rest of the room is still unclaimed; the slice that fills the room
+    carries the refill."""
+    from nurture.delivery import dispatch
+
+    monkeypatch.setattr(dispatch, "CLAIM_SLICE", 3)
+    set_env(claim_limit=8, batch_size=1)
+    queued_when_handed: list[int] = []
+    refilling: list[int] = []
+
+    def enqueue(token: str, ids: list[int]) -> None:
+        queued_when_handed.append(statuses(world).count("queued"))
+
+    def refill(token: str, ids: list[int]) -> None:
+        enqueue(token, ids)
+        refilling.extend(ids)
+
+    with clock.frozen(START):
+        for number in range(10):
+            subscribe(world, f"r{number}@example.com", "three-step")
+        result = dispatch_once(enqueue, factory=world, refill_with=refill)
+    assert result.claimed == 8 and result.full
+    assert queued_when_handed == [3, 3, 3, 6, 6, 6, 8, 8]  # slices of 3, 3 and 2, each handed on commit
+    assert len(refilling) == 1 and statuses(world).count("queued") == 8
+
+
 def test_a_tick_that_took_everything_due_asks_for_no_refill(world, set_env):  # type: ignore[no-untyped-def]
     set_env(claim_limit=5, batch_size=1)
     refilling: list[list[int]] = []
