@@ -47,6 +47,12 @@ def broker_settings(settings: Settings) -> tuple[str, dict[str, Any]]:
     return "filesystem://localhost/", options
 
 
+def tick_expiry(settings: Settings) -> float:
+    """Seconds after which a queued tick is dropped: one that waited longer than two intervals is stale, and
+    the next one does the same work."""
+    return max(settings.broker.dispatch_interval * 2, 2.0)
+
+
 def create_app(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     broker_url, transport_options = broker_settings(settings)
@@ -87,19 +93,18 @@ def create_app(settings: Settings | None = None) -> Celery:
             "dispatch-due": {
                 "task": DISPATCH_TASK,
                 "schedule": settings.broker.dispatch_interval,
-                # A tick that waited longer than two intervals is stale: the next one does the same work.
-                "options": {"expires": max(settings.broker.dispatch_interval * 2, 2.0)},
+                "options": {"expires": tick_expiry(settings)},
             },
             "housekeeping": {"task": HOUSEKEEPING_TASK, "schedule": 60.0, "options": {"expires": 120.0}},
             "drain-outbox": {
                 "task": OUTBOX_TASK,
                 "schedule": settings.broker.dispatch_interval,
-                "options": {"expires": max(settings.broker.dispatch_interval * 2, 2.0)},
+                "options": {"expires": tick_expiry(settings)},
             },
             "webhooks": {
                 "task": WEBHOOKS_TICK_TASK,
                 "schedule": settings.broker.dispatch_interval,
-                "options": {"expires": max(settings.broker.dispatch_interval * 2, 2.0)},
+                "options": {"expires": tick_expiry(settings)},
             },
         },
         beat_schedule_filename=str(Path(settings.var_dir).resolve() / "celerybeat-schedule"),

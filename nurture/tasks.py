@@ -14,6 +14,7 @@ from nurture.celery_app import (
     WEBHOOKS_SEND_TASK,
     WEBHOOKS_TICK_TASK,
     app,
+    tick_expiry,
 )
 from nurture.core.config import get_settings
 from nurture.core.db import session_factory
@@ -73,7 +74,7 @@ def send_deliveries(claim_token: str, delivery_ids: list[int], refill: bool = Fa
     log.info("sent batch of %d: %s", len(delivery_ids), dict(outcomes))
     if refill:
         # Half the tick's claim is still queued behind this batch: top the queue up now, not at the next beat.
-        dispatch_due.apply_async(expires=max(get_settings().broker.dispatch_interval * 2, 2.0))
+        dispatch_due.apply_async(expires=tick_expiry(get_settings()))
     return dict(outcomes)
 
 

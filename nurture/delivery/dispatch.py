@@ -147,9 +147,7 @@ def dispatch_once(
         outstanding = session.scalar(
             select(func.count()).where(Delivery.status.in_([DeliveryStatus.queued, DeliveryStatus.sending]))
         )
-    if outstanding is None:
-        outstanding = 0
-    room = claim_room(settings, outstanding)
+    room = claim_room(settings, outstanding or 0)
     claimed = 0
     while claimed < room:
         wanted = min(CLAIM_SLICE, room - claimed)
@@ -175,11 +173,12 @@ def _hand_over(
 ) -> None:
     """Hand a committed claim to the broker in batches, the middle one through ``refill_with`` if given."""
     chunks = batches(claim.ids, batch_size)
-    refill_at = refill_point(len(chunks)) if refill_with is not None else -1
+    refill_at = refill_point(len(chunks))
     handed: list[int] = []
     try:
         for index, batch in enumerate(chunks):
-            (refill_with if index == refill_at and refill_with is not None else enqueue)(claim.token, batch)
+            hand = refill_with if refill_with is not None and index == refill_at else enqueue
+            hand(claim.token, batch)
             handed.extend(batch)
     except Exception:
         # Broker unreachable: return what was not handed over now rather than after the lease expires.
