@@ -24,6 +24,7 @@ import base64
 import hashlib
 import re
 import time
+from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -38,12 +39,11 @@ if TYPE_CHECKING:
     from nurture.core.config import Settings
 
 # In signing order. Absent ones cost nothing: listing a header that is not there signs its absence.
-SIGNED_HEADERS = ("from", "to", "cc", "reply-to", "subject", "date", "message-id", "mime-version")
-SIGNED_HEADERS += ("content-type", "content-transfer-encoding", "list-unsubscribe", "list-unsubscribe-post")
-SIGNED_HEADERS += ("list-id", "feedback-id", "in-reply-to", "references")
+SIGNED_HEADERS = (b"from", b"to", b"cc", b"reply-to", b"subject", b"date", b"message-id", b"mime-version")
+SIGNED_HEADERS += (b"content-type", b"content-transfer-encoding", b"list-unsubscribe")
+SIGNED_HEADERS += (b"list-unsubscribe-post", b"list-id", b"feedback-id", b"in-reply-to", b"references")
 # Signed once more than they occur, so that nobody can add a second From, Subject or unsubscribe link.
-OVERSIGNED = frozenset((*SIGNED_HEADERS[:7], "list-unsubscribe", "list-unsubscribe-post"))
-_HEADER_NAME = re.compile(rb"^([!-9;-~]+)[ \t]*:", re.MULTILINE)
+OVERSIGNED = frozenset((*SIGNED_HEADERS[:7], b"list-unsubscribe", b"list-unsubscribe-post"))
 _WSP_RUN = re.compile(rb"[ \t]+")
 _SPACE_RUN = re.compile(rb"  +")
 _FOLD = re.compile(rb"\r\n(?=[ \t])")
@@ -67,15 +67,6 @@ def zone_file_line(name: str, value: str, ttl: int = 3600) -> str:
     return f"{name}. {ttl} IN TXT ( {chunks} )"
 
 
-def header_names(message: bytes) -> list[str]:
-    """Names of the header fields of ``message``, lower-case, in order (continuation lines skipped)."""
-    end = message.find(b"\r\n\r\n")
-    if end < 0:
-        end = message.find(b"\n\n")
-    block = message if end < 0 else message[: end + 2]
-    return [name.decode("ascii").lower() for name in _HEADER_NAME.findall(block)]
-
-
 def split_message(message: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
     """(header fields as (name, raw field including continuation lines and the final CRLF), body)."""
     end = message.find(b"\r\n\r\n")
@@ -92,8 +83,14 @@ def split_message(message: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
 
 def relaxed_header(raw: bytes) -> bytes:
     """RFC 6376 3.4.2: lower-case name, unfold, WSP runs to one SP, no WSP around the colon or at the end."""
-    name, _, value = _FOLD.sub(b"", raw.rstrip(b"\r\n")).partition(b":")
-    return name.strip().lower() + b":" + _WSP_RUN.sub(b" ", value).strip(b" \t") + b"\r\n"
+    # A name holds no CRLF or WSP run, so splitting at the colon first is the same; each pattern runs only
+    # when a C-level search finds something for it to change (most fields have neither).
+    name, _, value = raw.rstrip(b"\r\n").partition(b":")
+    if b"\r\n" in value:
+        value = _FOLD.sub(b"", value)
+    if b"\t" in value or b"  " in value:
+        value = _WSP_RUN.sub(b" ", value)
+    return name.strip().lower() + b":" + value.strip(b" \t") + b"\r\n"
 
 
 def relaxed_body(body: bytes) -> bytes:
@@ -103,7 +100,8 @@ def relaxed_body(body: bytes) -> bytes:
     # WSP runs become one SP, after which a line's trailing WSP is at most that one SP. Tabs become spaces
     # first, so that only runs of spaces are left to fold: a pattern that starts with a literal is searched
     # for quickly, where the one alternation for tabs and spaces took 79 us per 13 KB email (now 27,
-    # each step skipped when a C-level search finds nothing to change).
+    # each step skipped when a C-level search finds nothing to change; halving the runs with bytes.replace
+    # instead of the pattern measured slower, 45 us).
     if b"\t" in body:
         body = body.replace(b"\t", b" ")
     if b"  " in body:
@@ -153,12 +151,13 @@ class DkimSigner:
     def public_record(self) -> str:
         return public_record(self.private_key)
 
-    def include_headers(self, message: bytes) -> list[bytes]:
-        present = header_names(message)
+    @staticmethod
+    def include_headers(present: Counter[bytes]) -> list[bytes]:
+        """The h= list: each signed header as often as ``present`` counts it, once more if oversigned."""
         names: list[bytes] = []
         for name in SIGNED_HEADERS:
-            count = present.count(name) + (1 if name in OVERSIGNED else 0)
-            names.extend([name.encode("ascii")] * count)
+            count = present[name] + (1 if name in OVERSIGNED else 0)
+            names.extend([name] * count)
         return names
 
     @cached_property
@@ -175,7 +174,7 @@ class DkimSigner:
 
         fields, body = split_message(message)
         body_hash = base64.b64encode(hashlib.sha256(relaxed_body(body)).digest())
-        names = self.include_headers(message)
+        names = self.include_headers(Counter(name for name, _ in fields))
         # Each name in h= signs the last not-yet-used instance of that field, from the bottom up; a name with
         # no instance left signs its absence (contributes nothing), which is what oversigning relies on.
         remaining: dict[bytes, list[bytes]] = {}
