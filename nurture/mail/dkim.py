@@ -24,7 +24,6 @@ import base64
 import hashlib
 import re
 import time
-from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -152,11 +151,11 @@ class DkimSigner:
         return public_record(self.private_key)
 
     @staticmethod
-    def include_headers(present: Counter[bytes]) -> list[bytes]:
-        """The h= list: each signed header as often as ``present`` counts it, once more if oversigned."""
+    def include_headers(fields_by_name: dict[bytes, list[bytes]]) -> list[bytes]:
+        """The h= list: each signed header as often as the message has it, once more if oversigned."""
         names: list[bytes] = []
         for name in SIGNED_HEADERS:
-            count = present[name] + (1 if name in OVERSIGNED else 0)
+            count = len(fields_by_name.get(name, ())) + (1 if name in OVERSIGNED else 0)
             names.extend([name] * count)
         return names
 
@@ -174,12 +173,12 @@ class DkimSigner:
 
         fields, body = split_message(message)
         body_hash = base64.b64encode(hashlib.sha256(relaxed_body(body)).digest())
-        names = self.include_headers(Counter(name for name, _ in fields))
-        # Each name in h= signs the last not-yet-used instance of that field, from the bottom up; a name with
-        # no instance left signs its absence (contributes nothing), which is what oversigning relies on.
         remaining: dict[bytes, list[bytes]] = {}
         for name, raw in fields:
             remaining.setdefault(name, []).append(raw)
+        names = self.include_headers(remaining)
+        # Each name in h= signs the last not-yet-used instance of that field, from the bottom up; a name with
+        # no instance left signs its absence (contributes nothing), which is what oversigning relies on.
         signed = b"".join(relaxed_header(remaining[name].pop()) for name in names if remaining.get(name))
         domain = self.domain.encode("ascii")
         tags = (
